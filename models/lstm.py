@@ -1,0 +1,92 @@
+"""Head-structured LSTM language model with the paper's parameterisation.
+
+Legend: B batch, T time, V vocab, I input size, H hidden, N heads, D head size (H = N * D).
+
+    emb [V, I] -> W_in [I, 4H] -> recurrence R [4, N, D, D], b [4, N, D] -> W_out [H, V], b_out [V]
+    h0, c0 [H]: learned initial states
+
+The forward is time-chunked: `forward_chunk` consumes [B, Tc] tokens and carries (h, c), so a
+caller can stream a sequence of any length with a working set of one chunk.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from models.config import ModelConfig
+from models.lstm_backends import recurrence, state_dtype
+
+
+def _uniform(shape, bound, generator, dtype, device):
+    t = torch.empty(shape, dtype=torch.float32)
+    t.uniform_(-bound, bound, generator=generator)
+    return nn.Parameter(t.to(device=device, dtype=dtype))
+
+
+class LSTMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, *, generator: torch.Generator, device="cpu", extra_input: int = 0,
+                 extra_output: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        dt = getattr(torch, cfg.dtype)
+        V, I, H = cfg.vocab_size, cfg.input_size, cfg.hidden_size
+        N, D = cfg.lstm_heads, cfg.lstm_head_size
+        self.N, self.D, self.H = N, D, H
+        self.embedding = _uniform((V, I), 1.0, generator, dt, device)
+        self.W_in = _uniform((I + extra_input, 4 * H), 1.0 / math.sqrt(I + extra_input), generator, dt, device)
+        self.R = _uniform((4, N, D, D), 1.0 / math.sqrt(D), generator, dt, device)
+        self.b = _uniform((4, N, D), 1.0 / math.sqrt(D), generator, dt, device)
+        self.W_out = _uniform((H + extra_output, V), 1.0 / math.sqrt(H + extra_output), generator, dt, device)
+        self.b_out = _uniform((V,), 1.0 / math.sqrt(H + extra_output), generator, dt, device)
+        self.h0 = _uniform((H,), 0.1, generator, dt, device)
+        self.c0 = _uniform((H,), 0.1, generator, dt, device)
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, batch_size: int):
+        N, D, sdt = self.N, self.D, state_dtype(self.h0.dtype)
+        h = self.h0.to(sdt).view(N, 1, D).expand(N, batch_size, D).contiguous()
+        c = self.c0.to(sdt).view(N, 1, D).expand(N, batch_size, D).contiguous()
+        return h, c
+
+    # ------------------------------------------------------------------ pieces (shared with the DNC)
+    def input_gates(self, x_BTI: torch.Tensor) -> torch.Tensor:
+        """[B, T, I'] inputs -> [T, N, B, 4, D] input projections (no bias)."""
+        B, T, _ = x_BTI.shape
+        xg = x_BTI.to(self.W_in.dtype) @ self.W_in                     # [B, T, 4H] as (4, N, D)
+        return xg.view(B, T, 4, self.N, self.D).permute(1, 3, 0, 2, 4)
+
+    def step(self, xg_NB4D: torch.Tensor, state):
+        """One time step of the recurrence from precomputed input gates."""
+        h, c = state
+        hs, state = recurrence(xg_NB4D.unsqueeze(0), self.R, self.b, h, c, backend=self.cfg.backend)
+        return hs[0], state
+
+    def hidden_BH(self, h_NBD: torch.Tensor) -> torch.Tensor:
+        N, B, D = h_NBD.shape
+        return h_NBD.permute(1, 0, 2).reshape(B, N * D)
+
+    # ------------------------------------------------------------------ forward
+    def forward_chunk(self, tokens_BT: torch.Tensor, state):
+        """Logits [B, Tc, V] for one chunk of tokens, and the state after it."""
+        B, T = tokens_BT.shape
+        x = self.embedding[tokens_BT]                                   # [B, T, I]
+        xg = self.input_gates(x)                                        # [T, N, B, 4, D]
+        h, c = state
+        hs_TNBD, state = recurrence(xg, self.R, self.b, h, c, backend=self.cfg.backend)
+        hs_BTH = hs_TNBD.permute(2, 0, 1, 3).reshape(B, T, self.H)
+        logits = hs_BTH.to(self.W_out.dtype) @ self.W_out + self.b_out
+        return logits, state
+
+    def forward(self, tokens_BT: torch.Tensor, state=None, *, time_chunk: int = 0):
+        """Logits for the whole sequence (chunked internally when time_chunk > 0)."""
+        if state is None:
+            state = self.init_state(tokens_BT.shape[0])
+        T = tokens_BT.shape[1]
+        step = time_chunk if time_chunk > 0 else T
+        outs = []
+        for t0 in range(0, T, step):
+            lg, state = self.forward_chunk(tokens_BT[:, t0:t0 + step], state)
+            outs.append(lg)
+        return torch.cat(outs, dim=1), state

@@ -1,0 +1,329 @@
+"""Random gradient estimation (CD-RGE / FD-RGE) over a set of named parameters.
+
+The engine knows tensors and a loss closure, nothing else: no models, no tasks, no
+torch.distributed. One step is
+
+    seeds  = engine.seeds(step)                        # ask: n probe seeds (ints)
+    losses = engine.evaluate(seeds[a:b], loss_fn)      # any subset; loss_fn() reads the live params
+    coefs  = engine.coefficients(all_losses, baseline) # [n] scalars, one per probe
+    engine.update(seeds, coefs, lr=...)                # tell: theta <- theta - lr * g_hat
+
+so a distributed trainer can evaluate its share of the seeds, all-gather the losses, and call
+`coefficients` and `update` with the full set on every rank.
+
+Exactness (DESIGN.md invariant 2): probes never move the master weights. A probe writes
+`live = cast(master + s * eps * z)` into the model's tensors and `restore()` writes
+`live = cast(master)`; nothing is ever added and subtracted in place, so the master is bitwise
+unchanged by any number of probes.
+
+The estimate: for probe directions z_i (n of them) with eps = epsilon_tying_ratio * lr,
+    CD:  g_hat = 1/n * sum_i (L(theta + eps z_i) - L(theta - eps z_i)) / (2 eps) * z_i
+    FD:  g_hat = 1/n * sum_i (L(theta + eps z_i) - L(theta)) / eps * z_i
+    FD antithetic: n/2 seeds, each evaluated at +z and -z against L(theta); equals CD on n/2 seeds
+so with ratio 1 the SGD step is theta <- theta - sum_i (L+ - L-) / (2n) * z_i.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from zo import noise as zn
+
+GRAD_NORMS = (None, "l2", "l1")
+
+
+@dataclass(frozen=True)
+class ZOConfig:
+    """Hyper-parameters of the estimator and its update rule (the paper's flags)."""
+    num_perturbations: int = 8
+    epsilon_tying_ratio: float = 1.0
+    central_difference: bool = True
+    antithetic: bool = False            # FD only: probes come in +z / -z pairs
+    distribution: str = "rademacher"    # rademacher | normal | uniform
+    probe_normalization: bool = False   # rescale each z to norm sqrt(d)
+    gradient_normalization: str | None = None  # None | "l2" | "l1": g_hat <- g_hat / ||g_hat||
+    weight_decay: float = 0.0           # decoupled: theta <- theta * (1 - lr * wd)
+    grad_clip: float = 0.0              # clip ||g_hat||_2 to this value (0 = off)
+    adam: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    probe_dropout_rate: float = 0.0     # fraction of probe elements set to 0 (unbiased rescale)
+    master_dtype: torch.dtype | None = None  # None: same dtype as the model's tensors
+
+    def __post_init__(self):
+        if self.num_perturbations < 1:
+            raise ValueError(f"num_perturbations must be >= 1, got {self.num_perturbations}")
+        if self.epsilon_tying_ratio <= 0:
+            raise ValueError(f"epsilon_tying_ratio must be > 0, got {self.epsilon_tying_ratio}")
+        if self.distribution not in zn.DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {self.distribution!r}; choose one of {zn.DISTRIBUTIONS}")
+        if self.gradient_normalization not in GRAD_NORMS:
+            raise ValueError(f"gradient_normalization must be one of {GRAD_NORMS}, got {self.gradient_normalization!r}")
+        if self.antithetic and self.central_difference:
+            raise ValueError("antithetic sampling applies to FD-RGE; pass central_difference=False with it "
+                             "(CD-RGE is already antithetic)")
+        if self.antithetic and self.num_perturbations % 2:
+            raise ValueError(f"antithetic FD-RGE needs an even num_perturbations (pairs of +z/-z), got {self.num_perturbations}")
+        if not 0.0 <= self.probe_dropout_rate < 1.0:
+            raise ValueError(f"probe_dropout_rate must be in [0, 1), got {self.probe_dropout_rate}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+
+    @property
+    def num_seeds(self) -> int:
+        """Distinct probe directions per step (antithetic pairs share one)."""
+        return self.num_perturbations // 2 if self.antithetic else self.num_perturbations
+
+    @property
+    def needs_baseline(self) -> bool:
+        return not self.central_difference
+
+    @property
+    def needs_full_gradient(self) -> bool:
+        """Whether the update must materialise g_hat (else it streams sum_i c_i z_i into theta)."""
+        return self.adam or self.gradient_normalization is not None or self.grad_clip > 0
+
+    def epsilon(self, lr: float) -> float:
+        return self.epsilon_tying_ratio * lr
+
+
+@dataclass
+class _Param:
+    name: str
+    live: torch.Tensor      # the model's tensor: what the loss closure reads
+    master: torch.Tensor    # theta; equals live when no separate master is kept
+    pid: int                # noise stream id
+    mask: torch.Tensor | None = None  # optional bool mask of elements that are trained (False: frozen at 0)
+
+
+@dataclass
+class EngineState:
+    """Optimiser state that a checkpoint must carry."""
+    adam_step: int = 0
+    adam_m: dict[str, torch.Tensor] = field(default_factory=dict)
+    adam_v: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ZOEngine:
+    """CD-RGE / FD-RGE over named tensors. See the module docstring for the protocol."""
+
+    def __init__(self, named_params, *, config: ZOConfig, run_seed: int = 0,
+                 param_masks: dict[str, torch.Tensor] | None = None):
+        self.cfg = config
+        self.run_seed = int(run_seed)
+        self.params: list[_Param] = []
+        masks = param_masks or {}
+        seen_ids = {}
+        for name, t in named_params:
+            if not t.is_floating_point():
+                continue
+            live = t.detach()
+            mdt = config.master_dtype or live.dtype
+            # A separate master is needed whenever probes write into the live tensor.
+            master = live.to(mdt, copy=True)
+            pid = zn.param_id_from_name(name)
+            if pid in seen_ids:
+                raise ValueError(f"parameter names {seen_ids[pid]!r} and {name!r} hash to the same noise id")
+            seen_ids[pid] = name
+            self.params.append(_Param(name, live, master, pid, masks.get(name)))
+        if not self.params:
+            raise ValueError("ZOEngine got no floating-point parameters to train")
+        self.dim = sum(p.master.numel() if p.mask is None else int(p.mask.sum()) for p in self.params)
+        self.state = EngineState()
+        self._scale_cache: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ ask
+    def seeds(self, step: int) -> list[int]:
+        """The probe seeds of optimiser step `step`: a pure function of (run_seed, step)."""
+        return [zn.probe_seed(self.run_seed, step, i) for i in range(self.cfg.num_seeds)]
+
+    # ------------------------------------------------------------------ probes
+    def _direction(self, p: _Param, seed: int) -> torch.Tensor:
+        """fp32 probe direction z(seed) restricted to parameter p (dropout and mask applied)."""
+        z = zn.noise_flat(seed, p.pid, p.master.numel(), distribution=self.cfg.distribution,
+                          device=p.master.device)
+        if self.cfg.probe_dropout_rate > 0:
+            z.mul_(zn.dropout_keep(seed, p.pid, z.numel(), self.cfg.probe_dropout_rate, device=z.device))
+        if p.mask is not None:
+            z.mul_(p.mask.reshape(-1))
+        return z.view(p.master.shape)
+
+    def probe_scale(self, seed: int) -> float:
+        """Multiplier of z(seed): sqrt(d)/||z|| under probe normalisation, else 1. Pure in seed."""
+        if not self.cfg.probe_normalization or (self.cfg.distribution == "rademacher"
+                                                and self.cfg.probe_dropout_rate == 0):
+            return 1.0
+        if seed not in self._scale_cache:
+            sq = sum(float(self._direction(p, seed).double().square().sum()) for p in self.params)
+            self._scale_cache[seed] = math.sqrt(self.dim / sq) if sq > 0 else 0.0
+        return self._scale_cache[seed]
+
+    @torch.no_grad()
+    def apply_probe(self, seed: int, sign_eps: float) -> None:
+        """live <- cast(master + sign_eps * scale * z(seed)), for every parameter."""
+        a = sign_eps * self.probe_scale(seed)
+        for p in self.params:
+            z = self._direction(p, seed)
+            p.live.copy_(p.master.to(torch.float32).add_(z, alpha=a))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """live <- cast(master): exact, whatever probes were applied before."""
+        for p in self.params:
+            if p.live.data_ptr() != p.master.data_ptr():
+                p.live.copy_(p.master)
+
+    def evaluate(self, seeds, loss_fn, *, lr: float) -> torch.Tensor:
+        """Losses of the probes of `seeds`, as a [len(seeds), 2] fp32 tensor on the loss's device.
+
+        CD: columns (L(theta + eps z), L(theta - eps z)). FD: (L(theta + eps z), nan).
+        FD antithetic: (L(theta + eps z), L(theta - eps z)), both later compared with the baseline.
+        No host synchronisation happens here; the live tensors are restored on return."""
+        eps = self.cfg.epsilon(lr)
+        two_sided = self.cfg.central_difference or self.cfg.antithetic
+        rows = []
+        try:
+            for s in seeds:
+                self.apply_probe(s, +eps)
+                lp = loss_fn().float().reshape(())
+                if two_sided:
+                    self.apply_probe(s, -eps)
+                    lm = loss_fn().float().reshape(())
+                else:
+                    lm = torch.full_like(lp, float("nan"))
+                rows.append(torch.stack([lp, lm]))
+        finally:
+            self.restore()
+        if not rows:
+            return torch.empty(0, 2)
+        return torch.stack(rows)
+
+    def baseline(self, loss_fn) -> torch.Tensor:
+        """L(theta) at the unperturbed weights (FD-RGE's reference point)."""
+        self.restore()
+        return loss_fn().float().reshape(())
+
+    # ------------------------------------------------------------------ coefficients
+    def coefficients(self, losses: torch.Tensor, *, lr: float, baseline: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-seed coefficients c_i with g_hat = sum_i c_i * z_i. losses: [num_seeds, 2]."""
+        n_seeds = self.cfg.num_seeds
+        if losses.shape != (n_seeds, 2):
+            raise ValueError(f"expected losses of shape {(n_seeds, 2)}, got {tuple(losses.shape)}")
+        eps = self.cfg.epsilon(lr)
+        n = self.cfg.num_perturbations
+        lp, lm = losses[:, 0].double(), losses[:, 1].double()
+        if self.cfg.central_difference:
+            c = (lp - lm) / (2.0 * eps * n)
+        elif self.cfg.antithetic:
+            if baseline is None:
+                raise ValueError("FD-RGE needs the baseline loss L(theta)")
+            # (L+ - L0)/eps * z + (L- - L0)/eps * (-z), averaged over n probes
+            c = ((lp - baseline.double()) - (lm - baseline.double())) / (eps * n)
+        else:
+            if baseline is None:
+                raise ValueError("FD-RGE needs the baseline loss L(theta)")
+            c = (lp - baseline.double()) / (eps * n)
+        if self.cfg.probe_dropout_rate > 0:
+            c = c / (1.0 - self.cfg.probe_dropout_rate)
+        return c.float()
+
+    # ------------------------------------------------------------------ tell
+    @torch.no_grad()
+    def update(self, seeds, coefs, *, lr: float) -> dict:
+        """theta <- theta - lr * g_hat with g_hat = sum_i c_i z_i (then clip / normalise / Adam / wd).
+
+        The sum runs over all seeds in their given order on every caller, so replicas that call
+        this with the same (seeds, coefs) end bitwise equal. Returns scalar diagnostics."""
+        seeds = list(seeds)
+        coefs = [float(c) for c in (coefs.tolist() if torch.is_tensor(coefs) else coefs)]  # one sync per step
+        if len(seeds) != len(coefs):
+            raise ValueError(f"{len(seeds)} seeds but {len(coefs)} coefficients")
+        scaled = [c * self.probe_scale(s) for s, c in zip(seeds, coefs)]
+        cfg = self.cfg
+        info = {}
+        if not cfg.needs_full_gradient:
+            for p in self.params:
+                g = self._accumulate(p, seeds, scaled)
+                self._apply(p, g, lr)
+            self._scale_cache.clear()
+            return info
+        grads = [self._accumulate(p, seeds, scaled) for p in self.params]
+        gnorm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
+        info["grad_norm"] = gnorm
+        factor = 1.0
+        if cfg.gradient_normalization == "l2":
+            factor = 1.0 / gnorm if gnorm > 0 else 0.0
+        elif cfg.gradient_normalization == "l1":
+            l1 = sum(float(g.double().abs().sum()) for g in grads)
+            factor = 1.0 / l1 if l1 > 0 else 0.0
+        if cfg.grad_clip > 0 and gnorm * factor > cfg.grad_clip:
+            factor *= cfg.grad_clip / (gnorm * factor)
+        if cfg.adam:
+            self.state.adam_step += 1
+        for p, g in zip(self.params, grads):
+            if factor != 1.0:
+                g.mul_(factor)
+            if cfg.adam:
+                g = self._adam_direction(p, g)
+            self._apply(p, g, lr)
+        self._scale_cache.clear()
+        return info
+
+    def _accumulate(self, p: _Param, seeds, coefs) -> torch.Tensor:
+        g = torch.zeros(p.master.shape, dtype=torch.float32, device=p.master.device)
+        for s, c in zip(seeds, coefs):
+            if c != 0.0:
+                g.add_(self._direction(p, s), alpha=c)
+        return g
+
+    def _adam_direction(self, p: _Param, g: torch.Tensor) -> torch.Tensor:
+        cfg, st = self.cfg, self.state
+        m = st.adam_m.setdefault(p.name, torch.zeros_like(g))
+        v = st.adam_v.setdefault(p.name, torch.zeros_like(g))
+        m.mul_(cfg.beta1).add_(g, alpha=1 - cfg.beta1)
+        v.mul_(cfg.beta2).addcmul_(g, g, value=1 - cfg.beta2)
+        mhat = m / (1 - cfg.beta1 ** st.adam_step)
+        vhat = v / (1 - cfg.beta2 ** st.adam_step)
+        return mhat.div_(vhat.sqrt_().add_(cfg.adam_eps))
+
+    def _apply(self, p: _Param, g: torch.Tensor, lr: float) -> None:
+        upd = p.master.to(torch.float32)
+        if self.cfg.weight_decay > 0:
+            keep = 1.0 - lr * self.cfg.weight_decay
+            if p.mask is not None:
+                upd = torch.where(p.mask, upd * keep, upd)
+            else:
+                upd = upd * keep
+        upd.add_(g, alpha=-lr)
+        p.master.copy_(upd)
+        if p.live.data_ptr() != p.master.data_ptr():
+            p.live.copy_(p.master)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"adam_step": self.state.adam_step,
+                "adam_m": {k: v.cpu() for k, v in self.state.adam_m.items()},
+                "adam_v": {k: v.cpu() for k, v in self.state.adam_v.items()},
+                "master": {p.name: p.master.cpu() for p in self.params}}
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict) -> None:
+        self.state.adam_step = int(sd["adam_step"])
+        dev = {p.name: p.master.device for p in self.params}
+        self.state.adam_m = {k: v.to(dev[k]) for k, v in sd["adam_m"].items()}
+        self.state.adam_v = {k: v.to(dev[k]) for k, v in sd["adam_v"].items()}
+        for p in self.params:
+            if p.name not in sd["master"]:
+                raise ValueError(f"engine state has no master tensor for parameter {p.name!r}")
+            p.master.copy_(sd["master"][p.name])
+        self.restore()
+
+    def master_checksum(self) -> float:
+        """Order-fixed float64 checksum of theta (for replica checks)."""
+        return float(sum(float(p.master.double().sum()) + 1e-3 * float(p.master.double().abs().sum())
+                         for p in self.params))
