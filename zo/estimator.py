@@ -34,6 +34,11 @@ from zo import noise as zn
 GRAD_NORMS = (None, "l2", "l1")
 
 
+def _as_loss(x: torch.Tensor) -> torch.Tensor:
+    """A scalar loss in at least fp32 (fp64 losses stay fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32)).reshape(())
+
+
 @dataclass(frozen=True)
 class ZOConfig:
     """Hyper-parameters of the estimator and its update rule (the paper's flags)."""
@@ -92,7 +97,7 @@ class ZOConfig:
         return self.epsilon_tying_ratio * lr
 
 
-@dataclass
+@dataclass(eq=False)
 class _Param:
     name: str
     live: torch.Tensor      # the model's tensor: what the loss closure reads
@@ -113,7 +118,7 @@ class ZOEngine:
     """CD-RGE / FD-RGE over named tensors. See the module docstring for the protocol."""
 
     def __init__(self, named_params, *, config: ZOConfig, run_seed: int = 0,
-                 param_masks: dict[str, torch.Tensor] | None = None):
+                 param_masks: dict[str, torch.Tensor] | None = None, cache_budget_bytes: int = 256 << 20):
         self.cfg = config
         self.run_seed = int(run_seed)
         self.params: list[_Param] = []
@@ -136,6 +141,12 @@ class ZOEngine:
         self.dim = sum(p.master.numel() if p.mask is None else int(p.mask.sum()) for p in self.params)
         self.state = EngineState()
         self._scale_cache: dict[int, float] = {}
+        # Probe directions generated during `evaluate` are kept for `update` within the step,
+        # up to this many bytes; beyond it they are regenerated (same values either way).
+        self.cache_budget_bytes = cache_budget_bytes
+        self._z_cache: dict[int, list[torch.Tensor]] = {}
+        self._z_cache_bytes = 0
+        self._bytes_per_direction = 4 * sum(p.master.numel() for p in self.params)
 
     # ------------------------------------------------------------------ ask
     def seeds(self, step: int) -> list[int]:
@@ -163,13 +174,30 @@ class ZOEngine:
             self._scale_cache[seed] = math.sqrt(self.dim / sq) if sq > 0 else 0.0
         return self._scale_cache[seed]
 
+    def directions(self, seed: int) -> list[torch.Tensor]:
+        """z(seed) for every parameter, served from the per-step cache when it holds them."""
+        zs = self._z_cache.get(seed)
+        if zs is None:
+            zs = [self._direction(p, seed) for p in self.params]
+            if self._z_cache_bytes + self._bytes_per_direction <= self.cache_budget_bytes:
+                self._z_cache[seed] = zs
+                self._z_cache_bytes += self._bytes_per_direction
+        return zs
+
+    def clear_step_cache(self) -> None:
+        self._z_cache.clear()
+        self._z_cache_bytes = 0
+        self._scale_cache.clear()
+
     @torch.no_grad()
-    def apply_probe(self, seed: int, sign_eps: float) -> None:
-        """live <- cast(master + sign_eps * scale * z(seed)), for every parameter."""
+    def apply_probe(self, seed: int, sign_eps: float, zs: list[torch.Tensor] | None = None) -> None:
+        """live <- cast(master + sign_eps * scale * z(seed)), for every parameter.
+
+        The sum is formed in a fresh tensor (never in place on the master)."""
         a = sign_eps * self.probe_scale(seed)
-        for p in self.params:
-            z = self._direction(p, seed)
-            p.live.copy_(p.master.to(torch.float32).add_(z, alpha=a))
+        zs = zs if zs is not None else self.directions(seed)
+        for p, z in zip(self.params, zs):
+            p.live.copy_(torch.add(p.master, z, alpha=a))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -189,11 +217,12 @@ class ZOEngine:
         rows = []
         try:
             for s in seeds:
-                self.apply_probe(s, +eps)
-                lp = loss_fn().float().reshape(())
+                zs = self.directions(s)
+                self.apply_probe(s, +eps, zs)
+                lp = _as_loss(loss_fn())
                 if two_sided:
-                    self.apply_probe(s, -eps)
-                    lm = loss_fn().float().reshape(())
+                    self.apply_probe(s, -eps, zs)
+                    lm = _as_loss(loss_fn())
                 else:
                     lm = torch.full_like(lp, float("nan"))
                 rows.append(torch.stack([lp, lm]))
@@ -206,7 +235,7 @@ class ZOEngine:
     def baseline(self, loss_fn) -> torch.Tensor:
         """L(theta) at the unperturbed weights (FD-RGE's reference point)."""
         self.restore()
-        return loss_fn().float().reshape(())
+        return _as_loss(loss_fn())
 
     # ------------------------------------------------------------------ coefficients
     def coefficients(self, losses: torch.Tensor, *, lr: float, baseline: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,12 +276,11 @@ class ZOEngine:
         cfg = self.cfg
         info = {}
         if not cfg.needs_full_gradient:
-            for p in self.params:
-                g = self._accumulate(p, seeds, scaled)
-                self._apply(p, g, lr)
-            self._scale_cache.clear()
+            for k, p in enumerate(self.params):
+                self._apply(p, self._accumulate(k, seeds, scaled), lr)
+            self.clear_step_cache()
             return info
-        grads = [self._accumulate(p, seeds, scaled) for p in self.params]
+        grads = [self._accumulate(k, seeds, scaled) for k in range(len(self.params))]
         gnorm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
         info["grad_norm"] = gnorm
         factor = 1.0
@@ -271,14 +299,17 @@ class ZOEngine:
             if cfg.adam:
                 g = self._adam_direction(p, g)
             self._apply(p, g, lr)
-        self._scale_cache.clear()
+        self.clear_step_cache()
         return info
 
-    def _accumulate(self, p: _Param, seeds, coefs) -> torch.Tensor:
+    def _accumulate(self, k: int, seeds, coefs) -> torch.Tensor:
+        """sum_i c_i z_i restricted to parameter k, in fp32, in the given seed order."""
+        p = self.params[k]
         g = torch.zeros(p.master.shape, dtype=torch.float32, device=p.master.device)
         for s, c in zip(seeds, coefs):
             if c != 0.0:
-                g.add_(self._direction(p, s), alpha=c)
+                cached = self._z_cache.get(s)
+                g.add_(cached[k] if cached is not None else self._direction(p, s), alpha=c)
         return g
 
     def _adam_direction(self, p: _Param, g: torch.Tensor) -> torch.Tensor:
@@ -292,7 +323,7 @@ class ZOEngine:
         return mhat.div_(vhat.sqrt_().add_(cfg.adam_eps))
 
     def _apply(self, p: _Param, g: torch.Tensor, lr: float) -> None:
-        upd = p.master.to(torch.float32)
+        upd = p.master.to(torch.float32, copy=True)
         if self.cfg.weight_decay > 0:
             keep = 1.0 - lr * self.cfg.weight_decay
             if p.mask is not None:

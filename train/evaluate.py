@@ -1,0 +1,46 @@
+"""Loss of a model on a batch: time-chunked and micro-batched, through the one masked loss."""
+from __future__ import annotations
+
+import torch
+
+from tasks import Batch, LossAccumulator
+
+
+def chunked_accumulator(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor, *, time_chunk: int = 0) -> LossAccumulator:
+    """Run the model over the sequence in chunks of `time_chunk` steps (0: all at once),
+    carrying its state, and accumulate loss and accuracy chunk by chunk. The logits of only one
+    chunk exist at a time, so the working set does not grow with T."""
+    acc = LossAccumulator()
+    state = model.init_state(inputs_BT.shape[0])
+    T = inputs_BT.shape[1]
+    step = time_chunk if time_chunk > 0 else T
+    for t0 in range(0, T, step):
+        logits, state = model.forward_chunk(inputs_BT[:, t0:t0 + step], state)
+        acc.update(logits, targets_BT[:, t0:t0 + step])
+    return acc
+
+
+def batch_loss(model, batch: Batch, *, time_chunk: int = 0, micro_batch_size: int = 0) -> torch.Tensor:
+    """Mean masked cross entropy over the batch (fp32 scalar on the model's device).
+
+    With micro_batch_size > 0 the rows are processed in micro-batches; the result is the
+    token-weighted mean over all of them, identical to one pass up to summation order."""
+    B = batch.inputs.shape[0]
+    mb = micro_batch_size if 0 < micro_batch_size < B else B
+    total, count = None, None
+    for r0 in range(0, B, mb):
+        acc = chunked_accumulator(model, batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb], time_chunk=time_chunk)
+        s, c = acc.loss_sum, acc.count
+        total = s if total is None else total + s
+        count = c if count is None else count + c
+    return (total / count.clamp(min=1)).float()
+
+
+@torch.inference_mode()
+def evaluate_batch(model, batch: Batch, *, time_chunk: int = 0):
+    """(loss, token_accuracy, seq_accuracy) as fp32 scalar tensors, and the full logits."""
+    state = model.init_state(batch.inputs.shape[0])
+    logits, _ = model.forward(batch.inputs, state, time_chunk=time_chunk)
+    acc = LossAccumulator()
+    acc.update(logits, batch.targets)
+    return acc.loss(), acc.token_accuracy(), acc.seq_accuracy(), logits

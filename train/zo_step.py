@@ -1,0 +1,58 @@
+"""One CD-RGE / FD-RGE optimisation step over a communicator (series = world of one)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """A probe loss was NaN or inf; raised on every rank before any update."""
+
+    def __init__(self, step: int, lr: float):
+        super().__init__(f"non-finite loss at step {step} (lr={lr:g}); the weights were NOT updated. "
+                         f"Lower the learning rate (e.g. --learning_rate {lr / 10:g}) and resume from the last checkpoint.")
+        self.step = step
+
+
+@dataclass
+class StepResult:
+    train_loss: float
+    losses: torch.Tensor     # [num_seeds, 2] gathered probe losses
+    timings: dict            # seconds per phase
+    info: dict
+
+
+def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=None) -> StepResult:
+    """Evaluate this rank's share of the probes, gather the loss pairs, update identically.
+
+    loss_for_probe(i) -> the loss closure of probe i (it may return the same closure for every i,
+    or one that draws a per-probe batch). baseline_fn: the closure for L(theta) (FD-RGE only).
+    One host synchronisation: coefficients and mean loss come back together, and a non-finite
+    value stops the step before the update (on every rank alike, since all see the same losses)."""
+    t0 = time.perf_counter()
+    seeds = engine.seeds(step)
+    lo, hi = comm.shard(len(seeds))
+    rows = [engine.evaluate([s], loss_for_probe(i), lr=lr) for i, s in zip(range(lo, hi), seeds[lo:hi])]
+    local = torch.cat(rows) if rows else torch.empty(0, 2)
+    baseline = None
+    if engine.cfg.needs_baseline:
+        if baseline_fn is None:
+            raise ValueError("FD-RGE needs a baseline loss closure")
+        baseline = engine.baseline(baseline_fn)
+    t1 = time.perf_counter()
+    losses = comm.all_gather_rows(local)
+    t2 = time.perf_counter()
+    two_sided = engine.cfg.central_difference or engine.cfg.antithetic
+    used = losses if two_sided else losses[:, :1]
+    coefs = engine.coefficients(losses, lr=lr, baseline=baseline)
+    mean_loss = baseline if baseline is not None else used.double().mean()
+    host = torch.cat([coefs.double().reshape(-1), mean_loss.double().reshape(1)]).tolist()  # the one sync
+    if not all(math.isfinite(v) for v in host):
+        raise NonFiniteLossError(step, lr)
+    train_loss = host[-1]
+    info = engine.update(seeds, host[:-1], lr=lr)
+    t3 = time.perf_counter()
+    return StepResult(train_loss, losses, {"probe_eval_s": t1 - t0, "all_gather_s": t2 - t1, "update_s": t3 - t2}, info)

@@ -1,0 +1,47 @@
+"""The collective interface the ZO step talks to, and its single-process implementation.
+
+A distributed implementation with the same methods lives in zo/dist.py (the only module that
+imports torch.distributed). Everything that crosses ranks is a handful of scalars per probe.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class LocalComm:
+    """World of one process: every collective is the identity."""
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def __init__(self):
+        self.bytes_communicated = 0  # cumulative bytes this rank sent in collectives
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """[lo, hi) of the n probe seeds this rank evaluates."""
+        return 0, n
+
+    def all_gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        return local
+
+    def all_reduce_max_scalar(self, x: float) -> float:
+        return x
+
+    def check_replicas(self, checksum: float, *, step: int) -> None:
+        return None
+
+    def barrier(self) -> None:
+        return None
+
+    def broadcast_tensors(self, tensors) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    if n % world_size:
+        raise ValueError(f"{n} probes do not split evenly over {world_size} ranks")
+    m = n // world_size
+    return rank * m, (rank + 1) * m
