@@ -16,8 +16,8 @@ import torch
 from train.cli_args import (add_bool, distribution, nonneg_float, nonneg_int, positive_float, positive_int,
                             reject_unimplemented)
 
-DEFAULTS_NOTE = ("With no arguments: copy task (lengths 2..4), LSTM hidden 64 / 4 heads, CD-RGE with 32 probes "
-                 "overfitting one batch of 32 on CPU.")
+DEFAULTS_NOTE = ("With no arguments: copy task (lengths 2..3), LSTM hidden 32 / 2 heads (input 16), CD-RGE with "
+                 "64 probes and lr = eps = 0.3, overfitting one batch of 8 for 300 steps (about a minute on a laptop CPU).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,15 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=dev, help=f"cpu, cuda or cuda:N (default {dev})")
     p.add_argument("--task", default="copy", help="copy, repeat_copy, reverse, sort, add, lm_char")
     p.add_argument("--model_type", default="LSTM", choices=["LSTM", "DNC"])
-    p.add_argument("--seq_length", type=positive_int, default=4,
+    p.add_argument("--seq_length", type=positive_int, default=3,
                    help="train lengths are [2, seq_length]; validation [seq_length+1, seq_length+50]")
-    p.add_argument("--micro_batch_size", type=positive_int, default=32)
+    p.add_argument("--micro_batch_size", type=positive_int, default=8)
     p.add_argument("--macro_batch_size", type=positive_int, default=None, help="default: micro_batch_size")
-    p.add_argument("--max_iterations", type=positive_int, default=150)
+    p.add_argument("--max_iterations", type=positive_int, default=300)
     p.add_argument("--max_num", type=positive_int, default=15, help="numbers 0..max_num-1 in the synthetic tasks")
-    p.add_argument("--input_size", type=positive_int, default=32)
-    p.add_argument("--hidden_size", type=positive_int, default=64)
-    p.add_argument("--num_heads", type=positive_int, default=4,
+    p.add_argument("--input_size", type=positive_int, default=16)
+    p.add_argument("--hidden_size", type=positive_int, default=32)
+    p.add_argument("--num_heads", type=positive_int, default=2,
                    help="LSTM: recurrence heads; DNC: read heads")
     p.add_argument("--memory_size", type=nonneg_int, default=0, help="DNC memory slots (0: hidden_size)")
     p.add_argument("--head_size", type=nonneg_int, default=0,
@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="parameter dtype (default float32 on CPU, bfloat16 on CUDA; ZO keeps an fp32 master)")
     p.add_argument("--distribution", type=distribution, default="rademacher", help="rad | normal | uniform")
-    p.add_argument("--learning_rate_and_epsilon", type=positive_float, default=0.05,
+    p.add_argument("--learning_rate_and_epsilon", type=positive_float, default=0.3,
                    help="learning rate; epsilon = epsilon_tying_ratio * this")
     p.add_argument("--epsilon_tying_ratio", type=positive_float, default=1.0)
-    p.add_argument("--num_perturbations", type=positive_int, default=32)
+    p.add_argument("--num_perturbations", type=positive_int, default=64)
     add_bool(p, "--fd_rge", False, "forward differences L(theta+eps z) - L(theta) instead of central")
     add_bool(p, "--antithetic_sampling", False, "FD-RGE with +z/-z probe pairs (needs --fd_rge true)")
     add_bool(p, "--use_adaptive_step", False, "not implemented")
@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(p, "--overfit_to_one_batch_flag", True, "train on one fixed batch")
     add_bool(p, "--curriculum", False, "grow the max train length by one every --curriculum_steps")
     p.add_argument("--curriculum_steps", type=positive_int, default=100)
-    p.add_argument("--log_interval", type=positive_int, default=10)
+    p.add_argument("--log_interval", type=positive_int, default=25)
     p.add_argument("--val_interval", type=nonneg_int, default=0, help="steps between validations (0: log_interval)")
     p.add_argument("--time_chunk", type=nonneg_int, default=0, help="ZO forward chunk in time steps (0: 64)")
+    p.add_argument("--models_per_pass", type=nonneg_int, default=0,
+                   help="ZO: perturbed models evaluated per forward (0: auto from free memory; 1: one at a time)")
     add_bool(p, "--save_model", False, "write a checkpoint to --checkpoint_dir at the end")
     p.add_argument("--checkpoint_dir", default="rnn_checkpoints")
     add_bool(p, "--wandb", False, "log to wandb (offline without WANDB_API_KEY)")
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text_path", default=None, help="local text file for --task lm_char")
     p.add_argument("--metrics_out", default=None, help="JSON lines, one per logged step")
     p.add_argument("--stop_loss", type=nonneg_float, default=0.0, help="stop once train loss < this (0: never)")
+    p.add_argument("--summary_out", default=None, help="write the run summary as JSON here")
     add_bool(p, "--unit_test", False, "timing/VRAM table over size presets and optimisers", dest="unit_test")
     p.add_argument("--unittest", dest="unit_test", action="store_const", const=True, help="alias of --unit_test")
     p.add_argument("--unittest_sizes", default=None, help="comma list of presets (default: all that fit)")
@@ -112,7 +115,7 @@ def config_from_args(args):
         weight_decay=args.weight_decay, probe_dropout_rate=args.probe_dropout_rate, grad_clip=args.grad_clip,
         use_bptt=args.use_bptt, use_adam=args.use_adam, overfit_to_one_batch=args.overfit_to_one_batch_flag,
         curriculum=args.curriculum, curriculum_steps=args.curriculum_steps, log_interval=args.log_interval,
-        val_interval=args.val_interval, time_chunk=args.time_chunk, save_model=args.save_model,
+        val_interval=args.val_interval, time_chunk=args.time_chunk, models_per_pass=args.models_per_pass, save_model=args.save_model,
         checkpoint_dir=args.checkpoint_dir, wandb=args.wandb, wandb_proj=args.wandb_proj,
         wandb_run_name=args.wandb_run_name, seed=args.seed, verbose=args.verbose, tokenizer=args.tokenizer,
         text_path=args.text_path, metrics_out=args.metrics_out, stop_loss=args.stop_loss)
@@ -135,6 +138,12 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.summary_out:
+        import json
+        import os
+        os.makedirs(os.path.dirname(os.path.abspath(args.summary_out)), exist_ok=True)
+        with open(args.summary_out, "w") as f:
+            json.dump(summary, f, indent=1)
     print(f"DONE: {summary['optimizer']} {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
           f"{summary['last_loss']:.4f} (best {summary['best_loss']:.4f}), {summary['s_per_step']:.4f} s/step, "
           f"peak memory {summary['peak_mem_bytes'] / 2**30:.3f} GiB")

@@ -57,5 +57,20 @@ def check_fits(cfg: ModelConfig, *, device, batch_size: int, time_chunk: int, zo
     return need
 
 
-__all__ = ["ModelConfig", "MODEL_TYPES", "SIZE_PRESETS", "preset", "apply_scale", "param_count",
+def supports_stacked(model) -> bool:
+    """Whether the model can evaluate several parameter sets in one forward."""
+    return hasattr(model, "forward_chunk_stacked")
+
+
+def auto_models_per_pass(cfg: ModelConfig, *, device, batch_size: int, time_chunk: int, wanted: int,
+                         budget_fraction: float = 0.25) -> int:
+    """How many perturbed copies of the model to evaluate per forward: as many as `wanted`, within
+    `budget_fraction` of the free memory (each copy holds its parameters and its working set)."""
+    one = estimate_memory_bytes(cfg, batch_size=batch_size, time_chunk=time_chunk, zo=False) - \
+        estimate_memory_bytes(cfg, batch_size=0, time_chunk=0, zo=False) + param_count(cfg) * cfg.dtype_bytes
+    fit = int(budget_fraction * available_memory_bytes(device) // max(one, 1))
+    return max(1, min(wanted, fit))
+
+
+__all__ = ["supports_stacked", "auto_models_per_pass", "ModelConfig", "MODEL_TYPES", "SIZE_PRESETS", "preset", "apply_scale", "param_count",
            "estimate_memory_bytes", "format_bytes", "build_model", "check_fits", "available_memory_bytes"]

@@ -79,6 +79,35 @@ class LSTMModel(nn.Module):
         logits = hs_BTH.to(self.W_out.dtype) @ self.W_out + self.b_out
         return logits, state
 
+    # ------------------------------------------------------------------ K models in one pass
+    def init_state_stacked(self, P: dict, batch_size: int):
+        """Initial (h, c) of K stacked models, heads folded as [K*N, B, D]."""
+        K = P["h0"].shape[0]
+        N, D, sdt = self.N, self.D, state_dtype(P["h0"].dtype)
+        h = P["h0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D).contiguous()
+        c = P["c0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D).contiguous()
+        return h, c
+
+    def forward_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, state):
+        """Logits [K, B, Tc, V] of K models whose parameters are stacked on a leading axis of each
+        tensor of P (same names as the module's parameters), all on the same tokens.
+
+        The K recurrences run as one: the probe axis is folded into the head axis, so a step is a
+        single batched matmul over K*N heads. Projections are batched matmuls over K."""
+        K = P["W_in"].shape[0]
+        B, T = tokens_BT.shape
+        N, D, H = self.N, self.D, self.H
+        x = P["embedding"][:, tokens_BT.reshape(-1)]                        # [K, B*T, I]
+        xg = torch.bmm(x.to(P["W_in"].dtype), P["W_in"])                   # [K, B*T, 4H]
+        xg = xg.view(K, B, T, 4, N, D).permute(2, 0, 4, 1, 3, 5).reshape(T, K * N, B, 4, D)
+        R = P["R"].permute(1, 0, 2, 3, 4).reshape(4, K * N, D, D)
+        b = P["b"].permute(1, 0, 2, 3).reshape(4, K * N, D)
+        h, c = state
+        hs, state = recurrence(xg, R, b, h, c, backend=self.cfg.backend)   # [T, K*N, B, D]
+        hs = hs.view(T, K, N, B, D).permute(1, 3, 0, 2, 4).reshape(K, B * T, H)
+        logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.to(P["W_out"].dtype), P["W_out"])
+        return logits.view(K, B, T, -1), state
+
     def forward(self, tokens_BT: torch.Tensor, state=None, *, time_chunk: int = 0):
         """Logits for the whole sequence (chunked internally when time_chunk > 0)."""
         if state is None:

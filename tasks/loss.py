@@ -152,3 +152,18 @@ class LossAccumulator:
     def seq_accuracy(self) -> torch.Tensor:
         self._require()
         return _seq_fraction(self._seq_ok, self._seq_has)
+
+
+def masked_ce_sum_stacked(logits_KBTV: torch.Tensor, targets_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model cross-entropy sums for K models evaluated on the same batch.
+
+    Returns ``(loss_sum [K] fp64, count)``; model k's sum equals ``masked_ce_sum`` of
+    ``logits_KBTV[k]`` up to summation order. Used when several probes run in one forward."""
+    if logits_KBTV.dim() != 4:
+        raise ValueError(f"stacked logits must have shape [K, B, T, V], got {tuple(logits_KBTV.shape)}")
+    K, B, T, V = logits_KBTV.shape
+    if targets_BT.shape != (B, T):
+        raise ValueError(f"targets must have shape {(B, T)}, got {tuple(targets_BT.shape)}")
+    nll = F.cross_entropy(logits_KBTV.float().reshape(K * B * T, V), targets_BT.reshape(1, B * T).expand(K, B * T).reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.view(K, B * T).double().sum(dim=1), (targets_BT != IGNORE_INDEX).sum()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from tasks import Batch, LossAccumulator
+from tasks.loss import masked_ce_sum_stacked
 
 
 def chunked_accumulator(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor, *, time_chunk: int = 0) -> LossAccumulator:
@@ -44,3 +45,20 @@ def evaluate_batch(model, batch: Batch, *, time_chunk: int = 0):
     acc = LossAccumulator()
     acc.update(logits, batch.targets)
     return acc.loss(), acc.token_accuracy(), acc.seq_accuracy(), logits
+
+
+def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, micro_batch_size: int = 0) -> torch.Tensor:
+    """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked)."""
+    B, T = batch.inputs.shape
+    mb = micro_batch_size if 0 < micro_batch_size < B else B
+    step = time_chunk if time_chunk > 0 else T
+    total, count = None, None
+    for r0 in range(0, B, mb):
+        inp, tgt = batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb]
+        state = model.init_state_stacked(P, inp.shape[0])
+        for t0 in range(0, T, step):
+            logits, state = model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)
+            s, c = masked_ce_sum_stacked(logits, tgt[:, t0:t0 + step])
+            total = s if total is None else total + s
+            count = c if count is None else count + c
+    return (total / count.clamp(min=1)).float()

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from models import ModelConfig, build_model, check_fits, param_count
+from models import ModelConfig, auto_models_per_pass, build_model, check_fits, param_count, supports_stacked
 from tasks import build_task, sample_predictions
 from train.checkpoint import save_checkpoint
-from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch
+from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stacked_batch_loss
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.zo_step import NonFiniteLossError, zo_step
 from zo.comm import LocalComm
@@ -66,6 +66,7 @@ class SeriesConfig:
     val_interval: int = 0            # 0: validate at every log line
     val_batch_size: int = 64
     time_chunk: int = 0              # ZO forward chunk (0: auto = min(T, 64))
+    models_per_pass: int = 0         # ZO: perturbed models per forward (0: auto from memory; 1: one at a time)
     save_model: bool = False
     checkpoint_dir: str = "rnn_checkpoints"
     wandb: bool = False
@@ -166,6 +167,13 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
         for p in model.parameters():
             p.requires_grad_(False)
         engine = ZOEngine(model.named_parameters(), config=cfg.zo_config(), run_seed=cfg.seed)
+        per_seed = 2 if (not cfg.fd_rge or cfg.antithetic) else 1
+        wanted = per_seed * engine.cfg.num_seeds
+        mpp = cfg.models_per_pass or auto_models_per_pass(mcfg, device=device, batch_size=cfg.micro_batch_size,
+                                                          time_chunk=time_chunk or T_max, wanted=wanted)
+        mpp = mpp if supports_stacked(model) else 1
+        if cfg.verbose:
+            print(f"ZO: {cfg.num_perturbations} probes, {mpp} perturbed model(s) per forward pass", file=out)
     comm = LocalComm()
 
     fixed = None
@@ -196,8 +204,12 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
                 def loss_fn(b=batch):
                     with torch.inference_mode():
                         return batch_loss(model, b, time_chunk=time_chunk, micro_batch_size=cfg.micro_batch_size)
+                def stacked(P, b=batch):
+                    with torch.inference_mode():
+                        return stacked_batch_loss(model, P, b, time_chunk=time_chunk,
+                                                  micro_batch_size=cfg.micro_batch_size)
                 res = zo_step(engine, step=step, lr=lr, loss_for_probe=lambda i: loss_fn, comm=comm,
-                              baseline_fn=loss_fn)
+                              baseline_fn=loss_fn, stacked_loss=stacked, models_per_pass=mpp)
                 train_loss = res.train_loss
             _sync(device)
             dt = time.perf_counter() - t0

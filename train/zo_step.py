@@ -25,18 +25,24 @@ class StepResult:
     info: dict
 
 
-def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=None) -> StepResult:
+def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=None, stacked_loss=None,
+            models_per_pass: int = 1) -> StepResult:
     """Evaluate this rank's share of the probes, gather the loss pairs, update identically.
 
     loss_for_probe(i) -> the loss closure of probe i (it may return the same closure for every i,
     or one that draws a per-probe batch). baseline_fn: the closure for L(theta) (FD-RGE only).
+    stacked_loss(P) with models_per_pass > 1: evaluate that many perturbed models per forward
+    (same batch for all probes); the losses are the same as the one-at-a-time path's.
     One host synchronisation: coefficients and mean loss come back together, and a non-finite
     value stops the step before the update (on every rank alike, since all see the same losses)."""
     t0 = time.perf_counter()
     seeds = engine.seeds(step)
     lo, hi = comm.shard(len(seeds))
-    rows = [engine.evaluate([s], loss_for_probe(i), lr=lr) for i, s in zip(range(lo, hi), seeds[lo:hi])]
-    local = torch.cat(rows) if rows else torch.empty(0, 2)
+    if stacked_loss is not None and models_per_pass > 1:
+        local = engine.evaluate_stacked(seeds[lo:hi], stacked_loss, lr=lr, models_per_pass=models_per_pass)
+    else:
+        rows = [engine.evaluate([s], loss_for_probe(i), lr=lr) for i, s in zip(range(lo, hi), seeds[lo:hi])]
+        local = torch.cat(rows) if rows else torch.empty(0, 2)
     baseline = None
     if engine.cfg.needs_baseline:
         if baseline_fn is None:

@@ -8,13 +8,28 @@ from __future__ import annotations
 import torch
 
 
+class ReplicaMismatchError(RuntimeError):
+    """The replicas' parameter checksums differ; raised on every rank alike (all see all checksums)."""
+
+    def __init__(self, step: int, checksums):
+        self.step = step
+        self.checksums = list(checksums)
+        detail = ", ".join(f"rank {r}: {c!r}" for r, c in enumerate(self.checksums))
+        super().__init__(f"replicas diverged: parameter checksums differ after step {step} ({detail}). "
+                         f"The ranks no longer hold the same weights; resume from the last checkpoint "
+                         f"(--load_from_checkpoint) and report this as a bug.")
+
+
 class LocalComm:
     """World of one process: every collective is the identity."""
     rank = 0
     world_size = 1
+    local_rank = 0
     is_main = True
+    backend = "none"
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
         self.bytes_communicated = 0  # cumulative bytes this rank sent in collectives
 
     def shard(self, n: int) -> tuple[int, int]:

@@ -34,6 +34,10 @@ from zo import noise as zn
 GRAD_NORMS = (None, "l2", "l1")
 
 
+def _as_loss_vec(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32)).reshape(-1)
+
+
 def _as_loss(x: torch.Tensor) -> torch.Tensor:
     """A scalar loss in at least fp32 (fp64 losses stay fp64)."""
     return x.to(torch.promote_types(x.dtype, torch.float32)).reshape(())
@@ -147,6 +151,7 @@ class ZOEngine:
         self._z_cache: dict[int, list[torch.Tensor]] = {}
         self._z_cache_bytes = 0
         self._bytes_per_direction = 4 * sum(p.master.numel() for p in self.params)
+        self._stack_bufs: dict = {}
 
     # ------------------------------------------------------------------ ask
     def seeds(self, step: int) -> list[int]:
@@ -231,6 +236,46 @@ class ZOEngine:
         if not rows:
             return torch.empty(0, 2)
         return torch.stack(rows)
+
+    @torch.no_grad()
+    def evaluate_stacked(self, seeds, stacked_loss_fn, *, lr: float, models_per_pass: int) -> torch.Tensor:
+        """Like `evaluate`, but several perturbed models per forward pass.
+
+        stacked_loss_fn(P) gets a dict name -> tensor [M, *shape] of M perturbed copies of every
+        parameter (model dtype) and returns their M losses. Rows are (theta + eps z_i,
+        theta - eps z_i) per seed, exactly the values `evaluate` would produce for the same seed."""
+        eps = self.cfg.epsilon(lr)
+        signs = (1.0, -1.0) if (self.cfg.central_difference or self.cfg.antithetic) else (1.0,)
+        per_seed = len(signs)
+        group = max(1, models_per_pass // per_seed)
+        out = []
+        for g0 in range(0, len(seeds), group):
+            chunk = seeds[g0:g0 + group]
+            M = len(chunk) * per_seed
+            P = {}
+            for k, p in enumerate(self.params):
+                buf = self._stack_buffer(p, M)
+                P[p.name] = buf
+            for j, s in enumerate(chunk):
+                zs = self.directions(s)
+                a = eps * self.probe_scale(s)
+                for k, p in enumerate(self.params):
+                    for t, sg in enumerate(signs):
+                        P[p.name][j * per_seed + t].copy_(torch.add(p.master, zs[k], alpha=sg * a))
+            losses = _as_loss_vec(stacked_loss_fn(P)).view(len(chunk), per_seed)
+            if per_seed == 1:
+                losses = torch.cat([losses, torch.full_like(losses, float("nan"))], dim=1)
+            out.append(losses)
+        return torch.cat(out) if out else torch.empty(0, 2)
+
+    def _stack_buffer(self, p: _Param, M: int) -> torch.Tensor:
+        key = (p.name, M)
+        buf = self._stack_bufs.get(key)
+        if buf is None:
+            self._stack_bufs = {k: v for k, v in self._stack_bufs.items() if k[1] == M}  # one M at a time
+            buf = torch.empty((M, *p.live.shape), dtype=p.live.dtype, device=p.live.device)
+            self._stack_bufs[key] = buf
+        return buf
 
     def baseline(self, loss_fn) -> torch.Tensor:
         """L(theta) at the unperturbed weights (FD-RGE's reference point)."""

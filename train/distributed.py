@@ -1,0 +1,567 @@
+"""Distributed CD-RGE / FD-RGE trainer: many ranks share the probes, only scalars cross the wire.
+
+    cfg = DistConfig(task="copy", meta_perturbations=12, ...)
+    comm = zo.dist.init_comm(device_arg=cfg.device)          # or zo.comm.LocalComm() for one process
+    summary = run_distributed(cfg, comm)
+
+One step t, on every rank (DESIGN.md invariants 3-5):
+  - the probe seeds come from (run seed, t) through `ZOEngine.seeds`; n_total = meta_perturbations x
+    world size, and rank r evaluates seeds [r*m, (r+1)*m) with m = meta_perturbations;
+  - the batch is rebuilt on every rank from the data seed: (run seed, t) for the shared batch, or
+    (run seed, t, probe index) per probe under --scatter_batch / --use_different_batch_per_meta_perturbation;
+  - `train.zo_step.zo_step` evaluates the rank's probes, all-gathers the [n_total, 2] loss table and
+    applies the same update everywhere (a non-finite loss stops every rank before the update);
+  - every --sync_check_iters steps, at each checkpoint and at the end, the ranks compare a float64
+    checksum of theta and stop together on a mismatch.
+Theta is broadcast once (start-up / after a checkpoint load); there is no theta-sized collective.
+
+Sequence-length curriculum (the paper's flags): `current_max_seq_len` starts at --min_seq_len. After
+--patience_seq_len consecutive steps with train loss below --step_seq_len_loss_thresh it grows by
+--step_seq_len (capped at --max_seq_len) and the count restarts. Synthetic tasks draw lengths in
+[2, current_max_seq_len]; lm_char windows are exactly current_max_seq_len long. The curriculum
+state is in the checkpoint, so a resume continues it.
+
+Modes: test overfits one fixed batch (the batch of key 0 at the current length) and stops at train
+loss < 0.1; train draws a fresh batch every step, validates and checkpoints every --val_iters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from models import ModelConfig, apply_scale, build_model, check_fits, param_count
+from tasks import build_task, sample_predictions
+from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
+from train.evaluate import batch_loss, evaluate_batch
+from train.metrics import JsonlWriter, Stopwatch, WandbLogger
+from train.series import SYNTHETIC_TASKS, peak_memory_bytes
+from train.zo_step import NonFiniteLossError, zo_step
+from zo import noise as zn
+from zo.estimator import ZOConfig, ZOEngine
+from zo.schedule import SCHEDULES, learning_rate
+
+TASK_NAMES = SYNTHETIC_TASKS + ("lm_char",)
+TOKENIZERS = ("char", "numeric", "hf")
+TEST_LOSS_TARGET = 0.1          # --mode test stops once the train loss is below this
+CHECKPOINT_FORMAT = "zo-rnn-distributed/1"
+_DATA_SALT = 0xDA7A5EED         # data seeds live in their own stream, apart from the probe seeds
+_VAL_SALT = 0x7A115EED
+
+
+@dataclass
+class DistConfig:
+    """Every setting of a distributed run; saved into each checkpoint as `config`."""
+    mode: str = "test"
+    task: str = "copy"
+    dataset: str | None = None
+    tokenizer: str | None = None
+    max_num: int = 15
+    model_type: str = "LSTM"
+    model_scale: int = 1
+    input_size: int = 32
+    hidden_size: int = 32
+    num_heads: int = 4
+    head_size: int = 0
+    memory_size: int = 0
+    dtype: str | None = None            # None: float32 on CPU, bfloat16 on CUDA (fp32 master either way)
+    device: str = "cpu"
+    seed: int = 0
+    batch_size: int = 8
+    micro_batch_size: int = 0           # 0: the whole batch in one pass
+    val_batch_size: int = 0             # 0: min(batch_size, 256)
+    time_chunk: int = 0                 # forward chunk in time steps (0: 64)
+    min_seq_len: int = 4
+    max_seq_len: int = 0                # 0: equal to min_seq_len (no curriculum)
+    step_seq_len: int = 1
+    step_seq_len_loss_thresh: float = 0.1
+    patience_seq_len: int = 10
+    max_iters: int = 500
+    learning_rate: float = 0.02
+    learn_rate_schedule: str = "constant"
+    warmup_iters: int = 0
+    cosine_wavelength: int = 1000
+    epsilon_tying_ratio: float = 1.0
+    meta_perturbations: int = 16
+    per_probe_batch: bool = False       # --scatter_batch / --use_different_batch_per_meta_perturbation
+    central_difference: bool = True
+    antithetic: bool = False
+    distribution: str = "rademacher"
+    probe_normalization: bool = False
+    gradient_normalization: str | None = None
+    probe_dropout_rate: float = 0.0
+    weight_decay: float = 0.0
+    adam: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.999
+    val_iters: int = 100
+    sync_check_iters: int = 100
+    checkpoint_dir: str = "rnn_checkpoints"
+    load_from_checkpoint: str | None = None
+    metrics_out: str | None = None
+    wandb_proj: str | None = None
+    wandb_run: str | None = None
+    verbose: bool = True
+    debug_nan_at_step: int = -1         # hidden test hook: this rank's losses are NaN at that step
+    debug_nan_rank: int = 0
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def final_seq_len(self) -> int:
+        return max(self.min_seq_len, self.max_seq_len)
+
+    @property
+    def resolved_dtype(self) -> str:
+        return self.dtype or ("bfloat16" if str(self.device).startswith("cuda") else "float32")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        base = ModelConfig(model_type=self.model_type, vocab_size=vocab_size, input_size=self.input_size,
+                           hidden_size=self.hidden_size, num_heads=self.num_heads, head_size=self.head_size,
+                           memory_size=self.memory_size, dtype=self.resolved_dtype)
+        return apply_scale(base, self.model_scale)
+
+    def zo_config(self, world_size: int) -> ZOConfig:
+        return ZOConfig(num_perturbations=self.meta_perturbations * world_size,
+                        epsilon_tying_ratio=self.epsilon_tying_ratio, central_difference=self.central_difference,
+                        antithetic=self.antithetic, distribution=self.distribution,
+                        probe_normalization=self.probe_normalization,
+                        gradient_normalization=self.gradient_normalization, weight_decay=self.weight_decay,
+                        adam=self.adam, beta1=self.beta1, beta2=self.beta2,
+                        probe_dropout_rate=self.probe_dropout_rate,
+                        master_dtype=torch.float32 if self.resolved_dtype != "float32" else None)
+
+    def validate(self) -> None:
+        if self.mode not in ("test", "train"):
+            raise ValueError(f"--mode must be test or train, got {self.mode!r}")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"unknown --task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
+        if self.tokenizer == "hf":
+            raise ValueError("--tokenizer hf (the paper's GPT-2 BPE vocabulary) is not available yet; use "
+                             "--tokenizer char with --task lm_char --dataset FILE, or a synthetic --task "
+                             "(copy, reverse, sort, add, repeat_copy) with its numeric tokenizer")
+        if self.tokenizer not in (None,) + TOKENIZERS:
+            raise ValueError(f"unknown --tokenizer {self.tokenizer!r}; choose char or numeric")
+        if self.task in SYNTHETIC_TASKS:
+            if self.tokenizer not in (None, "numeric"):
+                raise ValueError(f"task {self.task!r} uses the numeric tokenizer; drop --tokenizer {self.tokenizer} "
+                                 f"(or use --task lm_char --dataset FILE for characters)")
+            if self.dataset:
+                raise ValueError(f"--dataset applies to --task lm_char, not to the synthetic task {self.task!r}")
+        else:
+            if self.tokenizer not in (None, "char"):
+                raise ValueError(f"task lm_char uses the char tokenizer; drop --tokenizer {self.tokenizer}")
+            if not self.dataset:
+                raise ValueError("--task lm_char needs --dataset FILE (a local UTF-8 text file)")
+            if not os.path.isfile(self.dataset):
+                raise ValueError(f"--dataset {self.dataset!r} does not exist or is not a file")
+        for f in ("batch_size", "max_iters", "meta_perturbations", "val_iters", "sync_check_iters", "min_seq_len",
+                  "patience_seq_len", "model_scale", "max_num"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"--{f} must be a positive integer, got {v!r}")
+        for f in ("micro_batch_size", "val_batch_size", "time_chunk", "max_seq_len", "step_seq_len",
+                  "warmup_iters", "cosine_wavelength"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"--{f} must be an integer >= 0, got {v!r}")
+        if self.min_seq_len < 2:
+            raise ValueError(f"--min_seq_len must be >= 2, got {self.min_seq_len}")
+        if self.max_seq_len and self.max_seq_len < self.min_seq_len:
+            raise ValueError(f"--max_seq_len {self.max_seq_len} is below --min_seq_len {self.min_seq_len}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"--learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.learn_rate_schedule not in SCHEDULES:
+            raise ValueError(f"--learn_rate_schedule must be one of {SCHEDULES} (or true/false), "
+                             f"got {self.learn_rate_schedule!r}")
+        if self.per_probe_batch and not self.central_difference:
+            raise ValueError("a batch per probe (--scatter_batch / --use_different_batch_per_meta_perturbation) "
+                             "needs central differences: FD-RGE compares every probe with one baseline L(theta) "
+                             "on a shared batch; drop --central_difference false")
+        if self.resolved_dtype not in ("float32", "bfloat16", "float16", "float64"):
+            raise ValueError(f"unknown --dtype {self.dtype!r}")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def data_seed(run_seed: int, step: int, probe: int | None = None) -> int:
+    """Generator seed of the training batch of `step` (and of one probe): pure, the same on every rank."""
+    root = zn.splitmix64((run_seed ^ _DATA_SALT) & zn.MASK64) >> 1
+    return zn.probe_seed(root, step, 0 if probe is None else probe + 1)
+
+
+def val_seed(run_seed: int) -> int:
+    return zn.splitmix64((run_seed ^ _VAL_SALT) & zn.MASK64) >> 1
+
+
+def make_batch(task, *, seed: int, batch_size: int, max_len: int, device):
+    """The batch of one generator seed: lengths up to max_len (lm_char: exactly max_len)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    lo, hi = task.train_length_range
+    return task.batch(batch_size=batch_size, min_len=min(lo, max_len), max_len=min(max_len, hi), generator=g)
+
+
+def build_dist_task(cfg: DistConfig):
+    if cfg.task in SYNTHETIC_TASKS:
+        return build_task(cfg.task, seq_length=cfg.final_seq_len, max_num=cfg.max_num)
+    return build_task("lm_char", path=cfg.dataset, seq_length=cfg.final_seq_len)
+
+
+@dataclass
+class SeqLenCurriculum:
+    """The paper's sequence-length curriculum; see the module docstring."""
+    current: int
+    max_len: int
+    step_len: int
+    thresh: float
+    patience: int
+    below: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: DistConfig) -> "SeqLenCurriculum":
+        return cls(current=cfg.min_seq_len, max_len=cfg.final_seq_len, step_len=cfg.step_seq_len,
+                   thresh=cfg.step_seq_len_loss_thresh, patience=cfg.patience_seq_len)
+
+    def update(self, train_loss: float) -> bool:
+        """Feed one step's train loss; True when the max length grew."""
+        if self.step_len <= 0 or self.current >= self.max_len:
+            return False
+        self.below = self.below + 1 if train_loss < self.thresh else 0
+        if self.below < self.patience:
+            return False
+        self.current = min(self.current + self.step_len, self.max_len)
+        self.below = 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"current_max_seq_len": self.current, "below_thresh_steps": self.below}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.current = min(max(int(sd["current_max_seq_len"]), 2), self.max_len)
+        self.below = int(sd["below_thresh_steps"])
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class _ProgressBar:
+    """A one-line bar, drawn only when the stream is a terminal."""
+
+    def __init__(self, total: int, stream, *, enabled: bool = True):
+        self.total, self.stream = total, stream
+        self.on = enabled and bool(getattr(stream, "isatty", lambda: False)())
+
+    def draw(self, step: int, loss: float) -> None:
+        if not self.on:
+            return
+        frac = min(1.0, step / max(self.total, 1))
+        n = int(30 * frac)
+        self.stream.write(f"\r[{'#' * n}{'.' * (30 - n)}] {step}/{self.total} loss {loss:.4f}")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.on:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DistributedTrainer:
+    """Builds task, model and engine, resumes if asked, then `run()` trains. All ranks run it."""
+
+    def __init__(self, cfg: DistConfig, comm, *, out=sys.stdout):
+        cfg.validate()
+        self.cfg, self.comm, self.out = cfg, comm, out
+        self.device = torch.device(cfg.device)
+        self.master = comm.rank == 0
+        self.task = build_dist_task(cfg)
+        self.mcfg = cfg.model_config(self.task.vocab_size)
+        self.time_chunk = cfg.time_chunk or 64
+        self.n_total = cfg.meta_perturbations * comm.world_size
+        zcfg = cfg.zo_config(comm.world_size)           # raises on inconsistent estimator flags
+        ckpt = None
+        if cfg.load_from_checkpoint:
+            ckpt = load_checkpoint(cfg.load_from_checkpoint, map_location="cpu")
+            check_architecture(ckpt, self.mcfg.to_dict(), path=cfg.load_from_checkpoint)
+        mb = cfg.micro_batch_size or cfg.batch_size
+        check_fits(self.mcfg, device=self.device, batch_size=min(mb, cfg.batch_size), time_chunk=self.time_chunk,
+                   zo=True, master_bytes=4)
+        self.run_seed = cfg.seed
+        if ckpt is not None:
+            self.run_seed = int(ckpt.get("run_seed", ckpt["config"].get("seed", cfg.seed)))
+            if self.run_seed != cfg.seed:
+                self._warn(f"--seed {cfg.seed} ignored: resuming the run seed {self.run_seed} of the checkpoint")
+        self.model = build_model(self.mcfg, generator=torch.Generator().manual_seed(self.run_seed), device=self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.n_params = param_count(self.mcfg)
+        self.curriculum = SeqLenCurriculum.from_config(cfg)
+        self.step = 0
+        if ckpt is not None:
+            self._load_model_state(ckpt)
+        self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
+        if ckpt is not None:
+            self._load_run_state(ckpt)
+        # theta is broadcast once; afterwards the replicas only exchange loss tables.
+        comm.broadcast_tensors(self._state_tensors())
+        self.engine.restore()
+        self.init_bytes = comm.bytes_communicated
+        comm.check_replicas(self.engine.master_checksum(), step=self.step)
+        self.last_checkpoint = (cfg.load_from_checkpoint, self.step) if ckpt is not None else (None, None)
+        self._fixed = {}
+        self.val_loss = None
+
+    # ------------------------------------------------------------------ checkpoint state
+    def _load_model_state(self, ckpt: dict) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model_state_dict"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{self.cfg.load_from_checkpoint}: model_state_dict does not fit the model "
+                                  f"({str(e).splitlines()[0][:200]})") from None
+
+    def _load_run_state(self, ckpt: dict) -> None:
+        path = self.cfg.load_from_checkpoint
+        try:
+            opt = ckpt.get("optimizer_state")
+            if isinstance(opt, dict) and "master" in opt:
+                if opt.get("adam_m") and not self.cfg.adam:
+                    self._warn("the checkpoint holds Adam moments but --adam is false; they are dropped")
+                if not self.cfg.adam:
+                    opt = {**opt, "adam_step": 0, "adam_m": {}, "adam_v": {}}
+                self.engine.load_state_dict(opt)
+            self.step = int(ckpt["step"])
+            if "curriculum" in ckpt:
+                self.curriculum.load_state_dict(ckpt["curriculum"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: unusable run state ({type(e).__name__}: {str(e)[:200]})") from None
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        ts = [p.master for p in self.engine.params]
+        st = self.engine.state
+        for d in (st.adam_m, st.adam_v):
+            ts += [d[k] for k in sorted(d)]
+        return ts
+
+    def checkpoint_payload(self) -> dict:
+        cfg = self.cfg
+        return {"format": CHECKPOINT_FORMAT,
+                "model_state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "model_args": self.mcfg.to_dict(),
+                "step": self.step,
+                "config": dataclasses.asdict(cfg),
+                "run_seed": self.run_seed,
+                "world_size": self.comm.world_size,
+                "n_total": self.n_total,
+                "schedule": {"name": cfg.learn_rate_schedule, "base_lr": cfg.learning_rate,
+                             "warmup_iters": cfg.warmup_iters, "cosine_wavelength": cfg.cosine_wavelength,
+                             "next_lr": self.lr_at(self.step)},
+                "curriculum": self.curriculum.state_dict(),
+                "optimizer_state": self.engine.state_dict()}
+
+    def save(self) -> str | None:
+        """Rank 0 writes DIR/latest.pt atomically; returns the path."""
+        path = os.path.join(self.cfg.checkpoint_dir, "latest.pt")
+        if self.master:
+            save_checkpoint(path, self.checkpoint_payload())
+        self.last_checkpoint = (path, self.step)
+        return path
+
+    # ------------------------------------------------------------------ pieces of a step
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        return learning_rate(step, base_lr=c.learning_rate, schedule=c.learn_rate_schedule,
+                             warmup_iters=c.warmup_iters, cosine_wavelength=c.cosine_wavelength)
+
+    def batch_for(self, step: int, probe: int | None = None):
+        """Training batch of a step (of one probe with per-probe batches); test mode: key 0 always."""
+        key = 0 if self.cfg.mode == "test" else step
+        cache_key = (key, probe, self.curriculum.current)
+        if self.cfg.mode == "test" and cache_key in self._fixed:
+            return self._fixed[cache_key]
+        b = make_batch(self.task, seed=data_seed(self.run_seed, key, probe), batch_size=self.cfg.batch_size,
+                       max_len=self.curriculum.current, device=self.device)
+        if self.cfg.mode == "test":
+            self._fixed = {k: v for k, v in self._fixed.items() if k[2] == self.curriculum.current}
+            self._fixed[cache_key] = b
+        return b
+
+    def loss_fn(self, batch):
+        model, tc, mb = self.model, self.time_chunk, self.cfg.micro_batch_size
+
+        def fn():
+            with torch.inference_mode():
+                return batch_loss(model, batch, time_chunk=tc, micro_batch_size=mb)
+        return fn
+
+    def probe_closures(self, step: int):
+        """loss_for_probe(i) for zo_step, and the baseline closure (shared batch only)."""
+        cfg = self.cfg
+        shared = None if cfg.per_probe_batch else self.loss_fn(self.batch_for(step))
+
+        def loss_for_probe(i):
+            fn = shared if shared is not None else self.loss_fn(self.batch_for(step, i))
+            if step == cfg.debug_nan_at_step and self.comm.rank == cfg.debug_nan_rank:
+                return lambda: fn() * float("nan")
+            return fn
+        return loss_for_probe, shared
+
+    def validate_now(self) -> dict:
+        n = self.cfg.val_batch_size or min(self.cfg.batch_size, 256)
+        vb = self.task.val_batch(batch_size=n, generator=torch.Generator(device=self.device)
+                                 .manual_seed(val_seed(self.run_seed)))
+        vl, vtok, vseq, logits = evaluate_batch(self.model, vb, time_chunk=self.time_chunk)
+        return {"val_loss": float(vl), "val_accuracy": float(vtok), "val_seq_accuracy": float(vseq),
+                "samples": sample_predictions(self.task, vb, logits, n=2)}
+
+    # ------------------------------------------------------------------ output
+    def _print(self, *a, **kw):
+        if self.master:
+            print(*a, file=self.out, flush=True, **kw)
+
+    def _warn(self, msg: str):
+        if self.comm.rank == 0:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    def describe(self) -> str:
+        c = self.cfg
+        kind = "CD-RGE" if c.central_difference else ("FD-RGE antithetic" if c.antithetic else "FD-RGE")
+        extra = "+Adam" if c.adam else ""
+        return f"{kind}{extra}, {c.meta_perturbations} x {self.comm.world_size} = {self.n_total} probes/step"
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        cfg, comm = self.cfg, self.comm
+        start = self.step
+        self._print(f"[Init] world size {comm.world_size} (backend {comm.backend}, device {self.device}); "
+                    f"{self.describe()}; task {cfg.task} (vocab {self.task.vocab_size}); mode {cfg.mode}; "
+                    f"run seed {self.run_seed}" + (f"; resuming at step {start}" if start else ""))
+        self._print(f"[Init] {self.mcfg.model_type} hidden {self.mcfg.hidden_size}, heads {self.mcfg.num_heads}, "
+                    f"dtype {self.mcfg.dtype}: {self.n_params:,} parameters; theta broadcast once "
+                    f"({self.init_bytes:,} bytes), then only [n_total, 2] loss tables")
+        metrics = JsonlWriter(cfg.metrics_out if self.master else None, append=start > 0)
+        wandb = WandbLogger(project=cfg.wandb_proj if self.master else None, run_name=cfg.wandb_run,
+                            config=dataclasses.asdict(cfg))
+        bar = _ProgressBar(cfg.max_iters, self.out, enabled=self.master)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        clock = Stopwatch()
+        losses, step_times = [], []
+        finished = False
+        last_synced = last_saved = None
+        try:
+            for step in range(start, cfg.max_iters):
+                lr = self.lr_at(step)
+                cur_len = self.curriculum.current
+                bytes0 = comm.bytes_communicated
+                _sync(self.device)
+                t0 = time.perf_counter()
+                loss_for_probe, shared = self.probe_closures(step)
+                t_batch = time.perf_counter() - t0
+                try:
+                    res = zo_step(self.engine, step=step, lr=lr, loss_for_probe=loss_for_probe, comm=comm,
+                                  baseline_fn=shared)
+                except NonFiniteLossError as e:
+                    path, at = self.last_checkpoint
+                    kept = (f" The last checkpoint ({path}, step {at}) is kept." if path
+                            else " No checkpoint was written yet.")
+                    e.args = (str(e) + kept,)
+                    raise
+                self.step = step + 1
+                train_loss = res.train_loss
+                grew = self.curriculum.update(train_loss)
+                ckpt_due = self.step % cfg.val_iters == 0 and self.step < cfg.max_iters
+                done = cfg.mode == "test" and train_loss < TEST_LOSS_TARGET
+                t1 = time.perf_counter()
+                if self.step % cfg.sync_check_iters == 0 or ckpt_due:
+                    comm.check_replicas(self.engine.master_checksum(), step=self.step)
+                    last_synced = self.step
+                _sync(self.device)
+                t_sync = time.perf_counter() - t1
+                dt = time.perf_counter() - t0
+                step_times.append(dt)
+                losses.append(train_loss)
+                phases = {"batch_s": t_batch, **res.timings, "sync_check_s": t_sync}
+                rec = {"step": step, "train_loss": train_loss, "lr": lr, "current_max_seq_len": cur_len,
+                       "step_time_s": dt, "bytes_communicated": comm.bytes_communicated - bytes0}
+                if cfg.mode == "train" and self.master and (ckpt_due or self.step == cfg.max_iters):
+                    tv = time.perf_counter()
+                    val = self.validate_now()
+                    phases["val_s"] = time.perf_counter() - tv
+                    self.val_loss = val["val_loss"]
+                    rec.update(val_loss=val["val_loss"], val_accuracy=val["val_accuracy"],
+                               val_seq_accuracy=val["val_seq_accuracy"])
+                else:
+                    val = None
+                if ckpt_due:
+                    tc = time.perf_counter()
+                    self.save()
+                    last_saved = self.step
+                    phases["checkpoint_s"] = time.perf_counter() - tc
+                rec.update(elapsed_s=clock.elapsed(), peak_mem_bytes=peak_memory_bytes(self.device),
+                           world_size=comm.world_size, n_total=self.n_total,
+                           **{k: v for k, v in phases.items() if k.endswith("_s")})
+                if self.master:
+                    if cfg.verbose or ckpt_due or val is not None or done or step == start or grew:
+                        bar.clear()
+                        self._log_line(step, rec, phases, val, grew)
+                    metrics.write(rec)
+                    wandb.log(rec, step)
+                    bar.draw(self.step, train_loss)
+                if done:
+                    finished = True
+                    break
+            if self.step != last_synced:
+                comm.check_replicas(self.engine.master_checksum(), step=self.step)
+            if self.step != last_saved:
+                self.save()
+        finally:
+            bar.clear()
+            metrics.close()
+            wandb.close()
+        steady = step_times[1:] or step_times or [0.0]
+        s_per_step = sorted(steady)[len(steady) // 2]
+        summary = {"params": self.n_params, "start_step": start, "step": self.step, "steps_run": len(losses),
+                   "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                   "best_loss": min(losses) if losses else None, "s_per_step": s_per_step, "finished": finished,
+                   "checksum": self.engine.master_checksum(), "checkpoint": self.last_checkpoint[0],
+                   "world_size": comm.world_size, "n_total": self.n_total}
+        if cfg.mode == "test" and self.master:
+            self._finished_lines(summary)
+        return summary
+
+    def _log_line(self, step, rec, phases, val, grew):
+        vl = f"{self.val_loss}" if self.val_loss is not None else "n/a"
+        self._print(f"[Train] Iteration {step}, train_loss = {rec['train_loss']}, lr = {rec['lr']:g}, "
+                    f"val_loss = {vl}, current_max_seq_len = {rec['current_max_seq_len']}, "
+                    f"time per step = {rec['step_time_s']:.4f} s")
+        if val is not None:
+            self._print(f"    val_accuracy = {val['val_accuracy']:.4f}, val_seq_accuracy = {val['val_seq_accuracy']:.4f}")
+            for s in val["samples"]:
+                self._print(f"    {s}")
+        if self.cfg.verbose:
+            ph = ", ".join(f"{k[:-2]} {v * 1e3:.2f} ms" for k, v in phases.items())
+            self._print(f"    phases: {ph}; bytes this step: {rec['bytes_communicated']} "
+                        f"(n_total {self.n_total} x 2 losses), peak mem {rec['peak_mem_bytes'] / 2**20:.1f} MiB")
+        if grew:
+            self._print(f"    curriculum: current_max_seq_len -> {self.curriculum.current}")
+
+    def _finished_lines(self, s: dict) -> None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        iters = s["step"] - 1 if s["steps_run"] else s["step"]  # updates before the reported loss's theta
+        note = "" if s["finished"] else f" (stopped at --max_iters before reaching {TEST_LOSS_TARGET})"
+        self._print("=" * 50)
+        self._print(f"[Rank 0] {stamp} - FINISHED TRAINING: in {iters} iterations achieved {s['last_loss']} loss "
+                    f"in {s['s_per_step']:.6f} seconds per iter.{note}")
+        self._print(f"[Init] Model has {s['params']} parameters across 1 layers.")
+        self._print("=" * 50)
+
+
+def run_distributed(cfg: DistConfig, comm, *, out=sys.stdout) -> dict:
+    """Train on every rank of `comm` (zo.comm.LocalComm for one process, zo.dist.DistComm for many)."""
+    return DistributedTrainer(cfg, comm, out=out).run()
