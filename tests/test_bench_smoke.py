@@ -1,0 +1,70 @@
+"""End-to-end check of bench/bench_step.py in its --smoke mode (tiny shapes, 2 steps, CPU).
+
+The real benchmark needs a GPU (see bench/README.md); this test only proves that every section runs and
+that the markdown and JSON results carry the expected structure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "bench" / "bench_step.py"
+
+
+def test_bench_smoke_writes_results(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    mds = sorted(tmp_path.glob("bench_step_*.md"))
+    jsons = sorted(tmp_path.glob("bench_step_*.json"))
+    assert len(mds) == 1 and len(jsons) == 1, list(tmp_path.iterdir())
+    res = json.loads(jsons[0].read_text())
+
+    for key in ("meta", "peak", "bmm_ceiling", "zo_steps", "bptt", "context_sweep", "targets", "notes"):
+        assert key in res, key
+    meta = res["meta"]
+    for key in ("date", "gpu", "torch", "cuda", "command", "finished", "settings"):
+        assert key in meta, key
+    assert meta["finished"] is True and meta["smoke"] is True
+    assert "--smoke" in meta["command"]
+
+    assert res["peak"]["tflops"] > 0
+    assert {r["D"] for r in res["bmm_ceiling"]} == {20, 50, 150, 300, 850}
+    assert all(r["tflops"] > 0 and "tflops_pad64" in r for r in res["bmm_ceiling"])
+
+    zo = res["zo_steps"]
+    ok = [r for r in zo if r["status"] == "ok"]
+    assert {r["probes"] for r in ok} == {2, 4}, zo
+    paths = {r["path"] for r in ok}
+    assert paths == {"stacked", "per-probe"}, paths          # both engine paths ran
+    for r in ok:
+        assert r["size"] == "tiny" and r["steps_timed"] == 2 and r["s_step"] > 0
+        for key in ("tflops", "x_floor", "peak_frac", "models_per_pass", "peak_alloc_gib", "nvml_proc_gib",
+                    "flops", "params"):
+            assert key in r, key
+        assert r["flops"] == 2 * r["params"] * r["B"] * r["T"] * 2 * r["probes"]
+
+    kinds = {r["kind"]: r for r in res["bptt"]}
+    assert set(kinds) == {"cudnn", "lstmmodel"}
+    assert all(r["status"] == "ok" and r["s_step"] > 0 for r in kinds.values()), res["bptt"]
+
+    sw = res["context_sweep"]
+    assert [r["T"] for r in sw["rows"]] == [10, 70]
+    assert all(r["status"] == "ok" and r["s_step"] > 0 for r in sw["rows"]), sw["rows"]
+    assert sw["rows"][0]["method"].startswith("full") and sw["rows"][1]["method"].startswith("extrapolated")
+
+    targets = res["targets"]
+    assert len(targets) >= 12
+    assert all(t["status"] in ("met", "missed", "not measured") for t in targets)
+
+    md = mds[0].read_text()
+    for heading in ("GEMM peak", "Recurrent bmm ceiling", "ZO step", "BPTT", "Context sweep", "Targets (issue 4)"):
+        assert heading in md, heading
+    # the final tables are printed to stdout as well
+    assert "Targets (issue 4)" in proc.stdout
