@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiplies hidden_size, memory_size and head_size")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="parameter dtype (default float32 on CPU, bfloat16 on CUDA; ZO keeps an fp32 master)")
+    p.add_argument("--lstm_backend", default="auto", choices=["auto", "torch", "fused"],
+                   help="LSTM recurrence: torch reference, fused (cuBLAS + Triton, padded heads), or auto "
+                        "(fused on CUDA when its one-time check against torch passes)")
     p.add_argument("--distribution", type=distribution, default="rademacher", help="rad | normal | uniform")
     p.add_argument("--learning_rate_and_epsilon", type=positive_float, default=0.3,
                    help="learning rate; epsilon = epsilon_tying_ratio * this")
@@ -107,7 +110,7 @@ def config_from_args(args):
         micro_batch_size=args.micro_batch_size, macro_batch_size=args.macro_batch_size or args.micro_batch_size,
         max_iterations=args.max_iterations, max_num=args.max_num, input_size=args.input_size,
         hidden_size=scaled.hidden_size, num_heads=args.num_heads, memory_size=scaled.memory_size,
-        head_size=scaled.head_size, dtype=dtype, distribution=args.distribution,
+        head_size=scaled.head_size, dtype=dtype, lstm_backend=args.lstm_backend, distribution=args.distribution,
         learning_rate=args.learning_rate_and_epsilon, epsilon_tying_ratio=args.epsilon_tying_ratio,
         num_perturbations=args.num_perturbations, fd_rge=args.fd_rge, antithetic=args.antithetic_sampling,
         probe_normalization=args.probe_normalization,

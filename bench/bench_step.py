@@ -470,7 +470,7 @@ class ZOSetup:
     def __init__(self, b: Bench, size: str, probes: int, *, B: int, T: int, time_chunk: int, mpp: int,
                  cfg=None):
         a = b.args
-        self.cfg = cfg or preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype)
+        self.cfg = cfg or preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype, backend=a.backend)
         self.tc = min(T, time_chunk) if time_chunk > 0 else T
         self.mb = a.micro_batch if 0 < a.micro_batch < B else B
         self.model = build_model(self.cfg, generator=torch.Generator().manual_seed(a.seed), device=b.dev)
@@ -594,7 +594,7 @@ def run_zo(b: Bench, size: str, probes: int, *, mpp: int | None = None, label: s
     a = b.args
     B, T = a.batch, a.T
     mpp = a.models_per_pass if mpp is None else mpp
-    cfg = preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype)
+    cfg = preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype, backend=a.backend)
     P = param_count(cfg)
     hidden, heads = SIZE_PRESETS[size]
     flops = 2.0 * P * B * T * 2 * probes
@@ -794,7 +794,7 @@ def run_sweep(b: Bench) -> None:
     try:
         b.free()
         b.reset_peak()
-        cfg = preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype)
+        cfg = preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype, backend=a.backend)
         # one M for every T, so that memory compares like with like: the M of the chunked regime
         tc = a.time_chunk if a.time_chunk > 0 else max(Ts)
         b.log(f"sweep {size} probes={probes}: building")
@@ -1108,6 +1108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro_batch", type=int, default=0, help="ZO forward micro-batch (0: the whole batch)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="parameter dtype (default bfloat16)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "fused"],
+                   help="LSTM recurrence backend (models/lstm_backends.py; auto: fused when it checks out)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate = epsilon")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gemm_n", type=int, default=8192)

@@ -55,6 +55,8 @@ class ModelConfig:
                              f"{self.head_size}, {self.memory_size}")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"unknown model_type {self.model_type!r}; choose one of {MODEL_TYPES}")
+        if self.backend not in ("torch", "fused", "auto"):
+            raise ValueError(f"unknown LSTM backend {self.backend!r}; choose torch, fused or auto")
         if self.dtype not in _DTYPE_BYTES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {tuple(_DTYPE_BYTES)}")
         if self.model_type == "LSTM":

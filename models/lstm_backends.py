@@ -6,15 +6,22 @@ Legend: T time, N heads, B batch, D head size, 4 gates in the order i, f, z, o.
 `xg` holds the input projection of every step, without the bias. Gates of one head see only that
 head's hidden units: pre[g, n] = x[g, n] + h[n] @ R[g, n] + b[g, n].
 
-Only the pure-torch reference lives here for now; it runs on CPU and GPU and is the reference the
-other backends are tested against. A backend that is not available raises a clear error; there is
-no silent fallback.
+Backends:
+- `torch`: the pure-torch reference; runs on CPU and GPU; every other backend is tested against it.
+- `fused`: cuBLAS baddbmm + one Triton cell kernel per step, heads padded to a multiple of 8
+  (models/lstm_fused.py).
+- `auto`: `fused` when it is available and passes a one-time numeric check against `torch` on this
+  device, else `torch`; the choice is printed once.
+A backend that is asked for by name and is not available raises a clear error; no silent fallback.
 """
 from __future__ import annotations
 
 import torch
 
-BACKENDS = ("torch",)
+import sys
+
+BACKENDS = ("torch", "fused", "auto")
+_AUTO_CHOICE: dict = {}
 
 
 def lstm_pointwise(pre_NB4D: torch.Tensor, c_NBD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +57,54 @@ def recurrence_torch(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD):
     return hs, (h_NBD, c_NBD)
 
 
+def _check_fused(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """One-time numeric check of the fused backend against the reference on this device."""
+    from models import lstm_fused
+    ok, why = lstm_fused.available()
+    if not ok:
+        return False, why
+    g = torch.Generator().manual_seed(1234)
+    T, N, B, D = 5, 3, 7, 20
+    xg = (torch.randn(T, N, B, 4, D, generator=g) * 0.5).to(device=device, dtype=dtype)
+    R = (torch.randn(4, N, D, D, generator=g) / D ** 0.5).to(device=device, dtype=dtype)
+    b = (torch.randn(4, N, D, generator=g) * 0.1).to(device=device, dtype=dtype)
+    h = torch.randn(N, B, D, generator=g).to(device) * 0.1
+    c = torch.randn(N, B, D, generator=g).to(device) * 0.1
+    try:
+        ref, (hr, cr) = recurrence_torch(xg, R, b, h, c)
+        out, (ho, co) = lstm_fused.recurrence_fused(xg, R, b, h, c)
+    except Exception as e:  # a broken toolchain must not take the run down: report and use torch
+        return False, f"fused backend failed its check: {type(e).__name__}: {e}"
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    err = max(float((ref.float() - out.float()).abs().max()), float((cr - co).abs().max()))
+    return (err < tol), f"max abs error {err:.2e} vs reference (tolerance {tol:g})"
+
+
+def resolve_backend(backend: str, device, dtype: torch.dtype) -> str:
+    """The concrete backend for a request; `auto` is decided once per (device, dtype) and printed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown LSTM backend {backend!r}; available: {BACKENDS}")
+    if backend != "auto":
+        return backend
+    device = torch.device(device)
+    key = (device.type, dtype)
+    if key not in _AUTO_CHOICE:
+        if device.type != "cuda":
+            _AUTO_CHOICE[key] = "torch"
+        else:
+            ok, why = _check_fused(device, dtype)
+            _AUTO_CHOICE[key] = "fused" if ok else "torch"
+            print(f"[lstm backend] auto -> {_AUTO_CHOICE[key]} on {device.type}/{str(dtype).replace('torch.', '')}"
+                  f" ({'passed' if ok else 'NOT used'}: {why})", file=sys.stderr, flush=True)
+    return _AUTO_CHOICE[key]
+
+
 def recurrence(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD, *, backend: str = "torch"):
+    backend = resolve_backend(backend, R_4NDD.device, R_4NDD.dtype)
     if backend == "torch":
         return recurrence_torch(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD)
-    raise ValueError(f"unknown LSTM backend {backend!r}; available: {BACKENDS}")
+    from models import lstm_fused
+    ok, why = lstm_fused.available()
+    if not ok:
+        raise ValueError(f"LSTM backend 'fused' is not available here: {why}. Use --lstm_backend torch.")
+    return lstm_fused.recurrence_fused(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD)

@@ -308,8 +308,6 @@ def test_weight_decay_with_zero_coefficients():
     assert torch.equal(theta, theta1)
 
 
-@pytest.mark.xfail(strict=True, reason="ZOEngine._apply computes the update in fp32, so an fp64 master "
-                                       "(master_dtype None on fp64 params) is rounded to fp32 on every update")
 def test_fp64_master_keeps_fp64_precision():
     theta = torch.randn(33, generator=gen(12), dtype=torch.float64)
     theta0 = theta.clone()
@@ -448,9 +446,6 @@ def test_probe_dropout_estimate_unbiased():
     assert abs(proj - 1.0) < 0.2, proj
 
 
-@pytest.mark.xfail(strict=True, reason="probe_normalization already rescales a dropped-out probe to norm sqrt(d) "
-                                       "(E[a^2 z z^T] = I), and coefficients() divides by (1 - rate) again, "
-                                       "so the estimate's mean is g / (1 - rate)")
 def test_probe_dropout_with_probe_normalization_unbiased():
     proj = _mean_estimate_projection(ZOConfig(num_perturbations=1000, probe_dropout_rate=0.5,
                                               probe_normalization=True))

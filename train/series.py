@@ -46,6 +46,7 @@ class SeriesConfig:
     memory_size: int = 0
     head_size: int = 0
     dtype: str = "float32"
+    lstm_backend: str = "auto"
     distribution: str = "rademacher"
     learning_rate: float = 0.01
     epsilon_tying_ratio: float = 1.0
@@ -82,7 +83,7 @@ class SeriesConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(model_type=self.model_type, vocab_size=vocab_size, input_size=self.input_size,
                            hidden_size=self.hidden_size, num_heads=self.num_heads, head_size=self.head_size,
-                           memory_size=self.memory_size, dtype=self.dtype)
+                           memory_size=self.memory_size, dtype=self.dtype, backend=self.lstm_backend)
 
     def zo_config(self) -> ZOConfig:
         return ZOConfig(num_perturbations=self.num_perturbations, epsilon_tying_ratio=self.epsilon_tying_ratio,

@@ -302,7 +302,9 @@ class ZOEngine:
             if baseline is None:
                 raise ValueError("FD-RGE needs the baseline loss L(theta)")
             c = (lp - baseline.double()) / (eps * n)
-        if self.cfg.probe_dropout_rate > 0:
+        if self.cfg.probe_dropout_rate > 0 and not self.cfg.probe_normalization:
+            # E[(m*z)(m*z)^T] = (1 - rate) I; probe normalisation already rescales a dropped-out
+            # probe to norm sqrt(d), so only the unnormalised case needs this correction.
             c = c / (1.0 - self.cfg.probe_dropout_rate)
         return c.float()
 
@@ -368,7 +370,7 @@ class ZOEngine:
         return mhat.div_(vhat.sqrt_().add_(cfg.adam_eps))
 
     def _apply(self, p: _Param, g: torch.Tensor, lr: float) -> None:
-        upd = p.master.to(torch.float32, copy=True)
+        upd = p.master.to(torch.promote_types(p.master.dtype, torch.float32), copy=True)
         if self.cfg.weight_decay > 0:
             keep = 1.0 - lr * self.cfg.weight_decay
             if p.mask is not None:
@@ -382,17 +384,18 @@ class ZOEngine:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        """A snapshot (copies, never views of the live state)."""
         return {"adam_step": self.state.adam_step,
-                "adam_m": {k: v.cpu() for k, v in self.state.adam_m.items()},
-                "adam_v": {k: v.cpu() for k, v in self.state.adam_v.items()},
-                "master": {p.name: p.master.cpu() for p in self.params}}
+                "adam_m": {k: v.to("cpu", copy=True) for k, v in self.state.adam_m.items()},
+                "adam_v": {k: v.to("cpu", copy=True) for k, v in self.state.adam_v.items()},
+                "master": {p.name: p.master.to("cpu", copy=True) for p in self.params}}
 
     @torch.no_grad()
     def load_state_dict(self, sd: dict) -> None:
         self.state.adam_step = int(sd["adam_step"])
         dev = {p.name: p.master.device for p in self.params}
-        self.state.adam_m = {k: v.to(dev[k]) for k, v in sd["adam_m"].items()}
-        self.state.adam_v = {k: v.to(dev[k]) for k, v in sd["adam_v"].items()}
+        self.state.adam_m = {k: v.to(dev[k], copy=True) for k, v in sd["adam_m"].items()}
+        self.state.adam_v = {k: v.to(dev[k], copy=True) for k, v in sd["adam_v"].items()}
         for p in self.params:
             if p.name not in sd["master"]:
                 raise ValueError(f"engine state has no master tensor for parameter {p.name!r}")

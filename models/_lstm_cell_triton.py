@@ -1,0 +1,34 @@
+"""Triton kernel of the fused LSTM cell (imported lazily by models/lstm_fused.py: needs triton)."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact limits +-1 for large |x| (exp overflows to inf, never NaN)
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def lstm_cell_kernel(pre_ptr, c_ptr, h_ptr, total, Dp, BLOCK: tl.constexpr):
+    """c <- sig(f) c + sig(i) tanh(z); h <- sig(o) tanh(c). pre rows hold [i | f | z | o] blocks of Dp."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    row = offs // Dp
+    d = offs - row * Dp
+    base = row * (4 * Dp) + d
+    i = tl.load(pre_ptr + base, mask=mask, other=0.0).to(tl.float32)
+    f = tl.load(pre_ptr + base + Dp, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(pre_ptr + base + 2 * Dp, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(pre_ptr + base + 3 * Dp, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(c_ptr + offs, mask=mask, other=0.0)
+    c_new = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
+    h = _sigmoid(o) * _tanh(c_new)
+    tl.store(c_ptr + offs, c_new, mask=mask)
+    tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
