@@ -1,0 +1,294 @@
+"""Tests of zo/kernels.py (Triton) on CPU through the Triton interpreter (TRITON_INTERPRET=1).
+
+The interpreter is switched on only while these tests run (a module fixture restores the
+environment), so GPU tests in the same session still compile their kernels. Everything is skipped
+cleanly when triton is not installed. Sizes stay at a few thousand elements: the interpreter runs
+each program instance in numpy. Kernels also get compiled for sm_90 (no GPU needed: Triton's own
+ptxas) to catch constructs that only the compiler rejects.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import torch
+
+from zo import noise as zn
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+
+PID = zn.param_id_from_name("lstm.weight_ih_l0")
+BLK = 512  # small blocks: several programs and a ragged tail at a few thousand elements
+
+
+@pytest.fixture(scope="module")
+def K():
+    """zo.kernels with TRITON_INTERPRET=1 for this module only."""
+    if not HAVE_TRITON:
+        pytest.skip("triton is not installed")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from zo import kernels
+        yield kernels
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Raw bits, so that -0.0 / +0.0 and NaN payloads count."""
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
+
+
+def engine_direction(seed, n, dist="rademacher", rate=0.0, mask=None):
+    """The engine's `_direction` recipe (ZOEngine._direction) on CPU."""
+    z = zn.noise_flat(seed, PID, n, distribution=dist)
+    if rate > 0:
+        z.mul_(zn.dropout_keep(seed, PID, n, rate))
+    if mask is not None:
+        z.mul_(mask.reshape(-1))
+    return z
+
+
+def engine_accumulate(seeds, coefs, n, dist="rademacher", rate=0.0, mask=None):
+    """ZOEngine._accumulate: fp32, seed order, g.add_(z, alpha=c), zero coefficients skipped."""
+    g = torch.zeros(n, dtype=torch.float32)
+    for s, c in zip(seeds, coefs):
+        if c != 0.0:
+            g.add_(engine_direction(s, n, dist, rate, mask), alpha=c)
+    return g
+
+
+def engine_apply(master, g, lr, wd=0.0, mask=None):
+    """ZOEngine._apply on a copy: returns (new master, upd in fp32)."""
+    upd = master.to(torch.float32, copy=True)
+    if wd > 0:
+        keep = 1.0 - lr * wd
+        upd = torch.where(mask, upd * keep, upd) if mask is not None else upd * keep
+    upd.add_(g, alpha=-lr)
+    return upd.to(master.dtype), upd
+
+
+def cpu_add_alpha_is_fused() -> bool:
+    """Whether this CPU's torch computes a + alpha*b with one rounding (AVX2/AVX-512 builds do)."""
+    a = torch.full((67,), -1.0, dtype=torch.float32)
+    b = torch.full((67,), 1.0 + 2.0 ** -23, dtype=torch.float32)
+    alpha = 1.0 - 2.0 ** -23  # b*alpha = 1 - 2^-46: fused a + b*alpha = -2^-46, unfused 0
+    r = a.clone().add_(b, alpha=alpha)
+    return bool((r == -(2.0 ** -46)).all())
+
+
+SEEDS5 = [zn.probe_seed(3, 1, i) for i in range(5)]
+COEFS5 = [0.37, -1.25, 2.5e-3, -0.0625, 0.0]  # mixed signs and a skipped zero
+
+
+# ----------------------------------------------------------------------------------------------- laziness / errors
+def test_import_does_not_import_triton():
+    code = ("import sys, torch; before = 'triton' in sys.modules; import zo.kernels; "
+            "assert before or 'triton' not in sys.modules, 'zo.kernels imported triton'")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env, timeout=120)
+
+
+def test_clear_error_without_triton(monkeypatch):
+    from zo import kernels
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    with pytest.raises(RuntimeError, match="triton"):
+        kernels.triton_noise_flat(1, PID, 10, device="cpu")
+    assert not kernels.available()
+
+
+@needs_triton
+def test_clear_error_without_cuda_when_not_interpreting(monkeypatch):
+    from zo import kernels
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with mock.patch.object(torch.cuda, "is_available", lambda: False):
+        with pytest.raises(RuntimeError, match="CUDA"):
+            kernels.triton_noise_flat(1, PID, 10, device="cpu")
+        with pytest.raises(RuntimeError, match="CUDA"):
+            kernels.triton_update(torch.zeros(8), [1], PID, [0.5], 0.1)
+        assert not kernels.available()
+
+
+def test_noise_keys_match_stream_key():
+    from zo import kernels
+    seeds = [0, 1, 2**62 + 11, zn.probe_seed(9, 9, 9)]
+    k = kernels.noise_keys(seeds, PID, device="cpu", dropout=True)
+    assert k.dtype == torch.int32 and k.shape == (4, 4)
+    for row, s in zip(k.tolist(), seeds):
+        want = list(zn.stream_key(s, PID)) + list(zn.stream_key(s, PID, zn.DROPOUT_SALT))
+        assert [v & zn.MASK32 for v in row] == want
+
+
+# ----------------------------------------------------------------------------------------------- noise
+@pytest.mark.parametrize("dist", ["rademacher", "uniform"])
+def test_noise_bit_identical(K, dist):
+    for start, numel in [(0, 3001), (7, 1000), (2**32 - 700, 1500), (2**40 + 3, 777), (5, 1)]:
+        a = K.triton_noise_flat(123456789, PID, numel, dist, device="cpu", start=start, block=BLK)
+        b = zn.noise_flat(123456789, PID, numel, distribution=dist, start=start)
+        assert torch.equal(bits(a), bits(b)), (dist, start, numel)
+
+
+def test_noise_normal_close(K):
+    a = K.triton_noise_flat(42, PID, 3001, "normal", device="cpu", start=2**33 + 1, block=BLK)
+    b = zn.noise_flat(42, PID, 3001, distribution="normal", start=2**33 + 1)
+    assert float(((a - b).abs() / b.abs().clamp_min(1.0)).max()) <= 1e-6
+
+
+def test_noise_rejects_bad_distribution(K):
+    with pytest.raises(ValueError):
+        K.triton_noise_flat(1, PID, 10, "gaussian", device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------- apply_probes
+@pytest.mark.parametrize("dist", ["rademacher", "uniform"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_probes_bitwise(K, dist, out_dtype):
+    N = 2500
+    master = torch.randn(N, generator=gen(1)) * 0.05
+    master[:4] = torch.tensor([0.0, -0.0, 1e-3, -1e-3])
+    chunk = SEEDS5[:3]
+    seeds = [s for s in chunk for _ in (0, 1)]         # (+eps, -eps) pairs share a seed
+    eps = 1e-3
+    coefs = [sg * eps for _ in chunk for sg in (1.0, -1.0)]
+    out = torch.full((len(seeds), N), float("nan"), dtype=out_dtype)
+    K.triton_apply_probes(master.view(50, 50), out.view(len(seeds), 50, 50), seeds, PID, coefs, dist, block=BLK)
+    for m, (s, c) in enumerate(zip(seeds, coefs)):
+        ref = torch.add(master, engine_direction(s, N, dist), alpha=c).to(out_dtype)  # evaluate_stacked
+        assert torch.equal(bits(out[m]), bits(ref)), (dist, out_dtype, m)
+
+
+def test_apply_probes_bf16_master_dropout_mask(K):
+    N = 1999
+    master = (torch.randn(N, generator=gen(2)) * 0.1).to(torch.bfloat16)
+    mask = torch.rand(N, generator=gen(3)) > 0.2
+    rate = 0.3
+    seeds = [SEEDS5[0], SEEDS5[0], SEEDS5[1]]
+    coefs = [2e-3, -2e-3, 2e-3]
+    out = torch.empty(3, N, dtype=torch.bfloat16)
+    K.triton_apply_probes(master, out, seeds, PID, coefs, "rademacher", dropout_rate=rate, mask=mask, block=BLK)
+    for m, (s, c) in enumerate(zip(seeds, coefs)):
+        ref = torch.add(master, engine_direction(s, N, "rademacher", rate, mask), alpha=c).to(torch.bfloat16)
+        assert torch.equal(bits(out[m]), bits(ref)), m
+
+
+# ----------------------------------------------------------------------------------------------- update / grad
+@pytest.mark.parametrize("dist", ["rademacher", "uniform"])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_update_matches_engine(K, dist, wd):
+    N = 3001
+    master0 = torch.randn(N, generator=gen(4))
+    master0[:3] = torch.tensor([0.0, -0.0, 3.0])
+    lr = 0.0137
+    g_ref = engine_accumulate(SEEDS5, COEFS5, N, dist)
+    m_ref, upd = engine_apply(master0, g_ref, lr, wd)
+
+    master = master0.clone()
+    live = torch.empty(N, dtype=torch.bfloat16)
+    g = torch.empty(N)
+    K.triton_update(master, SEEDS5, PID, COEFS5, lr, wd, dist, live, grad_out=g, block=BLK)
+    assert torch.equal(bits(g), bits(g_ref))                     # g: bitwise, always
+    assert torch.equal(bits(live), bits(upd.to(torch.bfloat16)))  # live <- cast(master)
+    if cpu_add_alpha_is_fused():
+        assert torch.equal(bits(master), bits(m_ref))
+    else:  # a torch build without FMA kernels rounds a + alpha*b twice: at most 1 ulp apart
+        ulp = torch.finfo(torch.float32).eps * m_ref.abs().clamp_min(torch.finfo(torch.float32).tiny)
+        assert bool(((master - m_ref).abs() <= ulp).all())
+
+    g2 = K.triton_grad(master0, SEEDS5, PID, torch.tensor(COEFS5), dist, block=BLK)
+    assert torch.equal(bits(g2), bits(g_ref))
+
+
+def test_update_bf16_master_mask_dropout_keys_tensor(K):
+    N = 2049
+    master0 = (torch.randn(N, generator=gen(5)) * 0.2).to(torch.bfloat16)
+    mask = torch.rand(N, generator=gen(6)) > 0.25
+    rate, lr, wd = 0.2, 0.01, 0.5
+    scaled = [c / (1 - rate) for c in COEFS5]
+    g_ref = engine_accumulate(SEEDS5, scaled, N, "rademacher", rate, mask)
+    m_ref, _ = engine_apply(master0, g_ref, lr, wd, mask)
+    master = master0.clone()
+    live = torch.empty(N, dtype=torch.float32)
+    keys = K.noise_keys(SEEDS5, PID, device="cpu", dropout=True)
+    g = torch.empty(N)
+    K.triton_update(master, keys, PID, scaled, lr, wd, "rademacher", live, dropout_rate=rate, mask=mask,
+                    grad_out=g, block=BLK)
+    assert torch.equal(bits(g), bits(g_ref))
+    if cpu_add_alpha_is_fused():
+        assert torch.equal(bits(master), bits(m_ref))
+        assert torch.equal(bits(live), bits(m_ref.float()))
+    assert torch.equal(bits(master[~mask]), bits(master0[~mask]))  # frozen elements never move
+
+
+def test_update_mulhi_variants_agree(K):
+    N = 1500
+    ref = K.triton_grad(torch.empty(N), SEEDS5, PID, COEFS5, block=BLK, mulhi=0)
+    for mh in (1, 2, 3):
+        g = K.triton_grad(torch.empty(N), SEEDS5, PID, COEFS5, block=BLK, mulhi=mh)
+        assert torch.equal(bits(g), bits(ref)), mh
+
+
+def test_update_argument_checks(K):
+    with pytest.raises(ValueError):
+        K.triton_update(torch.zeros(8), [1, 2], PID, [0.5], 0.1)
+    with pytest.raises(ValueError):
+        K.triton_apply_probes(torch.zeros(8), torch.zeros(2, 9), [1, 2], PID, [0.1, 0.2])
+    with pytest.raises(ValueError):
+        K.triton_grad(torch.zeros(8), [1], PID, [1.0], block=1000)
+
+
+# ----------------------------------------------------------------------------------------------- compiled (sm_90)
+@needs_triton
+def test_kernels_compile_for_sm90(monkeypatch):
+    """Compile the main variants for an H100/H200 target (no GPU needed): interpreter-only
+    constructs would fail here. Skipped where this triton cannot compile for CUDA."""
+    from zo import kernels
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except Exception as e:  # pragma: no cover - triton layout differs
+        pytest.skip(f"no compile API: {e!r}")
+    with mock.patch.object(torch.cuda, "is_available", lambda: True):
+        ks = kernels._kernels()
+    usig = {"master_ptr": "*fp32", "live_ptr": "*i16", "g_ptr": "*fp32", "keys_ptr": "*i32", "coefs_ptr": "*fp32",
+            "mask_ptr": "*i8", "n": "i32", "numel": "i32", "neg_lr": "fp32", "keep": "fp32", "drop_rate": "fp32",
+            "m13": "i32", "m16": "i32"}
+    ucx = dict(LOOP_N=-1, KEY_STRIDE=2, DIST=0, MASTER_KIND=0, LIVE_KIND=1, HAS_LIVE=True, HAS_WD=True,
+               HAS_DROPOUT=False, HAS_MASK=False, WRITE_G=False, UPDATE=True, FAST=True, MULHI=kernels.MULHI,
+               EMU=False, BLOCK=kernels.UPDATE_BLOCK)
+    psig = {"master_ptr": "*fp32", "out_ptr": "*i16", "keys_ptr": "*i32", "coefs_ptr": "*fp32", "mask_ptr": "*i8",
+            "M": "i32", "numel": "i32", "stride_m": "i32", "drop_rate": "fp32", "m13": "i32", "m16": "i32"}
+    pcx = dict(LOOP_N=-1, KEY_STRIDE=4, DIST=1, MASTER_KIND=0, OUT_KIND=1, HAS_DROPOUT=True, HAS_MASK=True,
+               FAST=False, MULHI=0, EMU=False, BLOCK=kernels.PROBE_BLOCK)
+    nsig = {"out_ptr": "*fp32", "numel": "i32", "start": "i64", "k0": "i32", "k1": "i32"}
+    jobs = [("_update_kernel", usig, ucx), ("_apply_probes_kernel", psig, pcx),
+            ("_noise_kernel", nsig, dict(DIST=1, BLOCK=kernels.NOISE_BLOCK))]
+    for name, sig, cx in jobs:
+        src = ASTSource(fn=ks[name], signature={**sig, **{k: "constexpr" for k in cx}}, constexprs=cx)
+        try:
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        except Exception as e:
+            if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
+                pytest.skip(f"no ptxas: {e!r}")
+            raise
+        ptx = compiled.asm["ptx"]
+        assert ".target sm_90" in ptx
+        if name == "_update_kernel":
+            assert "fma.rn.f32" in ptx  # the final master - lr*g is one fused multiply-add

@@ -1,0 +1,671 @@
+"""Triton kernels for the counter-based probe noise, the stacked probe copies and the fused update.
+
+Every kernel regenerates z(seed) element by element from the bit recipe of `zo/noise.py`, so no
+θ-sized noise tensor is ever materialised:
+
+    triton_noise_flat      z over [start, start+numel)          == zo.noise.noise_flat (bitwise; normal ~1e-6)
+    triton_apply_probes    out[m] = cast(master + c_m * z(s_m))  one launch for M stacked models
+    triton_update          g = Σ_i c_i z(s_i) (fp32, seed order), master <- master*keep - lr*g, live <- cast(master)
+    triton_grad            g alone (Adam / normalisation / clipping paths)
+
+Laziness: importing this module never imports triton. The first kernel call imports it, wraps the
+plain Python kernel bodies below with `triton.jit` and caches the result. Without triton, or without
+CUDA while not interpreting (TRITON_INTERPRET=1), calls raise a RuntimeError that says so.
+
+Rounding contract (what "bitwise" means here):
+- Noise words are uint32 integer arithmetic (wrapping multiplies); rademacher and uniform values are
+  exact or single IEEE roundings, so they equal the torch recipe bit for bit on any device.
+- Every "a + alpha * b" of the torch path (`torch.add(m, z, alpha=c)`, `g.add_(z, alpha=c)`,
+  `upd.add_(g, alpha=-lr)`) is computed as ONE fused multiply-add, fma(b, alpha, a). That is what
+  torch does on CUDA (nvcc contracts `a + alpha*b`) and on CPUs with AVX2/AVX-512 (ATen's
+  vectorised `fmadd`). For rademacher c*z is exact, so fused and unfused agree anyway; for the
+  final `- lr*g` step (arbitrary g) only the fused form matches. Under the Triton interpreter,
+  whose `tl.fma` rounds twice, the fma is emulated in float64 (exact product, then one rounding to
+  float64 and one to float32; this double rounding could differ from a true fma only when the
+  float64 sum lands exactly on a float32 rounding midpoint, probability ~2**-29 per element).
+- `* keep` (weight decay) is a separate fp32 multiply, as in torch (`upd * keep`).
+- No result depends on the compiler's fp contraction (TRITON_DEFAULT_FP_FUSION): fused steps use
+  tl.fma explicitly, and every other multiply feeds no add whose fusion could change a bit.
+- Casts to bf16 round to nearest even, as torch's: on the GPU with the hardware cast
+  (cvt.rn.bf16.f32), under the interpreter (whose own bf16 cast rounds ties away from zero) with
+  integer ops that give the same bits for every non-NaN value.
+- Scalars: coefficients are fp32 (as torch rounds `alpha`), lr enters as fp32(-lr) and
+  weight decay as fp32(1 - lr*wd) computed in Python double, both as torch does.
+
+Dtypes: master in fp32 / bf16 / fp16; probe outputs and the live copy in fp32 / bf16 / fp16.
+
+Speed (H200, triton 3.6, bench/bench_update.py; copy ceiling 4.25 TB/s): the update is bound by
+hashing, not by HBM, once n exceeds ~3 seeds. Each (element, seed) costs one word of the recipe,
+about 10 integer-ALU + 4 multiply instructions, and the kernel sustains ~1.45e12 seed-elements/s
+(~90% of the ALU issue limit). P = 1e9: n = 12 takes 9.2 ms (25.7% of copy bandwidth, 89% of
+max(memory floor, hash floor)), n = 96 66 ms, n = 512 349 ms. Reaching >= 70% of copy bandwidth at
+n = 12 would need a recipe that yields many signs per hash (a zo/noise.py format change).
+apply_probes (fp32 master -> M bf16 copies, +/- pairs hash once) runs at 76-92% of the copy
+bandwidth. The engine's torch path takes ~160x longer (P = 1e8, n = 12: 164 ms vs 1.0 ms).
+
+Interpreter notes: kernels use only builtin triton.language ops (no tl.zeros & co., which are
+@jit functions of triton's standard library and break the interpreter when triton was imported
+before TRITON_INTERPRET was set), and take the seed-loop bound as a constexpr there (see _loop_n).
+
+Tensor legend: `_N` flat element axis, `_M` stacked models, `_S` probe seeds.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from typing import Sequence
+
+import torch
+
+from zo import noise as zn
+
+__all__ = ["available", "interpreting", "noise_keys", "triton_noise_flat", "triton_apply_probes",
+           "triton_update", "triton_grad", "DIST_CODES"]
+
+DIST_CODES = {"rademacher": 0, "uniform": 1, "normal": 2}
+_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# Block sizes (elements per program; powers of two) and warps. The update kernel is bound by
+# hashing (~17 instructions per element and seed), so it keeps 8 elements per thread in flight.
+NOISE_BLOCK, NOISE_WARPS = 2048, 4
+PROBE_BLOCK, PROBE_WARPS = 2048, 8
+UPDATE_BLOCK, UPDATE_WARPS = 2048, 8
+# How many of the hash's right shifts run as umulhi on the multiply pipe (0..3; see the kernels).
+# Measured on the H200: 0 and 1 tie (1.39e12 seed-elem/s), 2 and 3 are slower (IMAD is half rate).
+MULHI = 0
+
+
+# ================================================================================================
+# Kernel bodies: plain Python until `_build()` wraps them with triton.jit (annotations stay strings
+# thanks to `from __future__ import annotations`, so `tl` need not exist at import time).
+# They look up `tl` and each other through this module's globals, which `_kernels()` fills in.
+#
+# The word of element i = (hi, lo) under key (k0, k1) is fmix32(fmix32(lo ^ k0) ^ (hi + k1)).
+# Rewritten for speed, with the same bits:
+#   * fmix32 starts with h ^= h >> 16, and a logical shift distributes over xor, so
+#     (lo ^ k0) ^ ((lo ^ k0) >> 16) = (lo ^ (lo >> 16)) ^ (k0 ^ (k0 >> 16)) = lo_mix ^ kk:
+#     lo_mix is computed once per element, kk once per seed (a scalar).
+#   * In the update and probe kernels a block never straddles a multiple of 2**32 (BLOCK is a power
+#     of two and the range starts at 0), so hi, and hi + k1, are scalars of the block.
+#   * Rademacher only needs bit 31 of the word, and fmix32's last step (h ^= h >> 16) leaves bit 31
+#     alone, so it is skipped; c * z is then c with its sign bit xored with bit 31 (exact), and
+#     fma(z, c, g) == g + (±c) bit for bit.
+#   * MULHI > 0 computes some right shifts as umulhi(h, 2**k) (== h >> (32 - k)) with 2**k passed
+#     at run time, which moves them from the integer ALU to the multiply pipe (the hash is
+#     ALU-bound); the bench picks it. The values are identical either way.
+# ================================================================================================
+def _shr(h, k: tl.constexpr, mul, USE_MUL: tl.constexpr):
+    """h >> k for uint32 h; as umulhi(h, mul) with mul == 2**(32-k) when USE_MUL."""
+    if USE_MUL:
+        r = tl.umulhi(h, mul)
+    else:
+        r = h >> k
+    return r
+
+
+def _fmix32(h):
+    """MurmurHash3 finaliser on a uint32 tensor (multiplies wrap mod 2**32)."""
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+def _word_mid(lo_mix, kk, hik1, m13, m16, MULHI: tl.constexpr):
+    """fmix32(lo ^ k0) ^ (hi + k1), given lo_mix = lo ^ (lo >> 16) and kk = k0 ^ (k0 >> 16)."""
+    h = lo_mix ^ kk
+    h *= 0x85EBCA6B
+    h ^= _shr(h, 13, m13, MULHI >= 2)
+    h *= 0xC2B2AE35
+    return h ^ _shr(h, 16, m16, MULHI >= 3) ^ hik1
+
+
+def _sign_word(x, m13, m16, MULHI: tl.constexpr):
+    """A uint32 whose bit 31 is bit 31 of fmix32(x) (the last xor-shift cannot change it)."""
+    h = x ^ _shr(x, 16, m16, MULHI >= 1)
+    h *= 0x85EBCA6B
+    h ^= _shr(h, 13, m13, MULHI >= 1)
+    h *= 0xC2B2AE35
+    return h
+
+
+def _u01(x):
+    """((x >> 8) + 0.5) * 2**-24 in fp32, as zo.noise._uniform_open01."""
+    return ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+
+
+def _noise_from_mid(x, m13, m16, DIST: tl.constexpr, MULHI: tl.constexpr):
+    """fp32 z from x = fmix32(lo ^ k0) ^ (hi + k1), by the recipe of zo.noise.words_to_noise."""
+    if DIST == 0:
+        z = tl.where((_sign_word(x, m13, m16, MULHI) >> 31) != 0, -1.0, 1.0)
+    elif DIST == 1:
+        z = (2.0 * _u01(_fmix32(x)) - 1.0) * 1.7320508075688772
+    else:
+        w = _fmix32(x)
+        u1 = _u01(w)
+        u2 = _u01(_fmix32(w ^ 0x68E31DA4))
+        z = tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+    return z
+
+
+def _load_key(kp):
+    """(kk, k1) of the key row at kp: kk = k0 ^ (k0 >> 16) (see _word_mid)."""
+    k0 = tl.load(kp).to(tl.uint32, bitcast=True)
+    k1 = tl.load(kp + 1).to(tl.uint32, bitcast=True)
+    return k0 ^ (k0 >> 16), k1
+
+
+def _probe_noise(lo, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16, DIST: tl.constexpr,
+                 HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, MULHI: tl.constexpr):
+    """z(seed) with probe dropout and the parameter mask applied as the engine does
+    (z * keep, z * mask: a multiply by 1.0 or 0.0, so dropped negatives become -0.0).
+    kp points at the key row: (k0, k1[, dropout k0, dropout k1])."""
+    kk, k1 = _load_key(kp)
+    z = _noise_from_mid(_word_mid(lo_mix, kk, hi + k1, m13, m16, MULHI), m13, m16, DIST, MULHI)
+    if HAS_DROPOUT:
+        dk, d1 = _load_key(kp + 2)
+        ud = _u01(_fmix32(_word_mid(lo_mix, dk, hi + d1, m13, m16, 0)))
+        z = z * (ud >= drop_rate).to(tl.float32)
+    if HAS_MASK:
+        pm = tl.load(mask_ptr + offs, mask=inb, other=0)
+        z = z * (pm != 0).to(tl.float32)
+    return z
+
+
+def _fma(a, b, c, EMU: tl.constexpr):
+    """a*b + c with one rounding (emulated in float64 under the interpreter)."""
+    if EMU:
+        one = tl.full(a.shape, 1.0, tl.float64)  # (b, c may be plain Python floats there)
+        r = ((one * a) * (one * b) + one * c).to(tl.float32)
+    else:
+        r = tl.fma(a, b, c)
+    return r
+
+
+def _signed(cb, sw):
+    """c * z for rademacher z = ±1 (sign from bit 31 of sw) and c given by its bits cb: exact."""
+    return ((sw & 0x80000000) ^ cb).to(tl.float32, bitcast=True)
+
+
+def _load_f32(ptr, offs, inb, KIND: tl.constexpr):
+    if KIND == 1:  # bf16 stored as int16 bits
+        b = tl.load(ptr + offs, mask=inb, other=0)
+        v = (b.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        v = tl.load(ptr + offs, mask=inb, other=0).to(tl.float32)
+    return v
+
+
+def _round_to(v, KIND: tl.constexpr, EMU: tl.constexpr):
+    """fp32 -> storage value of KIND (bf16: int16 bits, round to nearest even). Compiled, bf16 uses
+    the hardware cast (cvt.rn.bf16.f32: round to nearest even); under the interpreter, whose own
+    bf16 cast rounds ties away from zero, the same rounding is done with integer ops."""
+    if KIND == 1 and not EMU:
+        out = v.to(tl.bfloat16).to(tl.int16, bitcast=True)
+    elif KIND == 1:
+        u = v.to(tl.uint32, bitcast=True)
+        r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        r = tl.where(v != v, 0x7FC0, r)
+        out = r.to(tl.uint16).to(tl.int16, bitcast=True)
+    elif KIND == 2:
+        out = v.to(tl.float16)
+    else:
+        out = v
+    return out
+
+
+def _widen(s, KIND: tl.constexpr):
+    """Storage value of KIND -> fp32 (exact)."""
+    if KIND == 1:
+        v = (s.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        v = s.to(tl.float32)
+    return v
+
+
+def _noise_kernel(out_ptr, numel, start, k0, k1, DIST: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < numel
+    idx = start.to(tl.int64) + offs  # any start: hi may change inside a block
+    lo = idx.to(tl.uint32)
+    hi = (idx >> 32).to(tl.uint32)
+    ku = k0.to(tl.uint32, bitcast=True)
+    x = _word_mid(lo ^ (lo >> 16), ku ^ (ku >> 16), hi + k1.to(tl.uint32, bitcast=True), 0, 0, 0)
+    tl.store(out_ptr + offs, _noise_from_mid(x, 0, 0, DIST, 0), mask=inb)
+
+
+def _apply_probes_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, mask_ptr, M, numel, stride_m,
+                         drop_rate, m13, m16, LOOP_N: tl.constexpr, KEY_STRIDE: tl.constexpr,
+                         DIST: tl.constexpr, MASTER_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+                         HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, FAST: tl.constexpr,
+                         MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < numel
+    lo = offs.to(tl.uint32)
+    lo_mix = lo ^ (lo >> 16)
+    hi = ((pid * BLOCK) >> 32).to(tl.uint32)  # scalar: blocks never straddle 2**32
+    m_val = _load_f32(master_ptr, offs, inb, MASTER_KIND)
+    optr = out_ptr + offs
+    kp = keys_ptr
+    z = tl.full([BLOCK], 0.0, tl.float32)
+    sw = tl.full([BLOCK], 0, tl.uint32)
+    p0 = tl.load(kp) + 0
+    p1 = tl.load(kp + 1) + 0
+    for m in range(0, LOOP_N if LOOP_N >= 0 else M):
+        c = tl.load(coefs_ptr + m)
+        k0 = tl.load(kp)
+        k1 = tl.load(kp + 1)
+        # z depends on the key alone: consecutive models of one seed (the +eps / -eps pair)
+        # hash once.
+        if (m == 0) | (k0 != p0) | (k1 != p1):
+            if FAST:
+                kk, k1u = _load_key(kp)
+                sw = _sign_word(_word_mid(lo_mix, kk, hi + k1u, m13, m16, MULHI), m13, m16, MULHI)
+            else:
+                z = _probe_noise(lo, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16, DIST,
+                                 HAS_DROPOUT, HAS_MASK, MULHI)
+        p0 = k0
+        p1 = k1
+        if FAST:
+            v = m_val + _signed(c.to(tl.uint32, bitcast=True), sw)  # == fma(z, c, master): c*z exact
+        else:
+            v = _fma(z, c, m_val, EMU)  # == torch.add(master, z, alpha=c)
+        tl.store(optr, _round_to(v, OUT_KIND, EMU), mask=inb)
+        optr += stride_m
+        kp += KEY_STRIDE
+
+
+def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n, numel,
+                   neg_lr, keep, drop_rate, m13, m16, LOOP_N: tl.constexpr, KEY_STRIDE: tl.constexpr,
+                   DIST: tl.constexpr, MASTER_KIND: tl.constexpr, LIVE_KIND: tl.constexpr,
+                   HAS_LIVE: tl.constexpr, HAS_WD: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                   HAS_MASK: tl.constexpr, WRITE_G: tl.constexpr, UPDATE: tl.constexpr,
+                   FAST: tl.constexpr, MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < numel
+    lo = offs.to(tl.uint32)
+    lo_mix = lo ^ (lo >> 16)
+    hi = ((pid * BLOCK) >> 32).to(tl.uint32)  # scalar: blocks never straddle 2**32
+    g = tl.full([BLOCK], 0.0, tl.float32)
+    kp = keys_ptr
+    for i in range(0, LOOP_N if LOOP_N >= 0 else n):
+        c = tl.load(coefs_ptr + i)
+        if FAST:
+            kk, k1 = _load_key(kp)
+            sw = _sign_word(_word_mid(lo_mix, kk, hi + k1, m13, m16, MULHI), m13, m16, MULHI)
+            g = g + _signed(c.to(tl.uint32, bitcast=True), sw)  # == g.add_(z, alpha=c) (exact c*z)
+        else:
+            z = _probe_noise(lo, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16, DIST,
+                             HAS_DROPOUT, HAS_MASK, MULHI)
+            g = _fma(z, c, g, EMU)  # == g.add_(z, alpha=c)
+        kp += KEY_STRIDE
+    if WRITE_G:
+        tl.store(g_ptr + offs, g, mask=inb)
+    if UPDATE:
+        upd = _load_f32(master_ptr, offs, inb, MASTER_KIND)
+        if HAS_WD:
+            dec = upd * keep
+            if HAS_MASK:
+                pm = tl.load(mask_ptr + offs, mask=inb, other=0)
+                dec = tl.where(pm != 0, dec, upd)
+            upd = dec
+        new = _round_to(_fma(g, neg_lr, upd, EMU), MASTER_KIND, EMU)  # == upd.add_(g, alpha=-lr); cast
+        tl.store(master_ptr + offs, new, mask=inb)
+        if HAS_LIVE:
+            tl.store(live_ptr + offs, _round_to(_widen(new, MASTER_KIND), LIVE_KIND, EMU), mask=inb)
+
+
+_HELPERS = ("_shr", "_fmix32", "_word_mid", "_sign_word", "_u01", "_noise_from_mid", "_load_key",
+            "_probe_noise", "_fma", "_signed", "_load_f32", "_round_to", "_widen")
+_KERNELS = ("_noise_kernel", "_apply_probes_kernel", "_update_kernel")
+_PLAIN = {name: globals()[name] for name in _HELPERS + _KERNELS}
+_DO_NOT_SPECIALIZE = {"_noise_kernel": ["start", "k0", "k1"]}
+_built: dict = {}
+
+
+# ================================================================================================
+# Availability and build
+# ================================================================================================
+def interpreting() -> bool:
+    """Whether Triton runs in interpreter mode (TRITON_INTERPRET=1): kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _import_triton():
+    try:
+        import triton
+        import triton.language as tl_mod
+    except Exception as e:  # ImportError, or a broken install
+        raise RuntimeError("zo.kernels needs the `triton` package (pip install triton; on GPU machines it "
+                           f"ships with PyTorch's CUDA wheels); importing it failed: {e!r}") from e
+    return triton, tl_mod
+
+
+def available() -> bool:
+    """True when the Triton kernels can run here (triton importable, and CUDA or the interpreter)."""
+    try:
+        _import_triton()
+    except RuntimeError:
+        return False
+    return interpreting() or torch.cuda.is_available()
+
+
+def _kernels() -> dict:
+    """The jitted kernels, built on first use (separately for interpreter and compiled mode)."""
+    interp = interpreting()
+    triton, tl_mod = _import_triton()
+    if not interp and not torch.cuda.is_available():
+        raise RuntimeError("zo.kernels: CUDA is not available (torch.cuda.is_available() is False) and "
+                           "TRITON_INTERPRET is not set; use zo.noise / the engine's torch path on CPU, or "
+                           "set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter.")
+    ks = _built.get(interp)
+    if ks is not None:
+        globals().update(ks)  # (re)install this mode's functions if another mode was built since
+    else:
+        g = globals()
+        g["tl"] = tl_mod
+        ks = {}
+        for name in _HELPERS + _KERNELS:
+            dns = _DO_NOT_SPECIALIZE.get(name)
+            body = _PLAIN[name]
+            fn = triton.jit(body, do_not_specialize=dns) if dns else triton.jit(body)
+            g[name] = fn  # kernels resolve helpers through this module's globals at compile time
+            ks[name] = fn
+        _built[interp] = ks
+    return ks
+
+
+def _f32(x: float) -> float:
+    """x rounded to fp32 on the host, as torch rounds a Python scalar (alpha, `* keep`, `>= rate`) for
+    fp32 tensors. Compiled kernels take float arguments as fp32 anyway; the interpreter may keep a
+    Python float in double precision when it meets an fp64 operand, so round it first."""
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
+
+
+# Right-shift multipliers for MULHI (umulhi(h, 2**19) == h >> 13, umulhi(h, 2**16) == h >> 16),
+# passed at run time so that the compiler cannot turn them back into shifts.
+_M13, _M16 = 1 << 19, 1 << 16
+
+
+def _mulhi(m) -> int:
+    v = MULHI if m is None else int(m)
+    if not 0 <= v <= 3:
+        raise ValueError(f"mulhi must be in 0..3, got {v}")
+    return v
+
+
+def _block(block, default: int) -> int:
+    b = int(block or default)
+    if b < 16 or b & (b - 1) or b > 1 << 16:
+        raise ValueError(f"block must be a power of two in [16, 65536], got {b}")
+    return b
+
+
+def _loop_n(n: int) -> int:
+    """Seed-loop bound as a constexpr under the interpreter (some triton/numpy pairs, e.g. triton 3.6
+    with numpy 2.4, cannot range() over a runtime scalar there); -1 (runtime bound) when compiled,
+    so compiled kernels are not specialised per seed count."""
+    return int(n) if interpreting() else -1
+
+
+def _check_tensor(t: torch.Tensor, what: str) -> None:
+    if interpreting():
+        return
+    if t.device.type != "cuda":
+        raise RuntimeError(f"zo.kernels: {what} is on {t.device}, the Triton kernels need CUDA tensors "
+                           "(or TRITON_INTERPRET=1 with CPU tensors)")
+
+
+def _kind(t: torch.Tensor, what: str) -> int:
+    k = _KIND.get(t.dtype)
+    if k is None:
+        raise TypeError(f"zo.kernels: {what} has dtype {t.dtype}; supported: fp32, bf16, fp16")
+    return k
+
+
+def _ptr_view(t: torch.Tensor) -> torch.Tensor:
+    """The tensor the kernel addresses: bf16 is handled as raw int16 bits."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+def _dist(distribution: str) -> int:
+    if distribution not in DIST_CODES:
+        raise ValueError(f"unknown noise distribution {distribution!r}; choose one of {tuple(DIST_CODES)}")
+    return DIST_CODES[distribution]
+
+
+# ================================================================================================
+# Host helpers: keys and small uploads without host synchronisation
+# ================================================================================================
+@functools.lru_cache(maxsize=1 << 16)
+def _key_pair(seed: int, param_id: int, salt: int) -> tuple[int, int]:
+    k0, k1 = zn.stream_key(seed, param_id, salt)
+    return (k0 - (1 << 32) if k0 >= 1 << 31 else k0), (k1 - (1 << 32) if k1 >= 1 << 31 else k1)
+
+
+def _upload(values, dtype, device) -> torch.Tensor:
+    """A small host list as a device tensor. On CUDA it goes through pinned memory with
+    non_blocking=True, so no host synchronisation happens (DESIGN invariant 5)."""
+    host = torch.tensor(values, dtype=dtype)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return host.pin_memory().to(dev, non_blocking=True)
+    return host.to(dev)
+
+
+def noise_keys(seeds: Sequence[int], param_id: int, *, device, dropout: bool = False) -> torch.Tensor:
+    """int32 [n, 2] (or [n, 4] with dropout) of the stream keys of `seeds` for `param_id`.
+
+    Columns are (k0, k1) of stream (seed, param_id) and, with dropout, (k0, k1) of the probe-dropout
+    stream (salt zo.noise.DROPOUT_SALT); the uint32 key words are stored as their int32 bit
+    patterns. Computed on the host with zo.noise.stream_key (cached), uploaded without a sync."""
+    rows = []
+    for s in seeds:
+        r = list(_key_pair(int(s), int(param_id), 0))
+        if dropout:
+            r += list(_key_pair(int(s), int(param_id), zn.DROPOUT_SALT))
+        rows.append(r)
+    width = 4 if dropout else 2
+    if not rows:
+        return torch.empty((0, width), dtype=torch.int32, device=device)
+    return _upload(rows, torch.int32, device)
+
+
+def _keys_arg(seeds, param_id, device, dropout: bool) -> torch.Tensor:
+    if torch.is_tensor(seeds):
+        keys = seeds
+        width = 4 if dropout else 2
+        if keys.dtype != torch.int32 or keys.dim() != 2 or keys.shape[1] not in (2, 4) or keys.shape[1] < width:
+            raise ValueError(f"a keys tensor must be int32 [n, {width}] from noise_keys(...); got "
+                             f"{keys.dtype} {tuple(keys.shape)}")
+        return keys.to(device).contiguous()
+    return noise_keys(list(seeds), param_id, device=device, dropout=dropout)
+
+
+def _coefs_arg(coefs, n: int, device) -> torch.Tensor:
+    if torch.is_tensor(coefs):
+        c = coefs.to(device=device, dtype=torch.float32).reshape(-1).contiguous()
+    else:
+        c = _upload([float(x) for x in coefs], torch.float32, device)
+    if c.numel() != n:
+        raise ValueError(f"{n} seeds but {c.numel()} coefficients")
+    return c
+
+
+def _mask_arg(mask, like: torch.Tensor):
+    if mask is None:
+        return None
+    if mask.numel() != like.numel():
+        raise ValueError(f"mask has {mask.numel()} elements, the parameter {like.numel()}")
+    return mask.to(device=like.device, dtype=torch.bool).reshape(-1).contiguous().view(torch.int8)
+
+
+def _flat(t: torch.Tensor, what: str) -> torch.Tensor:
+    if not t.is_contiguous():
+        raise ValueError(f"zo.kernels: {what} must be contiguous")
+    return t
+
+
+# ================================================================================================
+# Public API
+# ================================================================================================
+def triton_noise_flat(seed: int, param_id: int, numel: int, distribution: str = "rademacher",
+                      device="cuda", start: int = 0, *, block: int | None = None) -> torch.Tensor:
+    """fp32 noise for elements [start, start+numel) of stream (seed, param_id).
+
+    Equals zo.noise.noise_flat bit for bit for rademacher and uniform (normal: ~1e-6)."""
+    ks = _kernels()
+    dev = torch.device(device)
+    if not interpreting() and dev.type != "cuda":
+        raise RuntimeError(f"zo.kernels: device {dev} is not CUDA (set TRITON_INTERPRET=1 for CPU)")
+    if start < 0 or numel < 0:
+        raise ValueError("start and numel must be >= 0")
+    out = torch.empty(numel, dtype=torch.float32, device=dev)
+    if numel == 0:
+        return out
+    k0, k1 = _key_pair(int(seed), int(param_id), 0)
+    blk = _block(block, NOISE_BLOCK)
+    grid = (triton_cdiv(numel, blk),)
+    ks["_noise_kernel"][grid](out, numel, int(start), k0, k1, DIST=_dist(distribution), BLOCK=blk,
+                              num_warps=NOISE_WARPS)
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def triton_apply_probes(master: torch.Tensor, out_MX: torch.Tensor, seeds, param_id: int, coefs_M,
+                        distribution: str = "rademacher", *, dropout_rate: float = 0.0,
+                        mask: torch.Tensor | None = None, block: int | None = None,
+                mulhi: int | None = None) -> torch.Tensor:
+    """out_MX[m] = cast(master + coefs_M[m] * z(seeds[m])) for all M models in one launch.
+
+    seeds: M ints, or an int32 keys tensor from noise_keys (one row per model). Consecutive models
+    with the same seed (the +eps/-eps pair) hash once. coefs_M: M floats or an fp32 tensor
+    (coef = ±eps·scale, and already divided by nothing: it is the alpha of torch.add).
+    Bitwise: == torch.add(master, z, alpha=c).to(out.dtype) with z the engine's direction
+    (dropout and mask applied), given torch's fused a + alpha*b (see module docstring)."""
+    ks = _kernels()
+    _check_tensor(master, "master")
+    _flat(master, "master")
+    _flat(out_MX, "out_MX")
+    numel = master.numel()
+    M = out_MX.shape[0] if out_MX.dim() > 0 else 0
+    if out_MX.numel() != M * numel:
+        raise ValueError(f"out_MX {tuple(out_MX.shape)} is not [M, *{tuple(master.shape)}]")
+    if out_MX.device != master.device:
+        raise ValueError("out_MX and master must be on one device")
+    drop = dropout_rate > 0
+    keys = _keys_arg(seeds, param_id, master.device, drop)
+    if keys.shape[0] != M:
+        raise ValueError(f"{M} output models but {keys.shape[0]} seeds")
+    c = _coefs_arg(coefs_M, M, master.device)
+    pm = _mask_arg(mask, master)
+    if M == 0 or numel == 0:
+        return out_MX
+    dist = _dist(distribution)
+    ks["_apply_probes_kernel"][(triton_cdiv(numel, _block(block, PROBE_BLOCK)),)](
+        _ptr_view(master), _ptr_view(out_MX), keys, c, pm if pm is not None else keys,
+        M, numel, numel, _f32(dropout_rate), _M13, _M16, LOOP_N=_loop_n(M),
+        KEY_STRIDE=keys.shape[1], DIST=dist, MASTER_KIND=_kind(master, "master"),
+        OUT_KIND=_kind(out_MX, "out_MX"), HAS_DROPOUT=drop, HAS_MASK=pm is not None,
+        FAST=dist == 0 and not drop and pm is None, MULHI=_mulhi(mulhi), EMU=interpreting(),
+        BLOCK=_block(block, PROBE_BLOCK), num_warps=PROBE_WARPS)
+    return out_MX
+
+
+def _launch_update(ks, master, live, g, keys, c, pm, n, lr, weight_decay, dropout_rate, distribution,
+                   update: bool, block, mulhi):
+    numel = master.numel()
+    blk = _block(block, UPDATE_BLOCK)
+    dist = _dist(distribution)
+    has_wd = update and weight_decay > 0
+    keep = 1.0 - lr * weight_decay if has_wd else 1.0
+    dummy = keys
+    ks["_update_kernel"][(triton_cdiv(numel, blk),)](
+        _ptr_view(master) if update else dummy, _ptr_view(live) if live is not None else dummy,
+        g if g is not None else dummy, keys, c, pm if pm is not None else dummy,
+        n, numel, _f32(-lr), _f32(keep), _f32(dropout_rate), _M13, _M16, LOOP_N=_loop_n(n),
+        KEY_STRIDE=keys.shape[1], DIST=dist,
+        MASTER_KIND=_kind(master, "master") if update else 0,
+        LIVE_KIND=_kind(live, "live") if live is not None else 0,
+        HAS_LIVE=live is not None, HAS_WD=has_wd, HAS_DROPOUT=dropout_rate > 0, HAS_MASK=pm is not None,
+        WRITE_G=g is not None, UPDATE=update, FAST=dist == 0 and dropout_rate <= 0 and pm is None,
+        MULHI=_mulhi(mulhi), EMU=interpreting(), BLOCK=blk, num_warps=UPDATE_WARPS)
+
+
+@torch.no_grad()
+def triton_update(master: torch.Tensor, seeds, param_id: int, coefs, lr: float, weight_decay: float = 0.0,
+                  distribution: str = "rademacher", live: torch.Tensor | None = None, *,
+                  dropout_rate: float = 0.0, mask: torch.Tensor | None = None,
+                  grad_out: torch.Tensor | None = None, block: int | None = None,
+                mulhi: int | None = None) -> None:
+    """One pass over the parameter, in place:
+
+        g      = Σ_i coefs[i] * z(seeds[i])        fp32, seeds in the given order, z made on the fly
+        master <- cast(master*keep - lr*g)          keep = 1 - lr*wd (only where mask, if a mask)
+        live   <- cast(master)                      if live is given (e.g. the bf16 model tensor)
+
+    seeds: n ints, or an int32 keys tensor from noise_keys. coefs: n floats or an fp32 tensor;
+    pass the engine's scaled coefficients (c_i * probe_scale(s_i), rounded once to fp32).
+    grad_out: optional fp32 tensor (numel of master) that also receives g.
+    Reads master once and writes master (and live) once; no θ-sized temporaries."""
+    ks = _kernels()
+    _check_tensor(master, "master")
+    _flat(master, "master")
+    if live is not None:
+        _flat(live, "live")
+        if live.numel() != master.numel() or live.device != master.device:
+            raise ValueError("live must have master's numel and device")
+        if live.data_ptr() == master.data_ptr():
+            live = None
+    drop = dropout_rate > 0
+    keys = _keys_arg(seeds, param_id, master.device, drop)
+    n = keys.shape[0]
+    c = _coefs_arg(coefs, n, master.device)
+    pm = _mask_arg(mask, master)
+    if grad_out is not None:
+        if grad_out.dtype != torch.float32 or grad_out.numel() != master.numel() or not grad_out.is_contiguous():
+            raise ValueError("grad_out must be a contiguous fp32 tensor with master's numel")
+    if master.numel() == 0:
+        return
+    _launch_update(ks, master, live, grad_out, keys, c, pm, n, float(lr), float(weight_decay),
+                   float(dropout_rate), distribution, True, block, mulhi)
+
+
+@torch.no_grad()
+def triton_grad(master: torch.Tensor, seeds, param_id: int, coefs, distribution: str = "rademacher", *,
+                dropout_rate: float = 0.0, mask: torch.Tensor | None = None,
+                out: torch.Tensor | None = None, block: int | None = None,
+                mulhi: int | None = None) -> torch.Tensor:
+    """g = Σ_i coefs[i] * z(seeds[i]) as an fp32 tensor shaped like master (master itself is not
+    read: it gives shape and device). Bitwise equal to the engine's `_accumulate` for rademacher."""
+    ks = _kernels()
+    _check_tensor(master, "master")
+    g = out if out is not None else torch.empty(master.shape, dtype=torch.float32, device=master.device)
+    if g.dtype != torch.float32 or g.numel() != master.numel() or not g.is_contiguous():
+        raise ValueError("out must be a contiguous fp32 tensor with master's numel")
+    drop = dropout_rate > 0
+    keys = _keys_arg(seeds, param_id, master.device, drop)
+    n = keys.shape[0]
+    c = _coefs_arg(coefs, n, master.device)
+    pm = _mask_arg(mask, master)
+    if master.numel() == 0:
+        return g
+    _launch_update(ks, master, None, g, keys, c, pm, n, 0.0, 0.0, float(dropout_rate), distribution,
+                   False, block, mulhi)
+    return g
+
+
+def update_bytes_per_element(master_dtype=torch.float32, live_dtype=torch.bfloat16) -> int:
+    """HBM bytes the update moves per element: read master, write master, write live."""
+    mb = torch.empty((), dtype=master_dtype).element_size()
+    lb = torch.empty((), dtype=live_dtype).element_size() if live_dtype is not None else 0
+    return 2 * mb + lb
+
