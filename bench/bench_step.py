@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from models import (SIZE_PRESETS, auto_models_per_pass, build_model, check_fits, estimate_memory_bytes,  # noqa: E402
+from models import (SIZE_PRESETS, auto_models_per_pass, auto_time_chunk, build_model, check_fits, estimate_memory_bytes,  # noqa: E402
                     param_count, preset, supports_stacked)
 from tasks import IGNORE_INDEX, Batch, masked_cross_entropy  # noqa: E402
 from train.evaluate import batch_loss, stacked_batch_loss  # noqa: E402
@@ -488,6 +488,8 @@ class ZOSetup:
         else:
             self.M = auto_models_per_pass(self.cfg, device=b.dev, batch_size=self.mb, time_chunk=self.tc,
                                           wanted=wanted)
+        if time_chunk <= 0:
+            self.tc = auto_time_chunk(self.cfg, device=b.dev, batch_size=self.mb, models=self.M, T=T)
         self.probes = probes
         self.lr = a.lr
         self.comm = LocalComm(b.dev)
@@ -635,6 +637,7 @@ def run_zo(b: Bench, size: str, probes: int, *, mpp: int | None = None, label: s
         t0 = time.perf_counter()
         s = ZOSetup(b, size, probes, B=B, T=T, time_chunk=a.time_chunk, mpp=mpp, cfg=cfg)
         b.sync()
+        row["time_chunk"] = s.tc
         row["setup_s"] = time.perf_counter() - t0
         row["models_per_pass"], row["path"] = s.M, s.path
         row["passes_per_step"] = math.ceil(probes / s.seeds_per_pass())
@@ -1104,7 +1107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per config (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--models_per_pass", type=int, default=0, help="0: auto (models.auto_models_per_pass)")
-    p.add_argument("--time_chunk", type=int, default=64, help="ZO forward time chunk (as the trainer's default)")
+    p.add_argument("--time_chunk", type=int, default=0,
+                   help="ZO forward time chunk (0: models.auto_time_chunk, as the trainer's default)")
     p.add_argument("--micro_batch", type=int, default=0, help="ZO forward micro-batch (0: the whole batch)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="parameter dtype (default bfloat16)")

@@ -72,5 +72,15 @@ def auto_models_per_pass(cfg: ModelConfig, *, device, batch_size: int, time_chun
     return max(1, min(wanted, fit))
 
 
-__all__ = ["supports_stacked", "auto_models_per_pass", "ModelConfig", "MODEL_TYPES", "SIZE_PRESETS", "preset", "apply_scale", "param_count",
+def auto_time_chunk(cfg: ModelConfig, *, device, batch_size: int, models: int = 1, T: int = 64,
+                    budget_fraction: float = 0.125) -> int:
+    """Time steps per forward chunk: the largest (at most T) whose input-gate buffers for `models`
+    stacked copies (about three of [B, Tc, 4H] in the weight dtype) fit in `budget_fraction` of the
+    free memory. Memory then stays flat in the sequence length."""
+    per_step = 3 * models * batch_size * 4 * cfg.hidden_size * cfg.dtype_bytes
+    fit = int(budget_fraction * available_memory_bytes(device) // max(per_step, 1))
+    return max(1, min(T, fit))
+
+
+__all__ = ["auto_time_chunk", "supports_stacked", "auto_models_per_pass", "ModelConfig", "MODEL_TYPES", "SIZE_PRESETS", "preset", "apply_scale", "param_count",
            "estimate_memory_bytes", "format_bytes", "build_model", "check_fits", "available_memory_bytes"]

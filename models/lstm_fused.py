@@ -67,9 +67,17 @@ def recurrence_fused(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD, *, pad_to: int = 8):
     Rp = torch.zeros(N, Dp, G, Dp, dtype=dt, device=dev)
     Rp[:, :D, :, :D] = R_4NDD.permute(1, 2, 0, 3)
     Rp = Rp.view(N, Dp, G * Dp)
-    xgb = torch.zeros(T, N, B, G, Dp, dtype=dt, device=dev)
-    bias = b_4ND.permute(1, 0, 2).unsqueeze(1).unsqueeze(0)            # [1, N, 1, 4, D]
-    xgb[..., :D] = (xg_TNB4D.float() + bias.float()).to(dt)
+    # Input gates plus bias in the GEMM's C layout [T, N, B, 4*Dp]: one copy and one in-place add in
+    # the weight dtype (no fp32 temporaries of the chunk's size).
+    bias = b_4ND.permute(1, 0, 2).unsqueeze(1).unsqueeze(0).to(dt)   # [1, N, 1, 4, D]
+    if Dp == D:
+        xgb = torch.empty(T, N, B, G, D, dtype=dt, device=dev)
+        xgb.copy_(xg_TNB4D)
+        xgb.add_(bias)
+    else:
+        xgb = torch.zeros(T, N, B, G, Dp, dtype=dt, device=dev)
+        xgb[..., :D].copy_(xg_TNB4D)
+        xgb[..., :D].add_(bias)
     xgb = xgb.view(T, N, B, G * Dp)
     c = torch.zeros(N, B, Dp, dtype=torch.float32, device=dev)
     c[..., :D] = c_NBD

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models import ModelConfig, auto_models_per_pass, build_model, check_fits, param_count, supports_stacked
+from models import ModelConfig, auto_models_per_pass, auto_time_chunk, build_model, check_fits, param_count, supports_stacked
 from tasks import build_task, sample_predictions
 from train.checkpoint import save_checkpoint
 from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stacked_batch_loss
@@ -66,7 +66,7 @@ class SeriesConfig:
     log_interval: int = 10
     val_interval: int = 0            # 0: validate at every log line
     val_batch_size: int = 64
-    time_chunk: int = 0              # ZO forward chunk (0: auto = min(T, 64))
+    time_chunk: int = 0              # ZO forward chunk (0: auto: up to 64 steps within a memory budget)
     models_per_pass: int = 0         # ZO: perturbed models per forward (0: auto from memory; 1: one at a time)
     save_model: bool = False
     checkpoint_dir: str = "rnn_checkpoints"
@@ -173,6 +173,8 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
         mpp = cfg.models_per_pass or auto_models_per_pass(mcfg, device=device, batch_size=cfg.micro_batch_size,
                                                           time_chunk=time_chunk or T_max, wanted=wanted)
         mpp = mpp if supports_stacked(model) else 1
+        if not cfg.time_chunk:
+            time_chunk = auto_time_chunk(mcfg, device=device, batch_size=cfg.micro_batch_size, models=mpp)
         if cfg.verbose:
             print(f"ZO: {cfg.num_perturbations} probes, {mpp} perturbed model(s) per forward pass", file=out)
     comm = LocalComm()

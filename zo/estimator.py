@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zo import kernels as zk
 from zo import noise as zn
 
 GRAD_NORMS = (None, "l2", "l1")
@@ -152,6 +153,11 @@ class ZOEngine:
         self._z_cache_bytes = 0
         self._bytes_per_direction = 4 * sum(p.master.numel() for p in self.params)
         self._stack_bufs: dict = {}
+        # Fused Triton kernels (zo/kernels.py) when every tensor is a contiguous CUDA fp32/bf16/fp16
+        # tensor; they produce bit-identical results to the torch path (tests/test_kernels.py).
+        self.use_kernels = zk.available() and all(
+            p.master.is_cuda and p.master.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and p.master.is_contiguous() and p.live.is_contiguous() for p in self.params)
 
     # ------------------------------------------------------------------ ask
     def seeds(self, step: int) -> list[int]:
@@ -200,6 +206,11 @@ class ZOEngine:
 
         The sum is formed in a fresh tensor (never in place on the master)."""
         a = sign_eps * self.probe_scale(seed)
+        if self.use_kernels:
+            for p in self.params:
+                zk.triton_apply_probes(p.master, p.live.unsqueeze(0), [seed], p.pid, [a], self.cfg.distribution,
+                                       dropout_rate=self.cfg.probe_dropout_rate, mask=p.mask)
+            return
         zs = zs if zs is not None else self.directions(seed)
         for p, z in zip(self.params, zs):
             p.live.copy_(torch.add(p.master, z, alpha=a))
@@ -222,7 +233,7 @@ class ZOEngine:
         rows = []
         try:
             for s in seeds:
-                zs = self.directions(s)
+                zs = None if self.use_kernels else self.directions(s)
                 self.apply_probe(s, +eps, zs)
                 lp = _as_loss(loss_fn())
                 if two_sided:
@@ -256,12 +267,19 @@ class ZOEngine:
             for k, p in enumerate(self.params):
                 buf = self._stack_buffer(p, M)
                 P[p.name] = buf
-            for j, s in enumerate(chunk):
-                zs = self.directions(s)
-                a = eps * self.probe_scale(s)
-                for k, p in enumerate(self.params):
-                    for t, sg in enumerate(signs):
-                        P[p.name][j * per_seed + t].copy_(torch.add(p.master, zs[k], alpha=sg * a))
+            if self.use_kernels:
+                model_seeds = [s for s in chunk for _ in signs]
+                alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
+                for p in self.params:
+                    zk.triton_apply_probes(p.master, P[p.name], model_seeds, p.pid, alphas, self.cfg.distribution,
+                                           dropout_rate=self.cfg.probe_dropout_rate, mask=p.mask)
+            else:
+                for j, s in enumerate(chunk):
+                    zs = self.directions(s)
+                    a = eps * self.probe_scale(s)
+                    for k, p in enumerate(self.params):
+                        for t, sg in enumerate(signs):
+                            P[p.name][j * per_seed + t].copy_(torch.add(p.master, zs[k], alpha=sg * a))
             losses = _as_loss_vec(stacked_loss_fn(P)).view(len(chunk), per_seed)
             if per_seed == 1:
                 losses = torch.cat([losses, torch.full_like(losses, float("nan"))], dim=1)
@@ -324,10 +342,19 @@ class ZOEngine:
         info = {}
         if not cfg.needs_full_gradient:
             for k, p in enumerate(self.params):
-                self._apply(p, self._accumulate(k, seeds, scaled), lr)
+                if self.use_kernels:
+                    zk.triton_update(p.master, seeds, p.pid, scaled, lr, cfg.weight_decay, cfg.distribution,
+                                     live=None if p.live.data_ptr() == p.master.data_ptr() else p.live,
+                                     dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
+                else:
+                    self._apply(p, self._accumulate(k, seeds, scaled), lr)
             self.clear_step_cache()
             return info
-        grads = [self._accumulate(k, seeds, scaled) for k in range(len(self.params))]
+        if self.use_kernels:
+            grads = [zk.triton_grad(p.master, seeds, p.pid, scaled, cfg.distribution,
+                                    dropout_rate=cfg.probe_dropout_rate, mask=p.mask) for p in self.params]
+        else:
+            grads = [self._accumulate(k, seeds, scaled) for k in range(len(self.params))]
         gnorm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
         info["grad_norm"] = gnorm
         factor = 1.0
