@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-from models import ModelConfig, apply_scale, build_model, check_fits, param_count
+from models import (ModelConfig, apply_scale, auto_models_per_pass, build_model, check_fits, param_count,
+                    supports_stacked)
 from tasks import build_task, sample_predictions
 from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
-from train.evaluate import batch_loss, evaluate_batch
+from train.evaluate import batch_loss, evaluate_batch, stacked_batch_loss
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.series import SYNTHETIC_TASKS, peak_memory_bytes
 from train.zo_step import NonFiniteLossError, zo_step
@@ -73,17 +74,19 @@ class DistConfig:
     dtype: str | None = None            # None: float32 on CPU, bfloat16 on CUDA (fp32 master either way)
     device: str = "cpu"
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 4
     micro_batch_size: int = 0           # 0: the whole batch in one pass
     val_batch_size: int = 0             # 0: min(batch_size, 256)
     time_chunk: int = 0                 # forward chunk in time steps (0: 64)
+    models_per_pass: int = 0            # perturbed models per forward; 0: 1 on CPU (bitwise across world
+                                        # sizes), sized from free memory on CUDA (equal to ~1e-6, not bitwise)
     min_seq_len: int = 4
     max_seq_len: int = 0                # 0: equal to min_seq_len (no curriculum)
     step_seq_len: int = 1
     step_seq_len_loss_thresh: float = 0.1
     patience_seq_len: int = 10
-    max_iters: int = 500
-    learning_rate: float = 0.02
+    max_iters: int = 1000
+    learning_rate: float = 0.3
     learn_rate_schedule: str = "constant"
     warmup_iters: int = 0
     cosine_wavelength: int = 1000
@@ -97,7 +100,7 @@ class DistConfig:
     gradient_normalization: str | None = None
     probe_dropout_rate: float = 0.0
     weight_decay: float = 0.0
-    adam: bool = True
+    adam: bool = False
     beta1: float = 0.9
     beta2: float = 0.999
     val_iters: int = 100
@@ -165,7 +168,7 @@ class DistConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"--{f} must be a positive integer, got {v!r}")
-        for f in ("micro_batch_size", "val_batch_size", "time_chunk", "max_seq_len", "step_seq_len",
+        for f in ("micro_batch_size", "val_batch_size", "time_chunk", "models_per_pass", "max_seq_len", "step_seq_len",
                   "warmup_iters", "cosine_wavelength"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -306,6 +309,7 @@ class DistributedTrainer:
         if ckpt is not None:
             self._load_model_state(ckpt)
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
+        self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
         if ckpt is not None:
             self._load_run_state(ckpt)
         # theta is broadcast once; afterwards the replicas only exchange loss tables.
@@ -316,6 +320,22 @@ class DistributedTrainer:
         self.last_checkpoint = (cfg.load_from_checkpoint, self.step) if ckpt is not None else (None, None)
         self._fixed = {}
         self.val_loss = None
+
+    def _pick_models_per_pass(self, batch_rows: int) -> int:
+        """Perturbed models per forward pass on this rank (1: the one-at-a-time path)."""
+        cfg = self.cfg
+        if cfg.per_probe_batch or not supports_stacked(self.model):
+            if cfg.models_per_pass > 1:
+                why = "every probe has its own batch" if cfg.per_probe_batch else "the model has no stacked forward"
+                self._warn(f"--models_per_pass {cfg.models_per_pass} ignored: {why}; probes run one at a time")
+            return 1
+        if cfg.models_per_pass:
+            return cfg.models_per_pass
+        if self.device.type != "cuda":
+            return 1
+        per_seed = 2 if (cfg.central_difference or cfg.antithetic) else 1
+        return auto_models_per_pass(self.mcfg, device=self.device, batch_size=batch_rows, time_chunk=self.time_chunk,
+                                    wanted=per_seed * self.engine.cfg.num_seeds // self.comm.world_size)
 
     # ------------------------------------------------------------------ checkpoint state
     def _load_model_state(self, ckpt: dict) -> None:
@@ -399,17 +419,30 @@ class DistributedTrainer:
                 return batch_loss(model, batch, time_chunk=tc, micro_batch_size=mb)
         return fn
 
+    def stacked_fn(self, batch):
+        model, tc, mb = self.model, self.time_chunk, self.cfg.micro_batch_size
+
+        def fn(P):
+            with torch.inference_mode():
+                return stacked_batch_loss(model, P, batch, time_chunk=tc, micro_batch_size=mb)
+        return fn
+
     def probe_closures(self, step: int):
-        """loss_for_probe(i) for zo_step, and the baseline closure (shared batch only)."""
+        """zo_step's loss closures: loss_for_probe(i), the baseline (shared batch only) and the
+        stacked closure (None unless several perturbed models run per forward)."""
         cfg = self.cfg
-        shared = None if cfg.per_probe_batch else self.loss_fn(self.batch_for(step))
+        batch = None if cfg.per_probe_batch else self.batch_for(step)
+        shared = None if batch is None else self.loss_fn(batch)
+        stacked = self.stacked_fn(batch) if batch is not None and self.models_per_pass > 1 else None
+        poisoned = step == cfg.debug_nan_at_step and self.comm.rank == cfg.debug_nan_rank
 
         def loss_for_probe(i):
             fn = shared if shared is not None else self.loss_fn(self.batch_for(step, i))
-            if step == cfg.debug_nan_at_step and self.comm.rank == cfg.debug_nan_rank:
-                return lambda: fn() * float("nan")
-            return fn
-        return loss_for_probe, shared
+            return (lambda: fn() * float("nan")) if poisoned else fn
+        if stacked is not None and poisoned:
+            clean = stacked
+            stacked = lambda P: clean(P) * float("nan")  # noqa: E731
+        return loss_for_probe, shared, stacked
 
     def validate_now(self) -> dict:
         n = self.cfg.val_batch_size or min(self.cfg.batch_size, 256)
@@ -442,8 +475,16 @@ class DistributedTrainer:
                     f"{self.describe()}; task {cfg.task} (vocab {self.task.vocab_size}); mode {cfg.mode}; "
                     f"run seed {self.run_seed}" + (f"; resuming at step {start}" if start else ""))
         self._print(f"[Init] {self.mcfg.model_type} hidden {self.mcfg.hidden_size}, heads {self.mcfg.num_heads}, "
-                    f"dtype {self.mcfg.dtype}: {self.n_params:,} parameters; theta broadcast once "
+                    f"dtype {self.mcfg.dtype}: {self.n_params:,} parameters; {self.models_per_pass} perturbed "
+                    f"model(s) per forward; theta broadcast once "
                     f"({self.init_bytes:,} bytes), then only [n_total, 2] loss tables")
+        if start >= cfg.max_iters:
+            self._print(f"[Init] the checkpoint is at step {start} >= --max_iters {cfg.max_iters}: nothing to train "
+                        f"(raise --max_iters; it counts the steps done before the resume)")
+            return {"params": self.n_params, "start_step": start, "step": start, "steps_run": 0, "first_loss": None,
+                    "last_loss": None, "best_loss": None, "s_per_step": 0.0, "finished": False,
+                    "checksum": self.engine.master_checksum(), "checkpoint": self.last_checkpoint[0],
+                    "world_size": comm.world_size, "n_total": self.n_total}
         metrics = JsonlWriter(cfg.metrics_out if self.master else None, append=start > 0)
         wandb = WandbLogger(project=cfg.wandb_proj if self.master else None, run_name=cfg.wandb_run,
                             config=dataclasses.asdict(cfg))
@@ -459,13 +500,14 @@ class DistributedTrainer:
                 lr = self.lr_at(step)
                 cur_len = self.curriculum.current
                 bytes0 = comm.bytes_communicated
+                sent0 = getattr(comm, "bytes_sent", 0)
                 _sync(self.device)
                 t0 = time.perf_counter()
-                loss_for_probe, shared = self.probe_closures(step)
+                loss_for_probe, shared, stacked = self.probe_closures(step)
                 t_batch = time.perf_counter() - t0
                 try:
                     res = zo_step(self.engine, step=step, lr=lr, loss_for_probe=loss_for_probe, comm=comm,
-                                  baseline_fn=shared)
+                                  baseline_fn=shared, stacked_loss=stacked, models_per_pass=self.models_per_pass)
                 except NonFiniteLossError as e:
                     path, at = self.last_checkpoint
                     kept = (f" The last checkpoint ({path}, step {at}) is kept." if path
@@ -488,7 +530,8 @@ class DistributedTrainer:
                 losses.append(train_loss)
                 phases = {"batch_s": t_batch, **res.timings, "sync_check_s": t_sync}
                 rec = {"step": step, "train_loss": train_loss, "lr": lr, "current_max_seq_len": cur_len,
-                       "step_time_s": dt, "bytes_communicated": comm.bytes_communicated - bytes0}
+                       "step_time_s": dt, "bytes_communicated": comm.bytes_communicated - bytes0,
+                       "bytes_sent": getattr(comm, "bytes_sent", 0) - sent0}
                 if cfg.mode == "train" and self.master and (ckpt_due or self.step == cfg.max_iters):
                     tv = time.perf_counter()
                     val = self.validate_now()
@@ -507,7 +550,8 @@ class DistributedTrainer:
                            world_size=comm.world_size, n_total=self.n_total,
                            **{k: v for k, v in phases.items() if k.endswith("_s")})
                 if self.master:
-                    if cfg.verbose or ckpt_due or val is not None or done or step == start or grew:
+                    if (cfg.verbose or ckpt_due or val is not None or done or grew or step == start
+                            or self.step == cfg.max_iters):
                         bar.clear()
                         self._log_line(step, rec, phases, val, grew)
                     metrics.write(rec)
@@ -531,7 +575,7 @@ class DistributedTrainer:
                    "best_loss": min(losses) if losses else None, "s_per_step": s_per_step, "finished": finished,
                    "checksum": self.engine.master_checksum(), "checkpoint": self.last_checkpoint[0],
                    "world_size": comm.world_size, "n_total": self.n_total}
-        if cfg.mode == "test" and self.master:
+        if self.master:
             self._finished_lines(summary)
         return summary
 
@@ -547,14 +591,16 @@ class DistributedTrainer:
         if self.cfg.verbose:
             ph = ", ".join(f"{k[:-2]} {v * 1e3:.2f} ms" for k, v in phases.items())
             self._print(f"    phases: {ph}; bytes this step: {rec['bytes_communicated']} "
-                        f"(n_total {self.n_total} x 2 losses), peak mem {rec['peak_mem_bytes'] / 2**20:.1f} MiB")
+                        f"(sent {rec['bytes_sent']}; the [{self.n_total}, 2] loss table), "
+                        f"peak mem {rec['peak_mem_bytes'] / 2**20:.1f} MiB")
         if grew:
             self._print(f"    curriculum: current_max_seq_len -> {self.curriculum.current}")
 
     def _finished_lines(self, s: dict) -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         iters = s["step"] - 1 if s["steps_run"] else s["step"]  # updates before the reported loss's theta
-        note = "" if s["finished"] else f" (stopped at --max_iters before reaching {TEST_LOSS_TARGET})"
+        note = ("" if s["finished"] or self.cfg.mode != "test"
+                else f" (stopped at --max_iters before reaching {TEST_LOSS_TARGET})")
         self._print("=" * 50)
         self._print(f"[Rank 0] {stamp} - FINISHED TRAINING: in {iters} iterations achieved {s['last_loss']} loss "
                     f"in {s['s_per_step']:.6f} seconds per iter.{note}")
