@@ -1,13 +1,14 @@
-"""Distributed CD-RGE: every rank evaluates its share of the probes and only loss scalars cross the wire.
+r"""Distributed CD-RGE: every rank evaluates its share of the probes and only loss scalars cross the wire.
 
-    python distributed_rge.py                                           # one process, tiny CPU smoke test
-    torchrun --nproc_per_node=2 distributed_rge.py --device cpu --mode test
-    torchrun --nproc_per_node=8 distributed_rge.py --batch_size 1024 --meta_perturbations 12 \
-        --hidden_size 240 --input_size 100 --num_heads 12 --model_type LSTM --min_seq_len 10 --learning_rate 0.1
-    python -m torch.distributed.launch --nproc_per_node=8 [--master_port=29501] distributed_rge.py ...
-    # several nodes (run on each node, NODE_RANK = 0..NNODES-1; the checkpoint dir on a shared filesystem):
-    torchrun --nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=8 \
-        --rdzv_backend=c10d --rdzv_endpoint=$HEAD_NODE_IP:29500 --rdzv_id=zo_run distributed_rge.py ...
+    python distributed_rge.py                                      # one process, tiny CPU smoke test (ZO-SGD)
+    torchrun --nproc_per_node=2 distributed_rge.py --device cpu --mode test \
+        --batch_size 4 --meta_perturbations 16 --learning_rate 0.1 --adam true   # loss < 0.1 in ~32 steps
+    python -m torch.distributed.launch --nproc_per_node=8 [--master_port=29501] distributed_rge.py \
+        --batch_size 1024 --meta_perturbations 12 --model_scale 1 --hidden_size 240 --input_size 100 \
+        --num_heads 12 --model_type LSTM --min_seq_len 10 --learning_rate 0.1 --verbose false
+    # several nodes: the same line on every node (checkpoint dir on a shared filesystem)
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD_NODE_IP:29500 \
+        --rdzv_id=zo_run distributed_rge.py ...
     # if it hangs on nodes without InfiniBand: export NCCL_P2P_DISABLE=1
 
 Backend: NCCL when the device is CUDA (each rank takes its LOCAL_RANK GPU), gloo on CPU. Per step the
