@@ -85,6 +85,25 @@ def forward_check(dev):
         b, _ = m16(tok.to(dev), time_chunk=7)
     rel = float((a - b.float().cpu()).norm() / a.norm())
     check("bf16 CUDA LSTM forward ~ fp32 CPU reference", rel < 2e-2, f"rel err {rel:.2e}")
+    for D_heads in (8, 12):  # head sizes 64 (no padding) and 42.67 -> use 480/12 = 40 (padded to 40) / 512/8
+        hidden = 480 if D_heads == 12 else 512
+        c32 = ModelConfig(vocab_size=100, input_size=64, hidden_size=hidden, num_heads=D_heads)
+        ref = build_model(c32, generator=torch.Generator().manual_seed(5), device="cpu")
+        for dt in ("float32", "bfloat16"):
+            fz = build_model(c32.replace(dtype=dt, backend="fused"), generator=torch.Generator().manual_seed(5),
+                             device=dev)
+            with torch.inference_mode():
+                a, _ = ref(tok)
+                b, _ = fz(tok.to(dev), time_chunk=7)
+            rel = float((a - b.float().cpu()).norm() / a.norm())
+            check(f"fused backend {dt} (D={hidden // D_heads}) ~ fp32 CPU reference", rel < (2e-5 if dt == "float32" else 2e-2),
+                  f"rel err {rel:.2e}")
+    dnc = build_model(ModelConfig(model_type="DNC", vocab_size=20, input_size=16, hidden_size=64, num_heads=2,
+                                  memory_size=16, head_size=16, dtype="bfloat16", backend="auto"),
+                      generator=torch.Generator().manual_seed(0), device=dev)
+    with torch.inference_mode():
+        lg, _ = dnc(torch.randint(0, 20, (4, 30), generator=torch.Generator().manual_seed(1)).to(dev), time_chunk=8)
+    check("bf16 DNC forward on CUDA is finite", bool(torch.isfinite(lg).all()))
 
 
 def kernel_checks(dev):

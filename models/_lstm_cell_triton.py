@@ -32,3 +32,34 @@ def lstm_cell_kernel(pre_ptr, c_ptr, h_ptr, total, Dp, BLOCK: tl.constexpr):
     h = _sigmoid(o) * _tanh(c_new)
     tl.store(c_ptr + offs, c_new, mask=mask)
     tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def lstm_cell_out_kernel(pre_ptr, bias_ptr, c_ptr, h_ptr, hs_ptr, total, Dp, B, N, h_stride, hs_k_stride,
+                         BLOCK: tl.constexpr):
+    """Cell update for the fused chunk forward.
+
+    pre [R, 4*Dp] with R = K*N*B rows ordered (model k, head n, batch b); bias [K*N, 4*Dp] fp32;
+    c [R, Dp] fp32 in place; h is written twice: into the next step's GEMM operand (row stride
+    h_stride) and into hs, laid out [K, (T,) B, N*Dp] so the output projection is one GEMM per model."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    row = offs // Dp
+    d = offs - row * Dp
+    head = row // B                      # k*N + n
+    b = row - head * B
+    k = head // N
+    n = head - k * N
+    base = row * (4 * Dp) + d
+    bb = head * (4 * Dp) + d
+    i = tl.load(pre_ptr + base, mask=mask, other=0.0).to(tl.float32) + tl.load(bias_ptr + bb, mask=mask, other=0.0)
+    f = tl.load(pre_ptr + base + Dp, mask=mask, other=0.0).to(tl.float32) + tl.load(bias_ptr + bb + Dp, mask=mask, other=0.0)
+    z = tl.load(pre_ptr + base + 2 * Dp, mask=mask, other=0.0).to(tl.float32) + tl.load(bias_ptr + bb + 2 * Dp, mask=mask, other=0.0)
+    o = tl.load(pre_ptr + base + 3 * Dp, mask=mask, other=0.0).to(tl.float32) + tl.load(bias_ptr + bb + 3 * Dp, mask=mask, other=0.0)
+    c = tl.load(c_ptr + offs, mask=mask, other=0.0)
+    c_new = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
+    h = _sigmoid(o) * _tanh(c_new)
+    tl.store(c_ptr + offs, c_new, mask=mask)
+    tl.store(h_ptr + row * h_stride + d, h.to(h_ptr.dtype.element_ty), mask=mask)
+    tl.store(hs_ptr + k * hs_k_stride + b * (N * Dp) + n * Dp + d, h.to(hs_ptr.dtype.element_ty), mask=mask)

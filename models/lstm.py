@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models.config import ModelConfig
-from models.lstm_backends import recurrence, state_dtype
+from models.lstm_backends import recurrence, resolve_backend, state_dtype
 
 
 def _uniform(shape, bound, generator, dtype, device):
@@ -68,8 +68,15 @@ class LSTMModel(nn.Module):
         return h_NBD.permute(1, 0, 2).reshape(B, N * D)
 
     # ------------------------------------------------------------------ forward
+    def _fused(self) -> bool:
+        return resolve_backend(self.cfg.backend, self.W_in.device, self.W_in.dtype) == "fused"
+
     def forward_chunk(self, tokens_BT: torch.Tensor, state):
         """Logits [B, Tc, V] for one chunk of tokens, and the state after it."""
+        if self._fused():
+            P = {n: p.unsqueeze(0) for n, p in self.named_parameters()}
+            logits, state = self.forward_chunk_stacked(P, tokens_BT, state)
+            return logits[0], state
         B, T = tokens_BT.shape
         x = self.embedding[tokens_BT]                                   # [B, T, I]
         xg = self.input_gates(x)                                        # [T, N, B, 4, D]
@@ -94,6 +101,9 @@ class LSTMModel(nn.Module):
 
         The K recurrences run as one: the probe axis is folded into the head axis, so a step is a
         single batched matmul over K*N heads. Projections are batched matmuls over K."""
+        if self._fused():
+            from models.lstm_fused import forward_chunk_stacked_fused
+            return forward_chunk_stacked_fused(P, tokens_BT, state, num_heads=self.N)
         K = P["W_in"].shape[0]
         B, T = tokens_BT.shape
         N, D, H = self.N, self.D, self.H

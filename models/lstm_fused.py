@@ -90,3 +90,69 @@ def recurrence_fused(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD, *, pad_to: int = 8):
         h = hs[t]
     hs_out = hs[..., :D] if Dp != D else hs
     return hs_out, (h[..., :D].float(), c[..., :D].contiguous())
+
+
+def _cell_out(pre, bias, c, h_view, hs_t, *, B: int, N: int, hs_k_stride: int, block: int = 1024) -> None:
+    import triton
+    from models._lstm_cell_triton import lstm_cell_out_kernel
+    total = c.numel()
+    Dp = c.shape[-1]
+    assert pre.is_contiguous() and c.is_contiguous() and bias.is_contiguous() and c.dtype == torch.float32
+    assert h_view.stride(-1) == 1
+    h_stride = h_view.stride(1)
+    assert h_view.stride(0) == B * h_stride, "h rows must be evenly strided"
+    grid = (triton.cdiv(total, block),)
+    lstm_cell_out_kernel[grid](pre, bias, c, h_view, hs_t, total, Dp, B, N, h_stride, hs_k_stride,
+                               BLOCK=block, num_warps=4)
+
+
+def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):
+    """Logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each tensor of P).
+
+    Per step and head, one GEMM computes the input and recurrent gates together:
+        pre[kn] = [x_t | h[kn]] @ [W_in[kn] ; R[kn]]        A = [K*N, B, I+Dp], Wcat = [K*N, I+Dp, 4*Dp]
+    so the [B, T, 4H] input projection is never materialised (memory is flat in T and in the
+    number of stacked models' gates). The bias is added inside the cell kernel, which writes h
+    straight into the next step's A and into hs for the output projection.
+
+    state: (h, c) as [K*N, B, D] (any float dtype; padded [K*N, B, Dp] also accepted);
+    returns (logits, (h [K*N, B, Dp] weight dtype, c [K*N, B, Dp] fp32))."""
+    W_in, R, b, W_out, b_out = P["W_in"], P["R"], P["b"], P["W_out"], P["b_out"]
+    K, I, G4H = W_in.shape
+    N = num_heads
+    D = R.shape[-1]
+    H = N * D
+    Dp = padded_size(D, pad_to)
+    V = W_out.shape[-1]
+    B, T = tokens_BT.shape
+    dt, dev = W_in.dtype, W_in.device
+    KN = K * N
+    # Per-forward weight layouts (zero padding)
+    Wcat = torch.zeros(K, N, I + Dp, 4, Dp, dtype=dt, device=dev)
+    Wcat[:, :, :I, :, :D] = W_in.view(K, I, 4, N, D).permute(0, 3, 1, 2, 4)
+    Wcat[:, :, I:I + D, :, :D] = R.permute(0, 2, 3, 1, 4)                  # [K, N, Din, 4, Dout]
+    Wcat = Wcat.view(KN, I + Dp, 4 * Dp)
+    bias = torch.zeros(K, N, 4, Dp, dtype=torch.float32, device=dev)
+    bias[..., :D] = b.permute(0, 2, 1, 3)
+    bias = bias.view(KN, 4 * Dp)
+    Wout = torch.zeros(K, N, Dp, V, dtype=dt, device=dev)
+    Wout[:, :, :D] = W_out.view(K, N, D, V)
+    Wout = Wout.view(K, N * Dp, V)
+    # State
+    h0, c0 = state
+    A = torch.empty(KN, B, I + Dp, dtype=dt, device=dev)
+    A[..., I:] = 0
+    A[..., I:I + h0.shape[-1]] = h0
+    c = torch.zeros(KN, B, Dp, dtype=torch.float32, device=dev)
+    c[..., :c0.shape[-1]] = c0
+    x = P["embedding"][:, tokens_BT]                                        # [K, B, T, I]
+    hs = torch.empty(K, T, B, N * Dp, dtype=dt, device=dev)
+    A4 = A.view(K, N, B, I + Dp)
+    h_view = A[..., I:]
+    for t in range(T):
+        A4[..., :I] = x[:, :, t].unsqueeze(1)                               # x_t to every head of its model
+        pre = torch.bmm(A, Wcat)                                            # [KN, B, 4Dp]
+        _cell_out(pre, bias, c, h_view, hs[:, t], B=B, N=N, hs_k_stride=T * B * N * Dp)
+    logits = torch.baddbmm(b_out.unsqueeze(1), hs.view(K, T * B, N * Dp), Wout)   # [K, T*B, V]
+    logits = logits.view(K, T, B, V).transpose(1, 2)
+    return logits, (h_view.contiguous(), c)
