@@ -1,6 +1,7 @@
 """Tasks, tokenizers and the shared masked loss.
 
-``build_task(name, **kwargs)`` builds any task listed in ``TASKS``.
+``build_task(name, **kwargs)`` builds any task listed in ``TASKS``; the language-modelling
+tasks (``lm``, ``penn_tree_bank``) have a dedicated builder, ``build_lm_task``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from .base import Task, sample_predictions
 from .batch import Batch
 from .loss import IGNORE_INDEX, LossAccumulator, masked_accuracy, masked_ce_sum, masked_cross_entropy
 from .synthetic import AddTask, CopyTask, RepeatCopyTask, ReverseTask, SortTask
-from .text import CharLMTask
+from .corpus import load_embedded_corpus, unigram_entropy_bits
+from .lm_data import greedy_decode, greedy_samples, lm_metrics
+from .text import LM_TASKS, CharLMTask, LMTask, PennTreebankTask, build_lm_task
 from .tokenizers import (
     BOS_ID,
     EOS_ID,
@@ -17,8 +20,10 @@ from .tokenizers import (
     SEP_ID,
     TOKENIZERS,
     CharTokenizer,
+    HFTokenizer,
     NumericTokenizer,
     get_tokenizer,
+    load_text_tokenizer,
 )
 
 TASKS: dict[str, type[Task]] = {
@@ -28,6 +33,8 @@ TASKS: dict[str, type[Task]] = {
     "sort": SortTask,
     "add": AddTask,
     "lm_char": CharLMTask,
+    "lm": LMTask,
+    "penn_tree_bank": PennTreebankTask,
 }
 
 
@@ -50,6 +57,15 @@ __all__ = [
     "SortTask",
     "AddTask",
     "CharLMTask",
+    "LMTask",
+    "PennTreebankTask",
+    "LM_TASKS",
+    "build_lm_task",
+    "lm_metrics",
+    "greedy_decode",
+    "greedy_samples",
+    "load_embedded_corpus",
+    "unigram_entropy_bits",
     "IGNORE_INDEX",
     "masked_ce_sum",
     "masked_cross_entropy",
@@ -61,6 +77,8 @@ __all__ = [
     "SEP_ID",
     "CharTokenizer",
     "NumericTokenizer",
+    "HFTokenizer",
     "TOKENIZERS",
     "get_tokenizer",
+    "load_text_tokenizer",
 ]

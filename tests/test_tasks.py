@@ -144,7 +144,7 @@ def test_get_tokenizer():
 
 
 def test_registry():
-    assert set(TASKS) == {"copy", "repeat_copy", "reverse", "sort", "add", "lm_char"}
+    assert set(TASKS) == {"copy", "repeat_copy", "reverse", "sort", "add", "lm_char", "lm", "penn_tree_bank"}
     assert isinstance(build_task("copy", seq_length=5), CopyTask)
     assert isinstance(build_task("lm_char", text=LM_TEXT, seq_length=16), CharLMTask)
     with pytest.raises(ValueError, match="copy"):
