@@ -110,7 +110,8 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     """Logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each tensor of P).
 
     Per step and head, one GEMM computes the input and recurrent gates together:
-        pre[kn] = [x_t | h[kn]] @ [W_in[kn] ; R[kn]]        A = [K*N, B, I+Dp], Wcat = [K*N, I+Dp, 4*Dp]
+        pre[kn] = [x_t | h[kn]] @ [W_in[kn] ; R[kn]]        A = [K*N, B, Ip+Dp], Wcat = [K*N, Ip+Dp, 4*Dp]
+    (I padded to a multiple of 8 and D to a multiple of pad_to, all padding zero)
     so the [B, T, 4H] input projection is never materialised (memory is flat in T and in the
     number of stacked models' gates). The bias is added inside the cell kernel, which writes h
     straight into the next step's A and into hs for the output projection.
@@ -123,15 +124,16 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     D = R.shape[-1]
     H = N * D
     Dp = padded_size(D, pad_to)
+    Ip = padded_size(I, 8)              # keeps the GEMM rows 16-byte aligned (sm90 kernels need it)
     V = W_out.shape[-1]
     B, T = tokens_BT.shape
     dt, dev = W_in.dtype, W_in.device
     KN = K * N
     # Per-forward weight layouts (zero padding)
-    Wcat = torch.zeros(K, N, I + Dp, 4, Dp, dtype=dt, device=dev)
+    Wcat = torch.zeros(K, N, Ip + Dp, 4, Dp, dtype=dt, device=dev)
     Wcat[:, :, :I, :, :D] = W_in.view(K, I, 4, N, D).permute(0, 3, 1, 2, 4)
-    Wcat[:, :, I:I + D, :, :D] = R.permute(0, 2, 3, 1, 4)                  # [K, N, Din, 4, Dout]
-    Wcat = Wcat.view(KN, I + Dp, 4 * Dp)
+    Wcat[:, :, Ip:Ip + D, :, :D] = R.permute(0, 2, 3, 1, 4)                # [K, N, Din, 4, Dout]
+    Wcat = Wcat.view(KN, Ip + Dp, 4 * Dp)
     bias = torch.zeros(K, N, 4, Dp, dtype=torch.float32, device=dev)
     bias[..., :D] = b.permute(0, 2, 1, 3)
     bias = bias.view(KN, 4 * Dp)
@@ -140,15 +142,15 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     Wout = Wout.view(K, N * Dp, V)
     # State
     h0, c0 = state
-    A = torch.empty(KN, B, I + Dp, dtype=dt, device=dev)
+    A = torch.empty(KN, B, Ip + Dp, dtype=dt, device=dev)
     A[..., I:] = 0
-    A[..., I:I + h0.shape[-1]] = h0
+    A[..., Ip:Ip + h0.shape[-1]] = h0
     c = torch.zeros(KN, B, Dp, dtype=torch.float32, device=dev)
     c[..., :c0.shape[-1]] = c0
     x = P["embedding"][:, tokens_BT]                                        # [K, B, T, I]
     hs = torch.empty(K, T, B, N * Dp, dtype=dt, device=dev)
-    A4 = A.view(K, N, B, I + Dp)
-    h_view = A[..., I:]
+    A4 = A.view(K, N, B, Ip + Dp)
+    h_view = A[..., Ip:]
     for t in range(T):
         A4[..., :I] = x[:, :, t].unsqueeze(1)                               # x_t to every head of its model
         pre = torch.bmm(A, Wcat)                                            # [KN, B, 4Dp]
