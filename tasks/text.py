@@ -233,6 +233,12 @@ class LMTask(Task):
             tail += " --tokenizer hf"
         if getattr(tok, "source", None) and os.path.isabs(tok.source):
             tail += f" --tokenizer_path {tok.source}"
+        if streaming:
+            tail += " --streaming"
+        if split_seed:
+            tail += f" --split_seed {split_seed}"
+        if max_tokens is not None:
+            tail += f" --max_tokens {max_tokens}"  # part of the cache key, like the tokenizer
         source = resolve_source(dataset, task=self.name, streaming=streaming, text_field=text_field,
                                 cache_dir=self.cache_dir, cmd_tail=tail)
         self.source_description = source.description
