@@ -7,15 +7,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 COMMON="--batch_size 1024 --meta_perturbations 12 --model_type LSTM --min_seq_len 10 --verbose false --sync_check_iters 5"
-echo "== test mode, tiny, 2 GPUs"
-torchrun --nproc_per_node=2 distributed_rge.py $COMMON --hidden_size 240 --input_size 100 --num_heads 12 \
-    --learning_rate 0.1 --adam true --mode test --max_iters 40 --metrics_out "$OUT/dist_tiny_w2.jsonl" \
-    --checkpoint_dir /tmp/ck_tiny 2>&1 | tail -n 4
+echo "== test mode (overfit one batch), small default model, 2 GPUs"
+torchrun --nproc_per_node=2 distributed_rge.py --mode test --batch_size 4 --meta_perturbations 16 \
+    --learning_rate 0.1 --adam true --max_iters 200 --sync_check_iters 5 --verbose false \
+    --metrics_out "$OUT/dist_tiny_w2.jsonl" --checkpoint_dir /tmp/ck_tiny 2>&1 | tail -n 4
 for W in 1 2; do
   echo "== large, 12 probes per GPU, $W GPU(s)"
   torchrun --nproc_per_node=$W distributed_rge.py $COMMON --hidden_size 66000 --input_size 100 --num_heads 220 \
       --learning_rate 0.01 --mode train --max_iters 8 --val_iters 1000 --metrics_out "$OUT/dist_large_w$W.jsonl" \
-      --checkpoint_dir /tmp/ck_large_$W 2>&1 | tail -n 3
+      --checkpoint_dir /tmp/ck_large_$W 2>&1 | grep -v "^\s*$" | tail -n 6
 done
 python3 - "$OUT" <<'PY'
 import json, statistics, sys, os

@@ -146,12 +146,18 @@ def estimate_memory_bytes(cfg: ModelConfig, *, batch_size: int, time_chunk: int,
     b = cfg.dtype_bytes
     master = P * (master_bytes if master_bytes is not None else b)
     params = P * b + (master if zo else 0)
-    H, V = cfg.hidden_size, cfg.vocab_size
-    per_token = 4 * H * 2 + 4 * H + V + H          # gate pre-activations, states, logits
+    H, V, I = cfg.hidden_size, cfg.vocab_size, cfg.input_size
+    if zo:
+        # Inference keeps one step's gates and states plus one chunk of hidden outputs and logits
+        # (the fused forward never materialises the [B, T, 4H] input projection).
+        per_seq = (4 * H * 2 + H * 4 + (I + H) * 2) + time_chunk * (H * 2 + V * 4)
+    else:
+        # BPTT stores every step's gates, states and logits for the backward pass.
+        per_seq = time_chunk * ((4 * H * 2 + 4 * H + V + H) * max(b, 4))
     if cfg.model_type == "DNC":
-        per_token += cfg.num_heads * cfg.mem_word * 2
-    act = probes_in_flight * batch_size * time_chunk * per_token * max(b, 4)
-    state = probes_in_flight * batch_size * (2 * H + (cfg.mem_slots * cfg.mem_word if cfg.model_type == "DNC" else 0)) * b
+        per_seq += time_chunk * cfg.num_heads * cfg.mem_word * 4
+    act = probes_in_flight * batch_size * per_seq
+    state = probes_in_flight * batch_size * (cfg.mem_slots * cfg.mem_word * 4 if cfg.model_type == "DNC" else 0)
     noise_tmp = min(P, 1 << 22) * 8 * 3          # int64 noise words for one chunk, fp32 noise
     grads = 0 if zo else P * 4 * 3               # BPTT: grads + two Adam moments (upper bound)
     return int(params + act + state + noise_tmp + grads)

@@ -202,10 +202,14 @@ def test_consistent_head_size_accepted():
 
 
 def test_unknown_backend_raises():
-    cfg = ModelConfig(vocab_size=V, input_size=I, hidden_size=8, num_heads=2, backend="flashrnn_missing")
-    model = LSTMModel(cfg, generator=gen(0))
+    # refused when the config is made, before any tensor exists
     with pytest.raises(ValueError, match="backend"):
-        model(tokens_BT(B=1, T=2))
+        ModelConfig(vocab_size=V, input_size=I, hidden_size=8, num_heads=2, backend="flashrnn_missing")
+    from models.lstm_backends import recurrence
+    x = torch.zeros(1, 2, 1, 4, 4)
+    with pytest.raises(ValueError, match="backend"):
+        recurrence(x, torch.zeros(4, 2, 4, 4), torch.zeros(4, 2, 4), torch.zeros(2, 1, 4), torch.zeros(2, 1, 4),
+                   backend="flashrnn_missing")
 
 
 def test_bf16_forward_close_to_fp32():
