@@ -43,7 +43,7 @@ class ModelConfig:
     memory_size: int = 0         # DNC slots (0: equals hidden_size)
     controller_heads: int = 1    # DNC: recurrence heads of the controller LSTM
     dtype: str = "float32"
-    backend: str = "torch"       # LSTM recurrence backend, see models/lstm_backends.py
+    backend: str = "auto"        # LSTM recurrence backend (models/lstm_backends.py): torch, fused, auto
 
     def __post_init__(self):
         for f in ("vocab_size", "input_size", "hidden_size", "num_heads", "controller_heads"):
