@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from unittest import mock
@@ -136,12 +137,26 @@ def test_noise_keys_match_stream_key():
 
 
 # ----------------------------------------------------------------------------------------------- noise
+# word-unaligned starts and sizes; a range inside one word; word index >= 2**31 (start >> 5 passed as
+# uint32 by the interpreter) and a word range across word index 2**32 (elements around 2**37)
+NOISE_CASES = [(0, 3001), (7, 1000), (2**32 - 700, 1500), (2**40 + 3, 777), (5, 1), (3, 20), (31, 33),
+               (32, 64), (2**36 + 2**35 + 5, 700), (2**37 - 45, 999)]
+
+
 @pytest.mark.parametrize("dist", ["rademacher", "uniform"])
 def test_noise_bit_identical(K, dist):
-    for start, numel in [(0, 3001), (7, 1000), (2**32 - 700, 1500), (2**40 + 3, 777), (5, 1)]:
+    for start, numel in NOISE_CASES:
         a = K.triton_noise_flat(123456789, PID, numel, dist, device="cpu", start=start, block=BLK)
         b = zn.noise_flat(123456789, PID, numel, distribution=dist, start=start)
         assert torch.equal(bits(a), bits(b)), (dist, start, numel)
+
+
+def test_noise_rademacher_any_block(K):
+    # the smallest tile (a single word), a two-word tile and the default tile, vs the Python reference
+    for blk in (32, 64, None):
+        for start, numel in [(13, 100), (2**37 - 45, 999)]:
+            a = K.triton_noise_flat(99, PID, numel, device="cpu", start=start, block=blk)
+            assert a.tolist() == [float(zn.rademacher_int(99, PID, start + j)) for j in range(numel)], (blk, start)
 
 
 def test_noise_normal_close(K):
@@ -235,6 +250,25 @@ def test_update_bf16_master_mask_dropout_keys_tensor(K):
     assert torch.equal(bits(master[~mask]), bits(master0[~mask]))  # frozen elements never move
 
 
+def test_default_blocks_bitwise(K):
+    """The default tiles (UPDATE_BLOCK: the fast path's one-word-per-thread layout) with a ragged tail."""
+    N = K.UPDATE_BLOCK + 1000 + 7
+    master0 = torch.randn(N, generator=gen(7))
+    lr = 0.01
+    g_ref = engine_accumulate(SEEDS5, COEFS5, N)
+    master = master0.clone()
+    g = torch.empty(N)
+    K.triton_update(master, SEEDS5, PID, COEFS5, lr, 0.0, "rademacher", grad_out=g)
+    assert torch.equal(bits(g), bits(g_ref))
+    if cpu_add_alpha_is_fused():
+        assert torch.equal(bits(master), bits(engine_apply(master0, g_ref, lr)[0]))
+    out = torch.empty(2, N, dtype=torch.bfloat16)
+    K.triton_apply_probes(master0, out, [SEEDS5[0]] * 2, PID, [1e-3, -1e-3])
+    for m, c in enumerate([1e-3, -1e-3]):
+        ref = torch.add(master0, engine_direction(SEEDS5[0], N), alpha=c).to(torch.bfloat16)
+        assert torch.equal(bits(out[m]), bits(ref)), m
+
+
 def test_update_mulhi_variants_agree(K):
     N = 1500
     ref = K.triton_grad(torch.empty(N), SEEDS5, PID, COEFS5, block=BLK, mulhi=0)
@@ -277,18 +311,36 @@ def test_kernels_compile_for_sm90(monkeypatch):
             "M": "i32", "numel": "i32", "stride_m": "i32", "drop_rate": "fp32", "m13": "i32", "m16": "i32"}
     pcx = dict(LOOP_N=-1, KEY_STRIDE=4, DIST=1, MASTER_KIND=0, OUT_KIND=1, HAS_DROPOUT=True, HAS_MASK=True,
                FAST=False, MULHI=0, EMU=False, BLOCK=kernels.PROBE_BLOCK)
-    nsig = {"out_ptr": "*fp32", "numel": "i32", "start": "i64", "k0": "i32", "k1": "i32"}
-    jobs = [("_update_kernel", usig, ucx), ("_apply_probes_kernel", psig, pcx),
-            ("_noise_kernel", nsig, dict(DIST=1, BLOCK=kernels.NOISE_BLOCK))]
-    for name, sig, cx in jobs:
+    pfast = dict(pcx, KEY_STRIDE=2, DIST=0, HAS_DROPOUT=False, HAS_MASK=False, FAST=True)
+    uslow = dict(ucx, KEY_STRIDE=4, HAS_DROPOUT=True, HAS_MASK=True, FAST=False, WRITE_G=True)
+    nsig = {"out_ptr": "*fp32", "numel": "i32", "q_start": "i64", "head": "i32", "k0": "i32", "k1": "i32"}
+    jobs = [("_update_kernel", usig, ucx, kernels.UPDATE_WARPS), ("_update_kernel", usig, uslow, kernels.UPDATE_WARPS),
+            ("_apply_probes_kernel", psig, pcx, 8), ("_apply_probes_kernel", psig, pfast, kernels.PROBE_WARPS),
+            ("_noise_kernel", nsig, dict(DIST=1, BLOCK=kernels.NOISE_BLOCK), 4),
+            ("_noise_kernel", nsig, dict(DIST=0, BLOCK=kernels.NOISE_BLOCK), 4)]
+    for name, sig, cx, warps in jobs:
         src = ASTSource(fn=ks[name], signature={**sig, **{k: "constexpr" for k in cx}}, constexprs=cx)
         try:
-            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         except Exception as e:
             if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
                 pytest.skip(f"no ptxas: {e!r}")
             raise
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx
+        if name == "_update_kernel" and cx["FAST"]:
+            # One hash per word: the loop-carried transposed accumulator [32, W] keeps a word's 32 bits
+            # in one thread (bits axis: 1 lane, 1 warp) and W words on distinct threads; the PTX
+            # multiplies by fmix32's first constant twice (two rounds), i.e. one word per thread.
+            ttgir = compiled.asm["ttgir"]
+            W = cx["BLOCK"] // 32
+            m = re.search(r"scf\.for .*tensor<32x%dxf32, (#\w+)>" % W, ttgir)
+            assert m, "fast update: no [32, W] loop-carried accumulator"
+            lay = re.search(re.escape(m.group(1)) + r" = #ttg\.blocked<\{sizePerThread = \[(\d+), (\d+)\], "
+                            r"threadsPerWarp = \[(\d+), (\d+)\], warpsPerCTA = \[(\d+), (\d+)\]", ttgir)
+            spt0, spt1, tpw0, tpw1, wpc0, wpc1 = map(int, lay.groups())
+            assert tpw0 == 1 and wpc0 == 1, lay.group(0)              # all 32 bits of a word in one thread
+            assert spt1 * tpw1 * wpc1 == W, lay.group(0)              # no word on two threads
+            assert ptx.count("-2048144789") == 2 * spt1, ptx.count("-2048144789")  # 0x85EBCA6B
         if name == "_update_kernel":
             assert "fma.rn.f32" in ptx  # the final master - lr*g is one fused multiply-add

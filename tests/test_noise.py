@@ -1,5 +1,9 @@
 """Tests of the counter-based probe noise (DESIGN.md invariant 1): purity, chunking independence,
-distribution moments, decorrelation of streams, probe seeds and the probe-dropout mask."""
+distribution moments, decorrelation of streams, probe seeds and the probe-dropout mask.
+
+Rademacher packs 32 signs per hash word (element i = bit i & 31 of word(i >> 5)); the tests check
+the format against the pure-Python reference and that the 32 bits of a word, neighbouring words,
+seeds and parameter ids are uncorrelated."""
 import math
 
 import pytest
@@ -47,6 +51,44 @@ def test_noise_words_match_python_reference(seed, pid, salt):
         assert all(0 <= w <= zn.MASK32 for w in words)
 
 
+@pytest.mark.parametrize("seed,pid,salt", SEED_PID_SALT)
+def test_rademacher_matches_python_reference(seed, pid, salt):
+    """noise_flat(rademacher) == rademacher_int at random word-unaligned starts and sizes, including
+    element indices >= 2**32 and word indices >= 2**32 (elements >= 2**37)."""
+    del salt  # signs always use the salt-0 stream
+    g = gen(seed % 997 + pid % 991)
+    starts = torch.randint(0, 2**45, (6,), generator=g).tolist() + torch.randint(0, 4096, (3,), generator=g).tolist()
+    starts += [0, 1, 31, 32, 33, 2**32 - 37, 2**36 + 2**35 + 5, 2**37 - 45, 2**37, 2**40 + 17]
+    sizes = [1, 5, 31, 32, 33, 64, 95, 97]
+    for k, start in enumerate(starts):
+        n = sizes[k % len(sizes)]
+        z = zn.noise_flat(seed, pid, n, start=start)
+        ref = [float(zn.rademacher_int(seed, pid, start + j)) for j in range(n)]
+        assert z.tolist() == ref, (start, n)
+
+
+def test_rademacher_is_32_bits_per_word():
+    # element 32q + b is bit b of word q of the salt-0 stream: +1 for a 0 bit, -1 for a 1 bit
+    q0, nw = 2**32 - 3, 6  # word indices across 2**32 (lo/hi split of the word index)
+    words = zn.noise_words(77, 13, q0, nw, device="cpu").tolist()
+    z = zn.noise_flat(77, 13, 32 * nw, start=32 * q0)
+    want = [1.0 - 2.0 * ((w >> b) & 1) for w in words for b in range(32)]
+    assert z.tolist() == want
+    assert torch.equal(zn.signs_from_words(zn.noise_words(77, 13, q0, nw, device="cpu")), z)
+    # one word per element stays the format of uniform / normal / dropout: only signs are packed
+    with pytest.raises(ValueError, match="32 signs"):
+        zn.words_to_noise(zn.noise_words(77, 13, 0, 4, device="cpu"), "rademacher")
+
+
+def test_rademacher_word_index_2_32_is_not_periodic():
+    # words q and q + 2**32 share the low 32 bits of the counter; the high word must still matter
+    a = zn.noise_flat(3, 9, 4096, start=2**37)
+    b = zn.noise_flat(3, 9, 4096, start=0)
+    assert float((a == b).double().mean()) < 0.6
+    assert zn.noise_flat(3, 9, 64, start=2**37 - 32).tolist() == [
+        float(zn.rademacher_int(3, 9, 2**37 - 32 + j)) for j in range(64)]
+
+
 def test_noise_words_cross_2_32_boundary_is_not_periodic():
     # Elements i and i + 2**32 share the low word; the high word must still change the value.
     lo = zn.noise_words(3, 9, 2**32 - 5, 10, device="cpu")
@@ -89,14 +131,28 @@ def test_noise_flat_slices_equal_full_stream(dist):
 @pytest.mark.parametrize("dist", DISTS)
 def test_noise_flat_independent_of_internal_chunk(monkeypatch, dist):
     a, n = 37, 5001
-    ref = zn.words_to_noise(zn.noise_words(8, 2, a, n, device="cpu"), dist)   # one pass, no chunking
+    if dist == "rademacher":  # one pass, no chunking: the covered words, expanded and sliced
+        ref = zn.signs_from_words(zn.noise_words(8, 2, a >> 5, ((a + n - 1) >> 5) - (a >> 5) + 1,
+                                                 device="cpu"))[a & 31:(a & 31) + n]
+    else:
+        ref = zn.words_to_noise(zn.noise_words(8, 2, a, n, device="cpu"), dist)
     full = zn.noise_flat(8, 2, a + n, distribution=dist)
-    monkeypatch.setattr(zn, "_CHUNK", 1000)
-    chunked = zn.noise_flat(8, 2, n, distribution=dist, start=a)
-    chunked_full = zn.noise_flat(8, 2, a + n, distribution=dist)
-    assert torch.equal(chunked, ref)
-    assert torch.equal(chunked_full, full)
-    assert torch.equal(chunked, full[a:])
+    for chunk in (1000, 96, 33):  # chunk sizes that are and are not multiples of 32
+        monkeypatch.setattr(zn, "_CHUNK", chunk)
+        chunked = zn.noise_flat(8, 2, n, distribution=dist, start=a)
+        chunked_full = zn.noise_flat(8, 2, a + n, distribution=dist)
+        assert torch.equal(chunked, ref), chunk
+        assert torch.equal(chunked_full, full), chunk
+        assert torch.equal(chunked, full[a:]), chunk
+
+
+@pytest.mark.parametrize("start", [0, 5, 31, 32, 45, 2**33 + 7])
+def test_rademacher_any_start_and_size(start):
+    """Partial first word, whole words, partial last word, and ranges inside one word."""
+    full = zn.noise_flat(4, 4, 300, start=start)
+    for a in range(0, 70, 3):
+        for n in (0, 1, 2, 30, 31, 32, 33, 64, 65, 130):
+            assert torch.equal(zn.noise_flat(4, 4, n, start=start + a), full[a:a + n]), (start, a, n)
 
 
 def test_noise_like_is_row_major_noise_flat():
@@ -152,6 +208,10 @@ def test_continuous_moments(dist, fourth_moment):
 def test_words_to_noise_rejects_unknown_distribution():
     with pytest.raises(ValueError):
         zn.noise_flat(0, 0, 4, distribution="gaussian")
+    with pytest.raises(ValueError):
+        zn.noise_flat(0, 0, 0, distribution="gaussian")
+    with pytest.raises(ValueError):
+        zn.words_to_noise(torch.zeros(4, dtype=torch.int64), "gaussian")
 
 
 # ---------------------------------------------------------------------------------- decorrelation
@@ -182,6 +242,46 @@ def test_probe_seed_streams_uncorrelated_across_index_and_step():
     assert max_offdiag(corr_matrix(across_i)) < CORR_TOL
     across_step = torch.stack([zn.noise_flat(zn.probe_seed(0, s, 0), 7, N_CORR) for s in range(64)])
     assert max_offdiag(corr_matrix(across_step)) < CORR_TOL
+
+
+# 32 signs share one hash word: the bits of a word, and neighbouring words, must be uncorrelated.
+N_WORDS = 100_000
+
+
+def test_rademacher_bits_within_a_word_balanced_and_uncorrelated():
+    z = zn.noise_flat(2024, 3, 32 * N_WORDS).view(N_WORDS, 32).double()   # row = word, column = bit
+    tol = 5 / math.sqrt(N_WORDS)
+    assert float(z.mean(0).abs().max()) < tol                               # every bit position balanced
+    assert max_offdiag(corr_matrix(z.T)) < tol                              # all 32 x 32 bit pairs
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**62 + 5])
+def test_rademacher_neighbours_uncorrelated(seed):
+    # lags inside a word (1, 2, 16, 31), across the word boundary (32, 33) and to the next-but-one
+    # word (64); element i of neighbouring seeds s, s+1 (same word index, same bit)
+    N = 1_000_000
+    z = zn.noise_flat(seed, 11, N + 64).double()
+    tol = 5 / math.sqrt(N)
+    for lag in (1, 2, 16, 31, 32, 33, 64):
+        r = float(torch.corrcoef(torch.stack([z[:N], z[lag:lag + N]]))[0, 1])
+        assert abs(r) < tol, (lag, r)
+    z1 = zn.noise_flat(seed + 1, 11, N).double()
+    r = float(torch.corrcoef(torch.stack([z[:N], z1]))[0, 1])
+    assert abs(r) < tol, r
+    # same element, neighbouring parameter ids
+    z2 = zn.noise_flat(seed, 12, N).double()
+    r = float(torch.corrcoef(torch.stack([z[:N], z2]))[0, 1])
+    assert abs(r) < tol, r
+
+
+def test_rademacher_bits_uncorrelated_across_seeds_per_bit_position():
+    # bit b of word q for seeds s and s+1, for every b: no bit position is shared between seeds
+    rows = torch.stack([zn.noise_flat(s, 42, 32 * N_WORDS // 4) for s in range(4)]).view(4, -1, 32).double()
+    tol = 5 / math.sqrt(N_WORDS // 4)
+    for s in range(3):
+        a, b = rows[s] - rows[s].mean(0), rows[s + 1] - rows[s + 1].mean(0)
+        r = (a * b).sum(0) / (a.square().sum(0) * b.square().sum(0)).sqrt()
+        assert float(r.abs().max()) < tol, (s, r.abs().max())
 
 
 def test_normal_stream_components_uncorrelated():

@@ -1,7 +1,7 @@
 """Triton kernels for the counter-based probe noise, the stacked probe copies and the fused update.
 
-Every kernel regenerates z(seed) element by element from the bit recipe of `zo/noise.py`, so no
-θ-sized noise tensor is ever materialised:
+Every kernel regenerates z(seed) on the fly from the bit recipe of `zo/noise.py`, so no θ-sized
+noise tensor is ever materialised:
 
     triton_noise_flat      z over [start, start+numel)          == zo.noise.noise_flat (bitwise; normal ~1e-6)
     triton_apply_probes    out[m] = cast(master + c_m * z(s_m))  one launch for M stacked models
@@ -34,14 +34,23 @@ Rounding contract (what "bitwise" means here):
 
 Dtypes: master in fp32 / bf16 / fp16; probe outputs and the live copy in fp32 / bf16 / fp16.
 
-Speed (H200, triton 3.6, bench/bench_update.py; copy ceiling 4.25 TB/s): the update is bound by
-hashing, not by HBM, once n exceeds ~3 seeds. Each (element, seed) costs one word of the recipe,
-about 10 integer-ALU + 4 multiply instructions, and the kernel sustains ~1.45e12 seed-elements/s
-(~90% of the ALU issue limit). P = 1e9: n = 12 takes 9.2 ms (25.7% of copy bandwidth, 89% of
-max(memory floor, hash floor)), n = 96 66 ms, n = 512 349 ms. Reaching >= 70% of copy bandwidth at
-n = 12 would need a recipe that yields many signs per hash (a zo/noise.py format change).
-apply_probes (fp32 master -> M bf16 copies, +/- pairs hash once) runs at 76-92% of the copy
-bandwidth. The engine's torch path takes ~160x longer (P = 1e8, n = 12: 164 ms vs 1.0 ms).
+Noise format: rademacher takes 32 signs from one hash word (element i = bit i & 31 of
+word(i >> 5), see zo/noise.py); uniform / normal and the dropout mask hash every element. Every
+kernel works on [BLOCK // 32, 32] tiles whose rows are whole words (BLOCK is a multiple of 32 and
+tiles start on word boundaries; triton_noise_flat masks the head of an unaligned start).
+
+Speed. Measured on the H200 (triton 3.6, bench/bench_update.py, copy ceiling 4.25 TB/s) with the
+previous format (one hash word per element and seed): the update was bound by hashing once n
+exceeded ~3 seeds; each (element, seed) cost ~17 SASS instructions (137 per 8 elements) and the
+kernel sustained ~1.45e12 seed-elements/s. P = 1e9: n = 12 took 9.2 ms (25.7% of copy bandwidth),
+n = 96 66 ms, n = 512 349 ms; apply_probes ran at 76-92% of the copy bandwidth.
+With 32 signs per word the update's fast path (rademacher, no dropout / mask) hashes once per
+32 element-seeds: its seed loop compiles for sm_90 to 127 SASS instructions per 32 element-seeds
+(~4 per element-seed: a shift, an and-xor, the fp32 add, plus 1/32 of a hash), vs ~17 before.
+Expected (not yet measured on the H200; rerun bench/bench_update.py): ~6e12 seed-elements/s, so
+P = 1e9, n = 12 needs ~1.9 ms of ALU against a 2.35 ms memory floor (10 B per element): memory
+bound; n = 96 ~16 ms, n = 512 ~85 ms. apply_probes (memory-bound) hashes each word in the 4
+threads that share it (1/8 hash per element and distinct seed instead of 1).
 
 Interpreter notes: kernels use only builtin triton.language ops (no tl.zeros & co., which are
 @jit functions of triton's standard library and break the interpreter when triton was imported
@@ -65,13 +74,15 @@ __all__ = ["available", "interpreting", "noise_keys", "triton_noise_flat", "trit
 
 DIST_CODES = {"rademacher": 0, "uniform": 1, "normal": 2}
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-# Block sizes (elements per program; powers of two) and warps. The update kernel is bound by
-# hashing (~17 instructions per element and seed), so it keeps 8 elements per thread in flight.
+# Block sizes (elements per program; powers of two, whole 32-element words) and warps. The update
+# kernel's fast path wants UPDATE_BLOCK == 1024 * UPDATE_WARPS: one word (32 elements, 32 fp32
+# accumulators) per thread, so no word is hashed by two threads.
 NOISE_BLOCK, NOISE_WARPS = 2048, 4
 PROBE_BLOCK, PROBE_WARPS = 2048, 8
-UPDATE_BLOCK, UPDATE_WARPS = 2048, 8
+UPDATE_BLOCK, UPDATE_WARPS = 4096, 4
 # How many of the hash's right shifts run as umulhi on the multiply pipe (0..3; see the kernels).
-# Measured on the H200: 0 and 1 tie (1.39e12 seed-elem/s), 2 and 3 are slower (IMAD is half rate).
+# Measured on the H200 with one hash per element (the old format): 0 and 1 tied, 2 and 3 were
+# slower. With one hash per 32 elements it hardly matters.
 MULHI = 0
 
 
@@ -80,19 +91,30 @@ MULHI = 0
 # thanks to `from __future__ import annotations`, so `tl` need not exist at import time).
 # They look up `tl` and each other through this module's globals, which `_kernels()` fills in.
 #
-# The word of element i = (hi, lo) under key (k0, k1) is fmix32(fmix32(lo ^ k0) ^ (hi + k1)).
+# word(j) of counter j = (hi, lo) under key (k0, k1) is fmix32(fmix32(lo ^ k0) ^ (hi + k1)).
+# Rademacher: element i is bit (i & 31) of word(i >> 5); uniform / normal / dropout: word(i).
+#
+# Tiles: every kernel works on a [BLOCK // 32, 32] tile, row q = one word of 32 consecutive
+# elements, column b = bit b. A program's tile starts on a word boundary (element 0 for the update
+# and probe kernels; start & ~31 for the noise kernel, whose out-of-range head is masked), so the
+# rademacher signs of a row come from ONE word per seed: BLOCK // 32 words per seed and program,
+# broadcast along the row (w[:, None] << (31 - b) puts bit b in bit 31). How many threads then
+# compute each word is the compiler's layout choice: the update's fast path accumulates a
+# transposed [32, W] tile so that every word lives in exactly one thread (see _update_kernel;
+# tests/test_kernels.py checks the sm_90 layout); elsewhere a row may span a few threads.
+#
 # Rewritten for speed, with the same bits:
 #   * fmix32 starts with h ^= h >> 16, and a logical shift distributes over xor, so
 #     (lo ^ k0) ^ ((lo ^ k0) >> 16) = (lo ^ (lo >> 16)) ^ (k0 ^ (k0 >> 16)) = lo_mix ^ kk:
-#     lo_mix is computed once per element, kk once per seed (a scalar).
-#   * In the update and probe kernels a block never straddles a multiple of 2**32 (BLOCK is a power
-#     of two and the range starts at 0), so hi, and hi + k1, are scalars of the block.
-#   * Rademacher only needs bit 31 of the word, and fmix32's last step (h ^= h >> 16) leaves bit 31
-#     alone, so it is skipped; c * z is then c with its sign bit xored with bit 31 (exact), and
+#     lo_mix is computed once per counter, kk once per seed (a scalar).
+#   * In the update and probe kernels a block never straddles a multiple of 2**32, in elements or
+#     in words (BLOCK is a power of two and the range starts at 0), so hi, and hi + k1, are
+#     scalars of the block.
+#   * c * z for rademacher z is c with its sign bit xored with the element's bit (exact), and
 #     fma(z, c, g) == g + (±c) bit for bit.
-#   * MULHI > 0 computes some right shifts as umulhi(h, 2**k) (== h >> (32 - k)) with 2**k passed
-#     at run time, which moves them from the integer ALU to the multiply pipe (the hash is
-#     ALU-bound); the bench picks it. The values are identical either way.
+#   * MULHI > 0 computes some right shifts of the word hash as umulhi(h, 2**k) (== h >> (32 - k))
+#     with 2**k passed at run time, which moves them from the integer ALU to the multiply pipe.
+#     With one hash per 32 elements this hardly matters any more; the values are identical.
 # ================================================================================================
 def _shr(h, k: tl.constexpr, mul, USE_MUL: tl.constexpr):
     """h >> k for uint32 h; as umulhi(h, mul) with mul == 2**(32-k) when USE_MUL."""
@@ -122,13 +144,24 @@ def _word_mid(lo_mix, kk, hik1, m13, m16, MULHI: tl.constexpr):
     return h ^ _shr(h, 16, m16, MULHI >= 3) ^ hik1
 
 
-def _sign_word(x, m13, m16, MULHI: tl.constexpr):
-    """A uint32 whose bit 31 is bit 31 of fmix32(x) (the last xor-shift cannot change it)."""
+def _word(lo_mix, kk, hik1, m13, m16, MULHI: tl.constexpr):
+    """word(j) = fmix32(fmix32(lo ^ k0) ^ (hi + k1)), all 32 bits (see _word_mid for the args)."""
+    x = _word_mid(lo_mix, kk, hik1, m13, m16, MULHI)
     h = x ^ _shr(x, 16, m16, MULHI >= 1)
     h *= 0x85EBCA6B
     h ^= _shr(h, 13, m13, MULHI >= 1)
     h *= 0xC2B2AE35
-    return h
+    return h ^ _shr(h, 16, m16, MULHI >= 1)
+
+
+def _sign_bits(w, W: tl.constexpr):
+    """[W, 32] uint32 whose bit 31 is bit b of w[q] at (q, b) (other bits: garbage).
+
+    A broadcast along the row: the compiler may recompute w in each thread that holds part of a
+    row (compiled with 16-divisible sizes, a row spans 4 threads in apply_probes: 1/8 hash per
+    element), which is fine for the memory-bound kernels that use it (noise, apply_probes, the
+    dropout / mask / non-rademacher update paths). The update's fast path hashes each word once."""
+    return w[:, None] << (31 - tl.arange(0, 32)).to(tl.uint32)[None, :]
 
 
 def _u01(x):
@@ -136,11 +169,10 @@ def _u01(x):
     return ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
 
 
-def _noise_from_mid(x, m13, m16, DIST: tl.constexpr, MULHI: tl.constexpr):
-    """fp32 z from x = fmix32(lo ^ k0) ^ (hi + k1), by the recipe of zo.noise.words_to_noise."""
-    if DIST == 0:
-        z = tl.where((_sign_word(x, m13, m16, MULHI) >> 31) != 0, -1.0, 1.0)
-    elif DIST == 1:
+def _noise_from_mid(x, DIST: tl.constexpr):
+    """fp32 z (uniform: DIST 1, normal: DIST 2) from x = fmix32(lo ^ k0) ^ (hi + k1), by the recipe
+    of zo.noise.words_to_noise."""
+    if DIST == 1:
         z = (2.0 * _u01(_fmix32(x)) - 1.0) * 1.7320508075688772
     else:
         w = _fmix32(x)
@@ -157,13 +189,19 @@ def _load_key(kp):
     return k0 ^ (k0 >> 16), k1
 
 
-def _probe_noise(lo, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16, DIST: tl.constexpr,
-                 HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, MULHI: tl.constexpr):
-    """z(seed) with probe dropout and the parameter mask applied as the engine does
+def _probe_noise(wlo_mix, whi, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16,
+                 W: tl.constexpr, DIST: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr,
+                 MULHI: tl.constexpr):
+    """[W, 32] fp32 z(seed) with probe dropout and the parameter mask applied as the engine does
     (z * keep, z * mask: a multiply by 1.0 or 0.0, so dropped negatives become -0.0).
-    kp points at the key row: (k0, k1[, dropout k0, dropout k1])."""
+    kp points at the key row: (k0, k1[, dropout k0, dropout k1]). Rademacher hashes the words
+    (wlo_mix, whi: word counters of the rows), the others and the dropout mask the elements."""
     kk, k1 = _load_key(kp)
-    z = _noise_from_mid(_word_mid(lo_mix, kk, hi + k1, m13, m16, MULHI), m13, m16, DIST, MULHI)
+    if DIST == 0:
+        sw = _sign_bits(_word(wlo_mix, kk, whi + k1, m13, m16, MULHI), W)
+        z = tl.where((sw >> 31) != 0, -1.0, 1.0)
+    else:
+        z = _noise_from_mid(_word_mid(lo_mix, kk, hi + k1, m13, m16, MULHI), DIST)
     if HAS_DROPOUT:
         dk, d1 = _load_key(kp + 2)
         ud = _u01(_fmix32(_word_mid(lo_mix, dk, hi + d1, m13, m16, 0)))
@@ -225,16 +263,30 @@ def _widen(s, KIND: tl.constexpr):
     return v
 
 
-def _noise_kernel(out_ptr, numel, start, k0, k1, DIST: tl.constexpr, BLOCK: tl.constexpr):
+def _noise_kernel(out_ptr, numel, q_start, head, k0, k1, DIST: tl.constexpr, BLOCK: tl.constexpr):
+    # Elements [start, start+numel) with q_start = start >> 5 and head = start & 31 (split on the
+    # host: the interpreter stores an int argument in [2**31, 2**32) as uint32 and would shift it as
+    # int32). The tile of program p covers words q_start + p*W .. + W-1 (W = BLOCK // 32), i.e.
+    # output offsets 32*(p*W + row) + col - head; the head of the first word and the tail past
+    # numel are masked.
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < numel
-    idx = start.to(tl.int64) + offs  # any start: hi may change inside a block
-    lo = idx.to(tl.uint32)
-    hi = (idx >> 32).to(tl.uint32)
+    r = pid * (BLOCK // 32) + tl.arange(0, BLOCK // 32)  # words of the tile, relative to q_start
+    cols = tl.arange(0, 32)
+    offs = (r * 32)[:, None] + cols[None, :] - head  # output offsets [W, 32]
+    inb = (offs >= 0) & (offs < numel)
+    q = q_start.to(tl.int64) + r  # word counters: any start, so hi may change inside a tile
     ku = k0.to(tl.uint32, bitcast=True)
-    x = _word_mid(lo ^ (lo >> 16), ku ^ (ku >> 16), hi + k1.to(tl.uint32, bitcast=True), 0, 0, 0)
-    tl.store(out_ptr + offs, _noise_from_mid(x, 0, 0, DIST, 0), mask=inb)
+    kk = ku ^ (ku >> 16)
+    k1u = k1.to(tl.uint32, bitcast=True)
+    if DIST == 0:
+        wlo = q.to(tl.uint32)
+        w = _word(wlo ^ (wlo >> 16), kk, (q >> 32).to(tl.uint32) + k1u, 0, 0, 0)
+        z = tl.where((_sign_bits(w, BLOCK // 32) >> 31) != 0, -1.0, 1.0)
+    else:
+        idx = (q * 32)[:, None] + cols[None, :]  # element counters
+        lo = idx.to(tl.uint32)
+        z = _noise_from_mid(_word_mid(lo ^ (lo >> 16), kk, (idx >> 32).to(tl.uint32) + k1u, 0, 0, 0), DIST)
+    tl.store(out_ptr + offs, z, mask=inb)
 
 
 def _apply_probes_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, mask_ptr, M, numel, stride_m,
@@ -243,16 +295,22 @@ def _apply_probes_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, mask_ptr, M, 
                          HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, FAST: tl.constexpr,
                          MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.arange(0, BLOCK // 32)
+    cols = tl.arange(0, 32)
+    offs = pid * BLOCK + (rows * 32)[:, None] + cols[None, :]  # [W, 32], row = one word
     inb = offs < numel
+    q0 = pid * (BLOCK // 32)
+    wlo = (q0 + rows).to(tl.uint32)
+    wlo_mix = wlo ^ (wlo >> 16)
+    whi = (q0 >> 32).to(tl.uint32)  # scalar: a block's words never straddle 2**32
     lo = offs.to(tl.uint32)
     lo_mix = lo ^ (lo >> 16)
     hi = ((pid * BLOCK) >> 32).to(tl.uint32)  # scalar: blocks never straddle 2**32
     m_val = _load_f32(master_ptr, offs, inb, MASTER_KIND)
     optr = out_ptr + offs
     kp = keys_ptr
-    z = tl.full([BLOCK], 0.0, tl.float32)
-    sw = tl.full([BLOCK], 0, tl.uint32)
+    z = tl.full([BLOCK // 32, 32], 0.0, tl.float32)
+    sw = tl.full([BLOCK // 32, 32], 0, tl.uint32)
     p0 = tl.load(kp) + 0
     p1 = tl.load(kp + 1) + 0
     for m in range(0, LOOP_N if LOOP_N >= 0 else M):
@@ -264,10 +322,10 @@ def _apply_probes_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, mask_ptr, M, 
         if (m == 0) | (k0 != p0) | (k1 != p1):
             if FAST:
                 kk, k1u = _load_key(kp)
-                sw = _sign_word(_word_mid(lo_mix, kk, hi + k1u, m13, m16, MULHI), m13, m16, MULHI)
+                sw = _sign_bits(_word(wlo_mix, kk, whi + k1u, m13, m16, MULHI), BLOCK // 32)
             else:
-                z = _probe_noise(lo, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16, DIST,
-                                 HAS_DROPOUT, HAS_MASK, MULHI)
+                z = _probe_noise(wlo_mix, whi, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate,
+                                 m13, m16, BLOCK // 32, DIST, HAS_DROPOUT, HAS_MASK, MULHI)
         p0 = k0
         p1 = k1
         if FAST:
@@ -286,24 +344,43 @@ def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n
                    HAS_MASK: tl.constexpr, WRITE_G: tl.constexpr, UPDATE: tl.constexpr,
                    FAST: tl.constexpr, MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.arange(0, BLOCK // 32)
+    cols = tl.arange(0, 32)
+    offs = pid * BLOCK + (rows * 32)[:, None] + cols[None, :]  # [W, 32], row = one word
     inb = offs < numel
+    q0 = pid * (BLOCK // 32)
+    wlo = (q0 + rows).to(tl.uint32)
+    wlo_mix = wlo ^ (wlo >> 16)
+    whi = (q0 >> 32).to(tl.uint32)  # scalar: a block's words never straddle 2**32
     lo = offs.to(tl.uint32)
     lo_mix = lo ^ (lo >> 16)
     hi = ((pid * BLOCK) >> 32).to(tl.uint32)  # scalar: blocks never straddle 2**32
-    g = tl.full([BLOCK], 0.0, tl.float32)
     kp = keys_ptr
-    for i in range(0, LOOP_N if LOOP_N >= 0 else n):
-        c = tl.load(coefs_ptr + i)
-        if FAST:
+    if FAST:
+        # Rademacher without dropout / mask. g is accumulated transposed, gT[b, q] = g of bit b of
+        # word q: the compiler lays this loop-carried [32, W] tile out with one column (= one word)
+        # per thread, all 32 bits in that thread's registers (checked in the sm_90 TTGIR). So each
+        # word is hashed ONCE per seed, and each element costs a shift by a constant, an and-xor
+        # and an fp32 add. One layout conversion (gT -> g, through shared memory) after the loop.
+        # (Accumulating the [W, 32] tile directly lets the compiler spread a row over 32 lanes,
+        # each recomputing the word: one hash per element again.)
+        gT = tl.full([32, BLOCK // 32], 0.0, tl.float32)
+        shT = (31 - tl.arange(0, 32)).to(tl.uint32)[:, None]
+        for i in range(0, LOOP_N if LOOP_N >= 0 else n):
+            cb = tl.load(coefs_ptr + i).to(tl.uint32, bitcast=True)
             kk, k1 = _load_key(kp)
-            sw = _sign_word(_word_mid(lo_mix, kk, hi + k1, m13, m16, MULHI), m13, m16, MULHI)
-            g = g + _signed(c.to(tl.uint32, bitcast=True), sw)  # == g.add_(z, alpha=c) (exact c*z)
-        else:
-            z = _probe_noise(lo, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16, DIST,
-                             HAS_DROPOUT, HAS_MASK, MULHI)
+            w = _word(wlo_mix, kk, whi + k1, m13, m16, MULHI)  # [W]: 1 hash per 32 elements
+            gT = gT + _signed(cb, w[None, :] << shT)  # == g.add_(z, alpha=c) (exact c*z)
+            kp += KEY_STRIDE
+        g = tl.trans(gT)
+    else:
+        g = tl.full([BLOCK // 32, 32], 0.0, tl.float32)
+        for i in range(0, LOOP_N if LOOP_N >= 0 else n):
+            c = tl.load(coefs_ptr + i)
+            z = _probe_noise(wlo_mix, whi, lo_mix, hi, kp, mask_ptr, offs, inb, drop_rate, m13, m16,
+                             BLOCK // 32, DIST, HAS_DROPOUT, HAS_MASK, MULHI)
             g = _fma(z, c, g, EMU)  # == g.add_(z, alpha=c)
-        kp += KEY_STRIDE
+            kp += KEY_STRIDE
     if WRITE_G:
         tl.store(g_ptr + offs, g, mask=inb)
     if UPDATE:
@@ -320,11 +397,11 @@ def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n
             tl.store(live_ptr + offs, _round_to(_widen(new, MASTER_KIND), LIVE_KIND, EMU), mask=inb)
 
 
-_HELPERS = ("_shr", "_fmix32", "_word_mid", "_sign_word", "_u01", "_noise_from_mid", "_load_key",
+_HELPERS = ("_shr", "_fmix32", "_word_mid", "_word", "_sign_bits", "_u01", "_noise_from_mid", "_load_key",
             "_probe_noise", "_fma", "_signed", "_load_f32", "_round_to", "_widen")
 _KERNELS = ("_noise_kernel", "_apply_probes_kernel", "_update_kernel")
 _PLAIN = {name: globals()[name] for name in _HELPERS + _KERNELS}
-_DO_NOT_SPECIALIZE = {"_noise_kernel": ["start", "k0", "k1"]}
+_DO_NOT_SPECIALIZE = {"_noise_kernel": ["q_start", "head", "k0", "k1"]}
 _built: dict = {}
 
 
@@ -401,8 +478,8 @@ def _mulhi(m) -> int:
 
 def _block(block, default: int) -> int:
     b = int(block or default)
-    if b < 16 or b & (b - 1) or b > 1 << 16:
-        raise ValueError(f"block must be a power of two in [16, 65536], got {b}")
+    if b < 32 or b & (b - 1) or b > 1 << 16:
+        raise ValueError(f"block must be a power of two in [32, 65536] (whole words), got {b}")
     return b
 
 
@@ -530,9 +607,10 @@ def triton_noise_flat(seed: int, param_id: int, numel: int, distribution: str = 
         return out
     k0, k1 = _key_pair(int(seed), int(param_id), 0)
     blk = _block(block, NOISE_BLOCK)
-    grid = (triton_cdiv(numel, blk),)
-    ks["_noise_kernel"][grid](out, numel, int(start), k0, k1, DIST=_dist(distribution), BLOCK=blk,
-                              num_warps=NOISE_WARPS)
+    start = int(start)
+    grid = (triton_cdiv(numel + (start & 31), blk),)  # tiles start at the word boundary start & ~31
+    ks["_noise_kernel"][grid](out, numel, start >> 5, start & 31, k0, k1, DIST=_dist(distribution),
+                              BLOCK=blk, num_warps=NOISE_WARPS)
     return out
 
 

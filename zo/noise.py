@@ -4,23 +4,38 @@ Every probe direction z(s) is regenerated on demand from integers, never stored 
 from a global RNG. The same (seed, param_id, index) gives the same value on any device, at any
 world size and for any chunking of the element range.
 
-The bit recipe is deliberately simple so that a GPU kernel (zo/kernels.py) reproduces it exactly:
+The bit recipe is deliberately simple so that a GPU kernel (zo/kernels.py) reproduces it exactly.
+One 32-bit word per counter j >= 0 of a stream:
 
-    k0, k1  = stream_key(seed, param_id)                 # host-side, exact Python integers
-    lo, hi  = index & 0xFFFFFFFF, index >> 32
+    k0, k1  = stream_key(seed, param_id[, salt])         # host-side, exact Python integers
+    lo, hi  = j & 0xFFFFFFFF, j >> 32
     x       = fmix32(lo ^ k0)
-    x       = fmix32(x ^ ((hi + k1) & 0xFFFFFFFF))       # 32-bit word per element
+    word(j) = fmix32(x ^ ((hi + k1) & 0xFFFFFFFF))        # 32-bit word of counter j
 
-- rademacher: +1 if the top bit of x is 0, else -1 (exactly +-1 in any dtype).
-- uniform:    u = ((x >> 8) + 0.5) * 2**-24 in (0, 1); z = (2u - 1) * sqrt(3)  (unit variance).
+Element i of the probe (flat, row-major index) maps to counters as follows:
+
+- rademacher: 32 signs per word. Element i takes bit b = i & 31 of w = word(i >> 5) (salt 0; the
+              counter is the word index i >> 5, so its lo/hi split is of i >> 5):
+              z = +1 if (w >> b) & 1 == 0, else -1 (exactly +-1 in any dtype).
+              Elements 32q .. 32q+31 share the word word(q): one hash per 32 elements.
+- uniform:    one word per element, x = word(i) (salt 0);
+              u = ((x >> 8) + 0.5) * 2**-24 in (0, 1); z = (2u - 1) * sqrt(3)  (unit variance).
               Every step is exact or a single IEEE rounding, so CPU and GPU agree bit for bit.
-- normal:     Box-Muller on u1 from x and u2 from fmix32(x ^ NORMAL_SALT). Transcendentals differ
-              by a few ulps between libraries, so CPU and GPU agree to ~1e-6 relative, not bitwise.
+- normal:     one word per element, x = word(i) (salt 0); Box-Muller on u1 from x and u2 from
+              fmix32(x ^ NORMAL_SALT). Transcendentals differ by a few ulps between libraries, so
+              CPU and GPU agree to ~1e-6 relative, not bitwise.
+- probe-dropout mask (dropout_keep): one word per element, x = word(i) of the salt-DROPOUT_SALT
+              stream; kept where ((x >> 8) + 0.5) * 2**-24 >= rate.
+
+(The rademacher sign word of word index q is the same integer as the uniform/normal word of
+element q of the same stream; a run uses one distribution, so the two never meet.)
 
 fmix32 is the MurmurHash3 finaliser: a bijection on 32-bit words with full avalanche, so distinct
-elements of one stream never share a word and nearby seeds give unrelated streams.
+counters of one stream never share a word and nearby seeds give unrelated streams. For rademacher
+the 32 bits of one word are the 32 signs of neighbouring elements; full avalanche makes them
+uncorrelated with each other (tests/test_noise.py checks all 32x32 bit pairs, lags and seeds).
 
-Tensor legend: `_N` flat element axis.
+Tensor legend: `_N` flat element axis, `_W` word axis (32 elements per word).
 """
 from __future__ import annotations
 
@@ -37,6 +52,7 @@ NORMAL_SALT = 0x68E31DA4
 DROPOUT_SALT = 1  # salt of the probe-dropout mask stream (see dropout_keep)
 DISTRIBUTIONS = ("rademacher", "normal", "uniform")
 _CHUNK = 1 << 22  # elements generated per pass; bounds the int64 temporaries to 32 MiB each
+                  # (rademacher: _CHUNK >> 5 words per pass, 1 MiB of int64 words)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +101,12 @@ def noise_word_int(seed: int, param_id: int, index: int, salt: int = 0) -> int:
     return fmix32_int(x ^ (((index >> 32) + k1) & MASK32))
 
 
+def rademacher_int(seed: int, param_id: int, index: int) -> int:
+    """Pure-Python reference of the rademacher sign (+1 or -1) of element `index` (used by tests):
+    bit (index & 31) of word(index >> 5)."""
+    return -1 if (noise_word_int(seed, param_id, index >> 5) >> (index & 31)) & 1 else 1
+
+
 # ----------------------------------------------------------------------------------------------
 # Tensor implementation (any torch device; int64 lanes hold uint32 values)
 # ----------------------------------------------------------------------------------------------
@@ -99,9 +121,8 @@ def _fmix32_(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def noise_words(seed: int, param_id: int, start: int, count: int, *, device, salt: int = 0) -> torch.Tensor:
-    """int64 tensor [count] of the 32-bit words for elements start .. start+count-1."""
-    k0, k1 = stream_key(seed, param_id, salt)
+def _words(k0: int, k1: int, start: int, count: int, device) -> torch.Tensor:
+    """int64 tensor [count] of word(j) for counters j = start .. start+count-1 under key (k0, k1)."""
     idx_N = torch.arange(start, start + count, dtype=torch.int64, device=device)
     hi_N = idx_N >> 32
     x_N = idx_N.bitwise_and_(MASK32).bitwise_xor_(k0)
@@ -110,14 +131,24 @@ def noise_words(seed: int, param_id: int, start: int, count: int, *, device, sal
     return _fmix32_(x_N)
 
 
+def noise_words(seed: int, param_id: int, start: int, count: int, *, device, salt: int = 0) -> torch.Tensor:
+    """int64 tensor [count] of the 32-bit words word(j) for counters j = start .. start+count-1.
+
+    For uniform / normal / the dropout mask the counter is the element index; for rademacher it is
+    the word index (element >> 5), see rademacher_flat."""
+    k0, k1 = stream_key(seed, param_id, salt)
+    return _words(k0, k1, start, count, device)
+
+
 def _uniform_open01(x_N: torch.Tensor) -> torch.Tensor:
     return ((x_N >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
 
 
 def words_to_noise(x_N: torch.Tensor, distribution: str) -> torch.Tensor:
-    """Map 32-bit words to fp32 noise of the named distribution (unit variance)."""
-    if distribution == "rademacher":
-        return 1.0 - 2.0 * (x_N >> 31).to(torch.float32)
+    """Map per-element 32-bit words to fp32 noise of the named distribution (unit variance).
+
+    uniform and normal only: rademacher packs 32 elements per word (see rademacher_flat and
+    signs_from_words)."""
     if distribution == "uniform":
         return (2.0 * _uniform_open01(x_N) - 1.0) * math.sqrt(3.0)
     if distribution == "normal":
@@ -125,17 +156,81 @@ def words_to_noise(x_N: torch.Tensor, distribution: str) -> torch.Tensor:
         x2 = _fmix32_(x_N.bitwise_xor(NORMAL_SALT))
         u2 = _uniform_open01(x2)
         return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+    if distribution == "rademacher":
+        raise ValueError("rademacher noise packs 32 signs per word; use noise_flat / rademacher_flat "
+                         "(or signs_from_words on word-index words), not words_to_noise")
     raise ValueError(f"unknown noise distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
+
+
+_ONE_BITS = 0x3F800000   # fp32 1.0; with the sign bit set it is -1.0
+_SIGN_BIT = -(1 << 31)   # 0x80000000 as an int32
+
+
+def _signs_into_(dst_W32: torch.Tensor, x_W: torch.Tensor) -> None:
+    """dst_W32 (int32 [W, 32], the bits of fp32 output) <- the 32 signs of each word of x_W.
+
+    Column b gets bit b of the word, moved to the sign bit by a left shift of 31 - b, then or-ed
+    with the bits of 1.0: exactly +1.0 or -1.0. Integer ops only, so every device agrees bit for bit.
+    x_W (int64 uint32 values) is consumed."""
+    x32_W = x_W.sub_((x_W >> 31) << 32).to(torch.int32)  # same 32 bits, as int32 (exact)
+    shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=dst_W32.device)
+    torch.bitwise_left_shift(x32_W[:, None], shifts[None, :], out=dst_W32)
+    dst_W32.bitwise_and_(_SIGN_BIT).bitwise_or_(_ONE_BITS)
+
+
+def signs_from_words(x_W: torch.Tensor) -> torch.Tensor:
+    """fp32 [32 * W] rademacher signs of words x_W (int64 uint32 values): element 32q + b is
+    +1 if bit b of x_W[q] is 0, else -1."""
+    out = torch.empty(x_W.numel() * 32, dtype=torch.float32, device=x_W.device)
+    if x_W.numel():
+        _signs_into_(out.view(torch.int32).view(-1, 32), x_W.clone())
+    return out
+
+
+def rademacher_flat(seed: int, param_id: int, numel: int, *, device="cpu", start: int = 0) -> torch.Tensor:
+    """fp32 rademacher signs of elements [start, start+numel) of stream (seed, param_id).
+
+    Hashes the words of the covered word range [start >> 5, (start+numel-1) >> 5] only; the
+    word-aligned middle is expanded straight into the output, a partial first / last word through
+    a 32-element temporary. Chunked by _CHUNK elements."""
+    if start < 0 or numel < 0:
+        raise ValueError(f"start and numel must be >= 0; got {start}, {numel}")
+    k0, k1 = stream_key(seed, param_id)
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    o32 = out.view(torch.int32)
+    end = start + numel
+    head_end = min(end, (start + 31) & ~31)  # first word boundary after start (or end)
+    if head_end > start:  # elements of the partial first word
+        tmp = torch.empty((1, 32), dtype=torch.int32, device=device)
+        _signs_into_(tmp, _words(k0, k1, start >> 5, 1, device))
+        b = start & 31
+        o32[:head_end - start] = tmp[0, b:b + head_end - start]
+    q0, q1 = head_end >> 5, end >> 5  # whole words [q0, q1) (head_end is aligned when < end)
+    step = max(1, _CHUNK >> 5)
+    for q in range(q0, q1, step):
+        cnt = min(step, q1 - q)
+        off = (q << 5) - start
+        _signs_into_(o32[off:off + (cnt << 5)].view(cnt, 32), _words(k0, k1, q, cnt, device))
+    tail_start = max(head_end, q1 << 5)
+    if end > tail_start:  # elements of the partial last word
+        tmp = torch.empty((1, 32), dtype=torch.int32, device=device)
+        _signs_into_(tmp, _words(k0, k1, q1, 1, device))
+        o32[tail_start - start:] = tmp[0, :end - tail_start]
+    return out
 
 
 def noise_flat(seed: int, param_id: int, numel: int, *, distribution: str = "rademacher",
                device="cpu", start: int = 0) -> torch.Tensor:
     """fp32 noise for elements [start, start+numel) of stream (seed, param_id)."""
+    if distribution == "rademacher":
+        return rademacher_flat(seed, param_id, numel, device=device, start=start)
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown noise distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
+    k0, k1 = stream_key(seed, param_id)
     out = torch.empty(numel, dtype=torch.float32, device=device)
     for off in range(0, numel, _CHUNK):
         n = min(_CHUNK, numel - off)
-        out[off:off + n] = words_to_noise(noise_words(seed, param_id, start + off, n, device=device),
-                                          distribution)
+        out[off:off + n] = words_to_noise(_words(k0, k1, start + off, n, device), distribution)
     return out
 
 
