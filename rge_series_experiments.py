@@ -25,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=DEFAULTS_NOTE)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     p.add_argument("--device", default=dev, help=f"cpu, cuda or cuda:N (default {dev})")
-    p.add_argument("--task", default="copy", help="copy, repeat_copy, reverse, sort, add, lm_char")
+    p.add_argument("--task", default="copy",
+                   help="copy, repeat_copy, reverse, sort, add; lm (text: --dataset, default the embedded corpus), "
+                        "penn_tree_bank, lm_char (--text_path)")
+    p.add_argument("--dataset", default=None,
+                   help="lm / penn_tree_bank: a local .txt/.jsonl/.parquet file or folder, or a hub dataset name")
+    p.add_argument("--tokenizer_path", default=None, help="a local tokenizer folder (from_pretrained)")
     p.add_argument("--model_type", default="LSTM", choices=["LSTM", "DNC"])
     p.add_argument("--seq_length", type=positive_int, default=3,
                    help="train lengths are [2, seq_length]; validation [seq_length+1, seq_length+50]")
@@ -77,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb_run_name", default=None)
     p.add_argument("--seed", type=nonneg_int, default=0)
     add_bool(p, "--verbose", True, "print a log line every --log_interval steps")
-    p.add_argument("--tokenizer", default=None, choices=["char", "numeric"],
-                   help="char for lm_char, numeric for the synthetic tasks (default: the task's)")
+    p.add_argument("--tokenizer", default=None, choices=["char", "numeric", "hf"],
+                   help="char (text tasks' default), hf (GPT-2 + <bos>/<eos>/<pad>), numeric (synthetic tasks)")
     p.add_argument("--text_path", default=None, help="local text file for --task lm_char")
     p.add_argument("--metrics_out", default=None, help="JSON lines, one per logged step")
     p.add_argument("--stop_loss", type=nonneg_float, default=0.0, help="stop once train loss < this (0: never)")
     p.add_argument("--summary_out", default=None, help="write the run summary as JSON here")
+    p.add_argument("--threads", type=nonneg_int, default=0,
+                   help="CPU threads (0: one thread for models under 2M parameters, else torch's default)")
     add_bool(p, "--unit_test", False, "timing/VRAM table over size presets and optimisers", dest="unit_test")
     p.add_argument("--unittest", dest="unit_test", action="store_const", const=True, help="alias of --unit_test")
     p.add_argument("--unittest_sizes", default=None, help="comma list of presets (default: all that fit)")
@@ -121,7 +128,7 @@ def config_from_args(args):
         val_interval=args.val_interval, time_chunk=args.time_chunk, models_per_pass=args.models_per_pass, save_model=args.save_model,
         checkpoint_dir=args.checkpoint_dir, wandb=args.wandb, wandb_proj=args.wandb_proj,
         wandb_run_name=args.wandb_run_name, seed=args.seed, verbose=args.verbose, tokenizer=args.tokenizer,
-        text_path=args.text_path, metrics_out=args.metrics_out, stop_loss=args.stop_loss)
+        text_path=args.text_path, dataset=args.dataset, tokenizer_path=args.tokenizer_path, metrics_out=args.metrics_out, stop_loss=args.stop_loss, threads=args.threads)
 
 
 def main(argv=None) -> int:

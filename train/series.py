@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from models import ModelConfig, auto_models_per_pass, auto_time_chunk, build_model, check_fits, param_count, supports_stacked
-from tasks import build_task, sample_predictions
+from tasks import build_lm_task, build_task, sample_predictions
 from train.checkpoint import save_checkpoint
 from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stacked_batch_loss
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
@@ -28,6 +28,7 @@ from zo.comm import LocalComm
 from zo.estimator import ZOConfig, ZOEngine
 
 SYNTHETIC_TASKS = ("copy", "repeat_copy", "reverse", "sort", "add")
+LM_TASK_NAMES = ("lm", "penn_tree_bank")
 
 
 @dataclass
@@ -77,8 +78,11 @@ class SeriesConfig:
     verbose: bool = True
     tokenizer: str | None = None
     text_path: str | None = None
+    dataset: str | None = None       # lm / penn_tree_bank: local path or hub name (None: embedded corpus / PTB)
+    tokenizer_path: str | None = None
     metrics_out: str | None = None
     stop_loss: float = 0.0           # stop early once the train loss is below this (0: never)
+    threads: int = 0                 # CPU intra-op threads (0: 1 for models under 2M params, else torch's default)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(model_type=self.model_type, vocab_size=vocab_size, input_size=self.input_size,
@@ -117,6 +121,11 @@ def build_series_task(cfg: SeriesConfig):
         if cfg.tokenizer not in (None, "numeric"):
             raise ValueError(f"task {cfg.task!r} uses the numeric tokenizer; drop --tokenizer {cfg.tokenizer}")
         return build_task(cfg.task, seq_length=cfg.seq_length, max_num=cfg.max_num)
+    if cfg.task in LM_TASK_NAMES:
+        if cfg.tokenizer == "numeric":
+            raise ValueError(f"task {cfg.task!r} is text: use --tokenizer char (default), hf, or --tokenizer_path DIR")
+        return build_lm_task(cfg.task, dataset=cfg.dataset, tokenizer=cfg.tokenizer, tokenizer_path=cfg.tokenizer_path,
+                             seq_length=cfg.seq_length, log=lambda m: print(m, file=sys.stderr))
     if cfg.task == "lm_char":
         if cfg.tokenizer not in (None, "char"):
             raise ValueError(f"task lm_char uses the char tokenizer; drop --tokenizer {cfg.tokenizer}")
@@ -142,6 +151,10 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
     device = torch.device(cfg.device)
     task = build_series_task(cfg)
     mcfg = cfg.model_config(task.vocab_size)
+    if device.type == "cpu" and cfg.threads == 0 and param_count(mcfg) < 2_000_000:
+        torch.set_num_threads(1)   # small CPU models: intra-op threads only add spin contention
+    elif cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     T_max = cfg.seq_length * 2 + 4
     time_chunk = cfg.time_chunk or (0 if cfg.use_bptt else 64)
     check_fits(mcfg, device=device, batch_size=cfg.micro_batch_size, time_chunk=time_chunk or T_max,
@@ -231,12 +244,21 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
                                         generator=torch.Generator(device=device).manual_seed(val_gen_seed))
                     vl, vtok, vseq, vlogits = evaluate_batch(model, vb, time_chunk=time_chunk)
                     rec.update(val_loss=float(vl), val_accuracy=float(vtok), val_seq_accuracy=float(vseq))
-                    samples = sample_predictions(task, vb, vlogits, n=2)
+                    if hasattr(task, "metrics"):
+                        m = task.metrics(float(vl))
+                        rec.update(val_perplexity=m["perplexity"], val_bits_per_token=m["bits_per_token"],
+                                   val_bits_per_char=m["bits_per_char"])
+                        samples = task.greedy_samples(model, generator=torch.Generator(device=device).manual_seed(val_gen_seed),
+                                                      n=2) if (cfg.verbose or last or done) else []
+                    else:
+                        samples = sample_predictions(task, vb, vlogits, n=2)
                 else:
                     samples = []
                 if cfg.verbose or last or done:
                     val_s = f"{rec['val_loss']:.3f}" if "val_loss" in rec else "n/a"
                     acc_s = f", val_acc={rec['val_accuracy']:.3f}" if "val_accuracy" in rec else ""
+                    if "val_bits_per_char" in rec:
+                        acc_s += f", val_bpc={rec['val_bits_per_char']:.3f}"
                     print(f"Iter={step}, train_loss={train_loss:.3f}, val_loss={val_s}{acc_s}, LR={lr:.6f}, "
                           f"eps={rec['eps']:.6f}, peak_mem={rec['peak_mem_bytes'] / 2**30:.3f} GB "
                           f"iter_time={dt:.3f}s, total_time={clock.elapsed() / 60:.2f}m, "
