@@ -13,15 +13,6 @@ from models.lstm import LSTMModel
 V, I = 13, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast and avoids OpenMP spin-waits on a loaded 2-core host."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

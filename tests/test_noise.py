@@ -17,15 +17,6 @@ SEED_PID_SALT = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (12345, 678, 1), (2**40 + 3, 2
 DISTS = list(zn.DISTRIBUTIONS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast and avoids OpenMP spin-waits on a loaded 2-core host."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
