@@ -149,7 +149,7 @@ class DNCModel(nn.Module):
         if mem.shape != (B, self.N, self.W) or reads.shape != (B, self.R, self.W):
             raise ValueError(f"state does not match the tokens: memory {tuple(mem.shape)}, reads "
                              f"{tuple(reads.shape)} for batch {B}; build it with init_state({B})")
-        Nh, Dh, H, I = ctl.N, ctl.D, self.H, self.I
+        Nh, Dh, I = ctl.N, ctl.D, self.I
         sdt = mem.dtype
         W_emb, W_read = ctl.W_in[:I], ctl.W_in[I:]
         x_emb = (ctl.embedding[tokens_BT] @ W_emb).to(sdt)               # [B, T, 4H], one matmul

@@ -122,7 +122,6 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     K, I, G4H = W_in.shape
     N = num_heads
     D = R.shape[-1]
-    H = N * D
     Dp = padded_size(D, pad_to)
     Ip = padded_size(I, 8)              # keeps the GEMM rows 16-byte aligned (sm90 kernels need it)
     V = W_out.shape[-1]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import rge_series_experiments as cli
 from train.series import SeriesConfig, run_series
