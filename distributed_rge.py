@@ -1,8 +1,11 @@
 r"""Distributed CD-RGE: every rank evaluates its share of the probes and only loss scalars cross the wire.
 
-    python distributed_rge.py                                      # one process, tiny CPU smoke test (ZO-SGD)
+    python distributed_rge.py            # one process, tiny CPU smoke test: overfit one batch of the embedded corpus
     torchrun --nproc_per_node=2 distributed_rge.py --device cpu --mode test \
-        --batch_size 4 --meta_perturbations 16 --learning_rate 0.1 --adam true   # loss < 0.1 in ~32 steps
+        --batch_size 4 --meta_perturbations 16 --learning_rate 0.1 --adam true   # loss < 0.1 in ~40 steps
+    torchrun --nproc_per_node=2 distributed_rge.py --device cpu --mode train --task lm \
+        --max_iters 200 --val_iters 100  # val_loss, val_perplexity, val_bits_per_char + greedy samples
+    python distributed_rge.py --tokenizer hf --model_type LSTM   # the paper's smoke line: GPT-2 vocabulary
     python -m torch.distributed.launch --nproc_per_node=8 [--master_port=29501] distributed_rge.py \
         --batch_size 1024 --meta_perturbations 12 --model_scale 1 --hidden_size 240 --input_size 100 \
         --num_heads 12 --model_type LSTM --min_seq_len 10 --learning_rate 0.1 --verbose false
@@ -27,11 +30,16 @@ from train.cli_args import (add_bool, nonneg_float, nonneg_int, positive_float, 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_REPLICA, EXIT_INIT = 2, 3, 4, 5
 
 DEFAULTS_NOTE = (
-    "Defaults are a tiny CPU smoke test: copy task (lengths 2..4), LSTM hidden 32 / 4 heads / input 32, batch 4, "
-    "16 probes per rank, plain CD-RGE (ZO-SGD, no Adam, as the paper's commands assume) at lr 0.3; one process "
-    "overfits its batch in ~350 steps. Add --adam true --learning_rate 0.1 to get there in ~30-60 steps. The "
-    "paper's runs pass their sizes explicitly (--batch_size 1024 --meta_perturbations 12 --hidden_size 240 "
-    "--input_size 100 --num_heads 12 --min_seq_len 10 --learning_rate 0.1).")
+    "Defaults are a tiny CPU smoke test that needs no network: --task lm on the embedded corpus (CPython's pydoc "
+    "topics and stdlib docstrings, assembled at first use and cached under $ZO_RNN_CACHE or ~/.cache/zo_rnn) with "
+    "the char tokenizer (100 ids), windows of 4 tokens, LSTM hidden 32 / 4 heads / input 32 (11,812 parameters), "
+    "batch 4, 16 probes per rank, plain CD-RGE (ZO-SGD, no Adam, as the paper's commands assume) at lr 0.3. "
+    "The bare `python distributed_rge.py` (test mode) overfits its batch to loss < 0.1 in ~340 steps, about 30 s "
+    "on 2 CPU cores. Faster: --adam true --learning_rate 0.1 (~60 steps); longer windows: --min_seq_len 8 "
+    "(~690 steps, or ~125 with Adam). Train mode (--mode train) validates every --val_iters steps: val_loss, "
+    "val_perplexity, val_bits_per_token, val_bits_per_char and greedy samples. The paper's runs pass their sizes "
+    "explicitly (--batch_size 1024 --meta_perturbations 12 --hidden_size 240 --input_size 100 --num_heads 12 "
+    "--min_seq_len 10 --learning_rate 0.1).")
 
 
 def schedule_name(v) -> str:
@@ -53,10 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_iters", type=positive_int, default=1000, help="total steps, counting those before a resume")
     g.add_argument("--device", default=None, help="cpu, cuda (each rank its LOCAL_RANK GPU) (default: cuda if available)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="run seed: init, probe seeds and data")
-    g.add_argument("--task", default="copy", help="copy, reverse, sort, add, repeat_copy, lm_char")
-    g.add_argument("--dataset", default=None, help="local UTF-8 text file for --task lm_char")
+    g.add_argument("--task", default="lm",
+                   help="lm (default: next-token prediction on --dataset, by default the embedded corpus, no "
+                        "network), penn_tree_bank (PTB from the hub, or a local copy via --dataset), copy, reverse, "
+                        "sort, add, repeat_copy, lm_char")
+    g.add_argument("--dataset", default=None, metavar="PATH_OR_NAME",
+                   help="lm/penn_tree_bank: a local .txt/.jsonl/.parquet file or directory, or a hub dataset name "
+                        "(e.g. haritzpuerto/the_pile_00_OpenWebText2); default: the embedded corpus (lm), PTB "
+                        "(penn_tree_bank); lm_char: a local UTF-8 text file")
     g.add_argument("--tokenizer", default=None, choices=["char", "numeric", "hf"],
-                   help="default: the task's (numeric for synthetic tasks, char for lm_char); hf is not available yet")
+                   help="default: the task's (char for text, numeric for synthetic tasks); hf: GPT-2 + <bos>/<eos>/"
+                        "<pad> (from the Hugging Face cache, or the hub when online)")
+    g.add_argument("--tokenizer_path", default=None, metavar="DIR",
+                   help="text tasks: a local tokenizer directory (written by save_pretrained); with --tokenizer hf, a "
+                        "saved GPT-2")
     g.add_argument("--max_num", type=positive_int, default=15, help="numbers 0..max_num-1 in the synthetic tasks")
     g.add_argument("--val_iters", type=positive_int, default=100, help="validate (train mode) and checkpoint every N steps")
     g.add_argument("--sync_check_iters", type=positive_int, default=100, help="replica checksum every N steps")
@@ -66,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--wandb_proj", default=None, help="log to wandb (offline without WANDB_API_KEY)")
     g.add_argument("--wandb_run", default=None, help="wandb run name")
     add_bool(g, "--verbose", True, "a line per step with phase timings and bytes (false: only at --val_iters)")
+    g.add_argument("--threads", type=nonneg_int, default=0,
+                   help="CPU intra-op threads per rank (0: 1 for models under 2M parameters, else torch's default)")
     g.add_argument("--init_timeout_s", type=positive_float, default=300.0,
                    help="give up if the process group is not up after this many seconds (default 300)")
     g.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
@@ -85,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data and curriculum")
     g.add_argument("--batch_size", type=positive_int, default=4, help="sequences per batch (the paper: 1024)")
     g.add_argument("--micro_batch_size", type=nonneg_int, default=0, help="rows per forward pass (0: whole batch)")
-    g.add_argument("--val_batch_size", type=nonneg_int, default=0, help="0: min(batch_size, 256)")
+    g.add_argument("--val_batch_size", type=nonneg_int, default=0,
+                   help="validation rows (0: max(batch_size, 64), at most 256)")
     g.add_argument("--time_chunk", type=nonneg_int, default=0, help="forward chunk in time steps (0: 64)")
     g.add_argument("--models_per_pass", type=nonneg_int, default=0,
                    help="perturbed models per forward pass (0: 1 on CPU, which keeps runs bitwise equal across world "
@@ -137,7 +158,8 @@ def config_from_args(args):
     if not (args.beta1 < 1 and args.beta2 < 1):
         raise ValueError(f"--beta1 and --beta2 must be in [0, 1), got {args.beta1}, {args.beta2}")
     return DistConfig(
-        mode=args.mode, task=args.task, dataset=args.dataset, tokenizer=args.tokenizer, max_num=args.max_num,
+        mode=args.mode, task=args.task, dataset=args.dataset, tokenizer=args.tokenizer,
+        tokenizer_path=args.tokenizer_path, max_num=args.max_num,
         model_type=args.model_type, model_scale=args.model_scale, input_size=args.input_size,
         hidden_size=args.hidden_size, num_heads=args.num_heads, head_size=args.head_size,
         memory_size=args.memory_size, dtype=args.dtype, device=args.device or "cpu", seed=args.seed,
@@ -157,6 +179,7 @@ def config_from_args(args):
         beta1=args.beta1, beta2=args.beta2, val_iters=args.val_iters, sync_check_iters=args.sync_check_iters,
         checkpoint_dir=args.checkpoint_dir, load_from_checkpoint=args.load_from_checkpoint,
         metrics_out=args.metrics_out, wandb_proj=args.wandb_proj, wandb_run=args.wandb_run, verbose=args.verbose,
+        threads=args.threads,
         debug_nan_at_step=args.debug_nan_at_step, debug_nan_rank=args.debug_nan_rank)
 
 

@@ -1,14 +1,19 @@
 """Distributed CD-RGE on CPU/gloo: world-size invariance, series equality, replicas, NaN agreement,
-resume, checkpoint errors, the CLI under torchrun.
+resume, checkpoint errors, the language-modelling tasks, the CLI under torchrun.
 
 Workers are spawned on a free port by tests/_spawn.py, each with one CPU thread, so that runs at
 different world sizes do exactly the same arithmetic and can be compared bit for bit.
-The two end-to-end launcher tests are marked `slow` (deselect with -m "not slow").
+The end-to-end launcher tests are marked `slow` (deselect with -m "not slow").
+
+The default task is `lm` on the embedded corpus. Every test here reads it from a temp cache
+(ZO_RNN_CACHE, assembled once per module) with the hub forced offline (HF_HUB_OFFLINE=1,
+HF_DATASETS_OFFLINE=1); the offline-error checks also get a fresh, empty HF_HOME.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -22,8 +27,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _spawn import free_port, run_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden_size=16, num_heads=2, input_size=8, batch_size=4, min_seq_len=3, max_num=8, verbose=False,
-            device="cpu")
+TINY = dict(task="copy", hidden_size=16, num_heads=2, input_size=8, batch_size=4, min_seq_len=3, max_num=8,
+            verbose=False, device="cpu")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lm_cache(tmp_path_factory):
+    """A module-wide token cache with the embedded corpus in it, and the hub forced offline."""
+    cache = str(tmp_path_factory.mktemp("zo_rnn_cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZO_RNN_CACHE", cache)
+        for k, v in OFFLINE_ENV.items():
+            mp.setenv(k, v)
+        from tasks import build_lm_task
+        build_lm_task("lm", seq_length=8)        # assemble + tokenise once (~6 s); later builds open the cache
+        yield cache
+
+
+def _lm_env(cache: str) -> dict:
+    return {"ZO_RNN_CACHE": cache, **OFFLINE_ENV}
 
 
 def _master_bytes(engine) -> dict:
@@ -293,8 +316,17 @@ def test_cli_user_errors_are_clear(tmp_path, capsys, monkeypatch):
     torch.set_num_threads(1)
     rc, _, err = _cli(["--adaptive", "true"], capsys, monkeypatch)
     assert rc == 2 and "--adaptive True is not implemented" in err and "Traceback" not in err
-    rc, _, err = _cli(["--tokenizer", "hf", "--model_type", "LSTM"], capsys, monkeypatch)
-    assert rc == 2 and err.startswith("error: --tokenizer hf") and "--tokenizer char" in err
+    rc, _, err = _cli(["--task", "copy", "--tokenizer", "hf"], capsys, monkeypatch)
+    assert rc == 2 and "uses the numeric tokenizer" in err and "Traceback" not in err
+    rc, _, err = _cli(["--task", "lm", "--tokenizer", "numeric"], capsys, monkeypatch)
+    assert rc == 2 and "is text" in err and "--tokenizer_path DIR" in err
+    rc, _, err = _cli(["--task", "copy", "--tokenizer_path", str(tmp_path)], capsys, monkeypatch)
+    assert rc == 2 and "--tokenizer_path applies to the text tasks" in err
+    rc, _, err = _cli(["--tokenizer", "char", "--tokenizer_path", str(tmp_path)], capsys, monkeypatch)
+    assert rc == 2 and "drop one" in err
+    rc, _, err = _cli(["--dataset", str(tmp_path / "missing.txt"), "--checkpoint_dir", str(tmp_path / "ck")],
+                      capsys, monkeypatch)
+    assert rc == 2 and "missing.txt" in err and "Traceback" not in err   # the builder's message
     rc, _, err = _cli(["--device", "cpu", "--hidden_size", "1000000", "--num_heads", "1000", "--input_size", "100",
                        "--checkpoint_dir", str(tmp_path)], capsys, monkeypatch)
     assert rc == 2 and "needs about" in err and "available" in err and "Traceback" not in err
@@ -347,6 +379,170 @@ def test_init_timeout_is_clear(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+# ---------------------------------------------------------------------------------------------- language modelling
+LM_KW = dict(TINY, task="lm", mode="train", max_iters=4, min_seq_len=6, max_seq_len=8, step_seq_len=1,
+             step_seq_len_loss_thresh=100.0, patience_seq_len=1, learning_rate=0.05, adam=True, val_iters=2,
+             val_batch_size=8, sync_check_iters=1000)
+LM_N_TOTAL = 8
+
+
+def _lm_worker(rank, world, tmp):
+    """Train mode on the default lm task (embedded corpus, char tokenizer) with a growing curriculum
+    and validation; n_total is fixed, so every world size must end with the same bits."""
+    from train.distributed import DistConfig, DistributedTrainer
+    from zo.dist import init_comm
+    comm = init_comm(device_arg="cpu", init_timeout_s=60)
+    try:
+        metrics = os.path.join(tmp, f"lm_w{world}.jsonl")
+        kw = dict(LM_KW, meta_perturbations=LM_N_TOTAL // world, checkpoint_dir=os.path.join(tmp, f"lm_ck_w{world}"),
+                  metrics_out=metrics)
+        log = io.StringIO()
+        tr = DistributedTrainer(DistConfig(**kw), comm, out=log)
+        summary = tr.run()
+        b = tr.batch_for(1)
+        return {"master": _master_bytes(tr.engine), "summary": summary, "log": log.getvalue(),
+                "recs": [json.loads(line) for line in open(metrics)] if rank == 0 else [],
+                "batch": (tuple(b.inputs.shape), b.inputs.numpy().tobytes(), b.targets.numpy().tobytes()),
+                "describe": tr.task.describe()}
+    finally:
+        comm.close()
+
+
+@pytest.fixture(scope="module")
+def lm_runs(lm_cache, tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("lm_runs"))
+    return {w: run_workers(_lm_worker, world_size=w, args=(tmp,), env=_lm_env(lm_cache)) for w in (1, 2)}
+
+
+def test_lm_train_mode_on_two_ranks_logs_bits_per_char(lm_runs):
+    outs = lm_runs[2]
+    o = outs[0]
+    assert o["describe"]["task"] == "lm" and o["describe"]["dataset"].startswith("embedded")
+    assert o["summary"]["step"] == 4 and o["summary"]["n_total"] == LM_N_TOTAL
+    recs = o["recs"]
+    assert [r["current_max_seq_len"] for r in recs] == [6, 7, 8, 8]       # curriculum -> train_batch(max_len=...)
+    for r in recs:
+        assert r["bytes_communicated"] >= LM_N_TOTAL * 2 * 4
+    val = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in val] == [1, 3]
+    for r in val:
+        assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
+        assert r["val_bits_per_token"] == pytest.approx(r["val_loss"] / math.log(2))
+        assert r["val_bits_per_char"] == r["val_bits_per_token"]             # char tokenizer: one char per token
+        assert 0 < r["val_bits_per_char"] < 8
+    log = o["log"]
+    assert re.search(r"\[Train\] Iteration 1, train_loss = [0-9.]+, lr = [0-9.e-]+, val_loss = [0-9.]+, "
+                     r"val_perplexity = [0-9.e+]+, val_bits_per_token = [0-9.]+, val_bits_per_char = [0-9.]+, "
+                     r"current_max_seq_len = 7", log), log
+    assert log.count("prompt: ") == 4 and log.count(" | greedy: ") == 4      # 2 greedy samples per validation
+    assert outs[1]["log"] == "" and outs[1]["recs"] == []                    # rank 0 logs alone
+    # every rank drew the same batches itself (nothing is broadcast) and holds the same theta
+    assert outs[0]["batch"] == outs[1]["batch"] and outs[0]["batch"][0] == (4, 9)
+    assert outs[0]["master"] == outs[1]["master"]
+
+
+def test_lm_world_sizes_agree_bitwise(lm_runs):
+    one, two = lm_runs[1][0], lm_runs[2]
+    assert one["summary"]["n_total"] == two[0]["summary"]["n_total"] == LM_N_TOTAL
+    for o in two:
+        assert o["master"] == one["master"], "lm task: world 2 differs from world 1 with the same n_total"
+    assert [r["train_loss"] for r in one["recs"]] == [r["train_loss"] for r in two[0]["recs"]]
+    assert [r["val_loss"] for r in one["recs"] if "val_loss" in r] == \
+        [r["val_loss"] for r in two[0]["recs"] if "val_loss" in r]
+
+
+def test_default_task_is_lm(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import distributed_rge
+    from train.distributed import DistConfig
+    assert distributed_rge.build_parser().parse_args([]).task == "lm" and DistConfig().task == "lm"
+    rc, out, err = _cli(["--max_iters", "2", "--checkpoint_dir", str(tmp_path)], capsys, monkeypatch)
+    assert rc == 0, err
+    assert "task lm on embedded" in out and "char tokenizer" in out and "(vocab 100)" in out
+    assert "FINISHED TRAINING" in out
+    ck = torch.load(tmp_path / "latest.pt", weights_only=False)
+    assert ck["config"]["task"] == "lm" and ck["model_args"]["vocab_size"] == 100
+
+
+OFFLINE_CLI_SCRIPT = """
+import contextlib, io, json, sys
+sys.path.insert(0, {root!r})
+import models
+import train.distributed as d
+
+def no_model(*a, **k):
+    raise SystemExit("a model was built")
+
+fits_calls = []
+real_fits, real_avail = d.check_fits, models.available_memory_bytes
+models.available_memory_bytes = lambda dev: min(real_avail(dev), 32 * 2**30)   # <= 32 GiB, as on small hosts
+
+def counting_fits(*a, **k):
+    fits_calls.append(1)
+    return real_fits(*a, **k)
+
+d.build_model, d.check_fits = no_model, counting_fits
+import distributed_rge
+
+def tok50k(path):   # a GPT-2-sized vocabulary, built locally (no hub)
+    import itertools, string
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {{"[UNK]": 0}}
+    for w in itertools.product(string.ascii_lowercase, repeat=4):
+        if len(vocab) == 50257:
+            break
+        vocab["".join(w)] = len(vocab)
+    t = Tokenizer(tm.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]").save_pretrained(path)
+
+tok50k("tok50k")
+with open("doc.txt", "w") as f:
+    f.write("abcd abce abcf abcg abch " * 400)
+out = {{}}
+for key, argv in [("hf", ["--tokenizer", "hf", "--model_type", "LSTM"]),
+                  ("ptb", ["--task", "penn_tree_bank"]),
+                  ("big", ["--tokenizer", "hf", "--tokenizer_path", "tok50k", "--model_type", "LSTM",
+                           "--dataset", "doc.txt", "--hidden_size", "24576", "--input_size", "24576",
+                           "--num_heads", "1"])]:
+    fits_calls.clear()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = distributed_rge.main(argv)
+    out[key] = {{"rc": rc, "err": err.getvalue(), "fits_calls": len(fits_calls)}}
+print(json.dumps(out))
+"""
+
+
+def test_offline_hf_tokenizer_and_ptb_fail_clearly_before_any_model(tmp_path, lm_cache):
+    """The paper's smoke line `--tokenizer hf --model_type LSTM`, offline with an empty HF_HOME: the
+    builder's message with its three ways out, exit 2, no traceback, before the model is sized or
+    built. With a GPT-2-sized tokenizer available (a local 50k-word dir) and ~7B parameters,
+    check_fits refuses before allocating, with the estimate against what is available."""
+    env = dict(os.environ, **_lm_env(lm_cache), HF_HOME=str(tmp_path / "hf_home"), PYTHONWARNINGS="ignore")
+    for v in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+              "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(v, None)
+    r = subprocess.run([sys.executable, "-c", OFFLINE_CLI_SCRIPT.format(root=str(ROOT))], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("hf", "ptb", "big"):
+        assert out[key]["rc"] == 2 and "\nerror: " in "\n" + out[key]["err"], out[key]   # after any progress line
+        assert "Traceback" not in out[key]["err"] and "a model was built" not in out[key]["err"]
+    hf, ptb, big = out["hf"], out["ptb"], out["big"]
+    assert hf["fits_calls"] == 0 and ptb["fits_calls"] == 0                  # stopped before the model was sized
+    assert hf["err"].startswith("error: --tokenizer hf needs the GPT-2 tokenizer")
+    assert "HF_HUB_OFFLINE=1" in hf["err"] and str(tmp_path / "hf_home") in hf["err"]
+    assert "Three ways out" in hf["err"] and "--tokenizer_path DIR" in hf["err"] and "--tokenizer char" in hf["err"]
+    assert "ptb-text-only/ptb_text_only" in ptb["err"] and "Three ways out" in ptb["err"]
+    assert big["fits_calls"] == 1
+    assert re.search(r"model of 7,\d{3},\d{3},\d{3} parameters needs about [0-9.]+ GiB on cpu, but only [0-9.]+ GiB "
+                     r"is available", big["err"]), big["err"]
+    assert not (tmp_path / "rnn_checkpoints").exists()
+
+
 # ---------------------------------------------------------------------------------------------- launchers
 SMOKE = ["--device", "cpu", "--mode", "test", "--batch_size", "4", "--meta_perturbations", "16",
          "--learning_rate", "0.1", "--adam", "true", "--verbose", "false"]
@@ -381,3 +577,23 @@ def test_torchrun_test_mode_reaches_low_loss(tmp_path):
 @pytest.mark.slow
 def test_torch_distributed_launch_test_mode(tmp_path):
     _launch(["torch.distributed.launch"], tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_train_mode_lm(tmp_path):
+    """torchrun --nproc_per_node=2 distributed_rge.py --device cpu --mode train --task lm ..."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for v in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(v, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(ROOT / "distributed_rge.py"), "--device", "cpu", "--mode", "train", "--task", "lm", "--max_iters", "6",
+           "--val_iters", "3", "--verbose", "false", "--checkpoint_dir", str(tmp_path / "ck"),
+           "--metrics_out", str(tmp_path / "m.jsonl")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "task lm on embedded" in r.stdout and r.stdout.count("FINISHED TRAINING") == 1
+    assert r.stdout.count("val_bits_per_char = ") == 2 and r.stdout.count(" | greedy: ") == 4
+    recs = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    assert [r["step"] for r in recs if "val_bits_per_char" in r] == [2, 5]
+    ck = torch.load(tmp_path / "ck" / "latest.pt", weights_only=False)
+    assert ck["world_size"] == 2 and ck["n_total"] == 32 and ck["config"]["task"] == "lm" and ck["step"] == 6

@@ -21,6 +21,16 @@ Sequence-length curriculum (the paper's flags): `current_max_seq_len` starts at 
 [2, current_max_seq_len]; lm_char windows are exactly current_max_seq_len long. The curriculum
 state is in the checkpoint, so a resume continues it.
 
+Language modelling (`--task lm`, the default: the embedded corpus, no network; `--task penn_tree_bank`;
+`--dataset PATH_OR_NAME`; `--tokenizer char|hf`, `--tokenizer_path DIR`): the task comes from
+`tasks.build_lm_task` before the model exists, so an offline/uncached hub asset, a bad path or a
+tokenizer mismatch stops the run with the builder's message before anything is allocated. Training
+windows are `task.train_batch(max_len=current_max_seq_len)` (the curriculum hook): `<bos>` + L tokens,
+time dimension L + 1, the first target ignored; --min_seq_len/--max_seq_len count corpus tokens.
+Every rank draws them from the same data-seed generator, so nothing is broadcast. Validation adds
+val_perplexity, val_bits_per_token and val_bits_per_char, and logs greedy continuations of validation
+prompts.
+
 Modes: test overfits one fixed batch (the batch of key 0 at the current length) and stops at train
 loss < 0.1; train draws a fresh batch every step, validates and checkpoints every --val_iters.
 """
@@ -38,7 +48,7 @@ import torch
 
 from models import (ModelConfig, apply_scale, auto_models_per_pass, build_model, check_fits, param_count,
                     supports_stacked)
-from tasks import build_task, sample_predictions
+from tasks import LM_TASKS, build_lm_task, build_task, sample_predictions
 from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
 from train.evaluate import batch_loss, evaluate_batch, stacked_batch_loss
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
@@ -48,10 +58,12 @@ from zo import noise as zn
 from zo.estimator import ZOConfig, ZOEngine
 from zo.schedule import SCHEDULES, learning_rate
 
-TASK_NAMES = SYNTHETIC_TASKS + ("lm_char",)
+LM_TASK_NAMES = tuple(LM_TASKS)           # ("lm", "penn_tree_bank"): tasks.build_lm_task
+TASK_NAMES = LM_TASK_NAMES + SYNTHETIC_TASKS + ("lm_char",)
 TOKENIZERS = ("char", "numeric", "hf")
 TEST_LOSS_TARGET = 0.1          # --mode test stops once the train loss is below this
 CHECKPOINT_FORMAT = "zo-rnn-distributed/1"
+SMALL_MODEL_PARAMS = 2_000_000  # CPU runs of smaller models use one intra-op thread unless --threads says otherwise
 _DATA_SALT = 0xDA7A5EED         # data seeds live in their own stream, apart from the probe seeds
 _VAL_SALT = 0x7A115EED
 
@@ -60,9 +72,10 @@ _VAL_SALT = 0x7A115EED
 class DistConfig:
     """Every setting of a distributed run; saved into each checkpoint as `config`."""
     mode: str = "test"
-    task: str = "copy"
-    dataset: str | None = None
-    tokenizer: str | None = None
+    task: str = "lm"                    # next-token prediction on the embedded corpus: no network
+    dataset: str | None = None          # lm/penn_tree_bank: local file/dir or hub name; lm_char: a text file
+    tokenizer: str | None = None        # None: the task's (char for text, numeric for synthetic)
+    tokenizer_path: str | None = None   # lm/penn_tree_bank: a local tokenizer directory (save_pretrained)
     max_num: int = 15
     model_type: str = "LSTM"
     model_scale: int = 1
@@ -76,7 +89,7 @@ class DistConfig:
     seed: int = 0
     batch_size: int = 4
     micro_batch_size: int = 0           # 0: the whole batch in one pass
-    val_batch_size: int = 0             # 0: min(batch_size, 256)
+    val_batch_size: int = 0             # 0: max(batch_size, 64), at most 256
     time_chunk: int = 0                 # forward chunk in time steps (0: 64)
     models_per_pass: int = 0            # perturbed models per forward; 0: 1 on CPU (bitwise across world
                                         # sizes), sized from free memory on CUDA (equal to ~1e-6, not bitwise)
@@ -111,6 +124,7 @@ class DistConfig:
     wandb_proj: str | None = None
     wandb_run: str | None = None
     verbose: bool = True
+    threads: int = 0                    # CPU intra-op threads (0: 1 for models under 2M params, else torch's)
     debug_nan_at_step: int = -1         # hidden test hook: this rank's losses are NaN at that step
     debug_nan_rank: int = 0
 
@@ -144,18 +158,25 @@ class DistConfig:
             raise ValueError(f"--mode must be test or train, got {self.mode!r}")
         if self.task not in TASK_NAMES:
             raise ValueError(f"unknown --task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
-        if self.tokenizer == "hf":
-            raise ValueError("--tokenizer hf (the paper's GPT-2 BPE vocabulary) is not available yet; use "
-                             "--tokenizer char with --task lm_char --dataset FILE, or a synthetic --task "
-                             "(copy, reverse, sort, add, repeat_copy) with its numeric tokenizer")
         if self.tokenizer not in (None,) + TOKENIZERS:
-            raise ValueError(f"unknown --tokenizer {self.tokenizer!r}; choose char or numeric")
-        if self.task in SYNTHETIC_TASKS:
+            raise ValueError(f"unknown --tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+        if self.tokenizer_path is not None and self.task not in LM_TASK_NAMES:
+            raise ValueError(f"--tokenizer_path applies to the text tasks ({', '.join(LM_TASK_NAMES)}), "
+                             f"not to --task {self.task}")
+        if self.task in LM_TASK_NAMES:
+            if self.tokenizer == "numeric":
+                raise ValueError(f"task {self.task!r} is text: use --tokenizer char (default), --tokenizer hf, "
+                                 "or --tokenizer_path DIR")
+            if self.tokenizer == "char" and self.tokenizer_path is not None:
+                raise ValueError("--tokenizer char and --tokenizer_path both given; drop one (the char tokenizer "
+                                 "has no files)")
+        elif self.task in SYNTHETIC_TASKS:
             if self.tokenizer not in (None, "numeric"):
                 raise ValueError(f"task {self.task!r} uses the numeric tokenizer; drop --tokenizer {self.tokenizer} "
-                                 f"(or use --task lm_char --dataset FILE for characters)")
+                                 f"(or use --task lm for text)")
             if self.dataset:
-                raise ValueError(f"--dataset applies to --task lm_char, not to the synthetic task {self.task!r}")
+                raise ValueError(f"--dataset applies to the text tasks (lm, penn_tree_bank, lm_char), not to the "
+                                 f"synthetic task {self.task!r}")
         else:
             if self.tokenizer not in (None, "char"):
                 raise ValueError(f"task lm_char uses the char tokenizer; drop --tokenizer {self.tokenizer}")
@@ -168,8 +189,8 @@ class DistConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"--{f} must be a positive integer, got {v!r}")
-        for f in ("micro_batch_size", "val_batch_size", "time_chunk", "models_per_pass", "max_seq_len", "step_seq_len",
-                  "warmup_iters", "cosine_wavelength"):
+        for f in ("threads", "micro_batch_size", "val_batch_size", "time_chunk", "models_per_pass", "max_seq_len",
+                  "step_seq_len", "warmup_iters", "cosine_wavelength"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"--{f} must be an integer >= 0, got {v!r}")
@@ -202,15 +223,29 @@ def val_seed(run_seed: int) -> int:
 
 
 def make_batch(task, *, seed: int, batch_size: int, max_len: int, device):
-    """The batch of one generator seed: lengths up to max_len (lm_char: exactly max_len)."""
+    """The batch of one generator seed: lengths up to max_len (lm_char: exactly max_len; lm and
+    penn_tree_bank: windows of max_len corpus tokens through the task's curriculum hook,
+    train_batch(max_len=...)). A pure function of the seed: every rank builds the same batch."""
     g = torch.Generator(device=device).manual_seed(seed)
+    if task.name in LM_TASK_NAMES:
+        return task.train_batch(batch_size=batch_size, generator=g, max_len=max_len)
     lo, hi = task.train_length_range
     return task.batch(batch_size=batch_size, min_len=min(lo, max_len), max_len=min(max_len, hi), generator=g)
 
 
-def build_dist_task(cfg: DistConfig):
+def is_lm_task(task) -> bool:
+    """Whether the task reports LM metrics (perplexity, bits) and greedy samples."""
+    return hasattr(task, "metrics") and hasattr(task, "greedy_samples")
+
+
+def build_dist_task(cfg: DistConfig, *, log=None):
+    """The task of a run. lm / penn_tree_bank go through tasks.build_lm_task (tokenizer, source,
+    token cache), which raises every user error (offline and not cached, bad path) as a ValueError."""
     if cfg.task in SYNTHETIC_TASKS:
         return build_task(cfg.task, seq_length=cfg.final_seq_len, max_num=cfg.max_num)
+    if cfg.task in LM_TASK_NAMES:
+        return build_lm_task(cfg.task, dataset=cfg.dataset, tokenizer=cfg.tokenizer,
+                             tokenizer_path=cfg.tokenizer_path, seq_length=cfg.final_seq_len, log=log)
     return build_task("lm_char", path=cfg.dataset, seq_length=cfg.final_seq_len)
 
 
@@ -278,13 +313,19 @@ def _sync(device):
 class DistributedTrainer:
     """Builds task, model and engine, resumes if asked, then `run()` trains. All ranks run it."""
 
-    def __init__(self, cfg: DistConfig, comm, *, out=sys.stdout):
+    def __init__(self, cfg: DistConfig, comm, *, out=None):
         cfg.validate()
-        self.cfg, self.comm, self.out = cfg, comm, out
+        self.cfg, self.comm, self.out = cfg, comm, sys.stdout if out is None else out
         self.device = torch.device(cfg.device)
         self.master = comm.rank == 0
-        self.task = build_dist_task(cfg)
+        # the task first: an offline/uncached tokenizer or dataset stops here, before any model exists
+        self.task = build_dist_task(cfg, log=self._log_stderr)
         self.mcfg = cfg.model_config(self.task.vocab_size)
+        if self.device.type == "cpu":
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            elif param_count(self.mcfg) < SMALL_MODEL_PARAMS:
+                torch.set_num_threads(1)  # tiny models: extra intra-op threads only add spin contention
         self.time_chunk = cfg.time_chunk or 64
         self.n_total = cfg.meta_perturbations * comm.world_size
         zcfg = cfg.zo_config(comm.world_size)           # raises on inconsistent estimator flags
@@ -445,21 +486,42 @@ class DistributedTrainer:
         return loss_for_probe, shared, stacked
 
     def validate_now(self) -> dict:
-        n = self.cfg.val_batch_size or min(self.cfg.batch_size, 256)
+        n = self.cfg.val_batch_size or min(max(self.cfg.batch_size, 64), 256)
         vb = self.task.val_batch(batch_size=n, generator=torch.Generator(device=self.device)
                                  .manual_seed(val_seed(self.run_seed)))
         vl, vtok, vseq, logits = evaluate_batch(self.model, vb, time_chunk=self.time_chunk)
-        return {"val_loss": float(vl), "val_accuracy": float(vtok), "val_seq_accuracy": float(vseq),
-                "samples": sample_predictions(self.task, vb, logits, n=2)}
+        out = {"val_loss": float(vl), "val_accuracy": float(vtok), "val_seq_accuracy": float(vseq)}
+        if is_lm_task(self.task):
+            m = self.task.metrics(float(vl))
+            out.update(val_perplexity=m["perplexity"], val_bits_per_token=m["bits_per_token"],
+                       val_bits_per_char=m["bits_per_char"])
+            g = torch.Generator(device=self.device).manual_seed(val_seed(self.run_seed))
+            prompt_len = min(8, max(1, self.cfg.final_seq_len // 2))   # prompts no longer than the training windows
+            out["samples"] = self.task.greedy_samples(self.model, generator=g, n=2, prompt_len=prompt_len)
+        else:
+            out["samples"] = sample_predictions(self.task, vb, logits, n=2)
+        return out
 
     # ------------------------------------------------------------------ output
     def _print(self, *a, **kw):
         if self.master:
             print(*a, file=self.out, flush=True, **kw)
 
+    def _log_stderr(self, msg: str):
+        if self.master:
+            print(msg, file=sys.stderr, flush=True)
+
     def _warn(self, msg: str):
         if self.comm.rank == 0:
             print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    def _data_desc(self) -> str:
+        src = getattr(self.task, "source_description", None)
+        if src is None:
+            return ""
+        tok = self.task.tokenizer
+        return (f" on {src}, {getattr(tok, 'name', type(tok).__name__)} tokenizer, windows of "
+                f"{self.curriculum.current}..{self.cfg.final_seq_len} tokens")
 
     def describe(self) -> str:
         c = self.cfg
@@ -472,7 +534,8 @@ class DistributedTrainer:
         cfg, comm = self.cfg, self.comm
         start = self.step
         self._print(f"[Init] world size {comm.world_size} (backend {comm.backend}, device {self.device}); "
-                    f"{self.describe()}; task {cfg.task} (vocab {self.task.vocab_size}); mode {cfg.mode}; "
+                    f"{self.describe()}; task {cfg.task}{self._data_desc()} (vocab {self.task.vocab_size}); "
+                    f"mode {cfg.mode}; "
                     f"run seed {self.run_seed}" + (f"; resuming at step {start}" if start else ""))
         self._print(f"[Init] {self.mcfg.model_type} hidden {self.mcfg.hidden_size}, heads {self.mcfg.num_heads}, "
                     f"dtype {self.mcfg.dtype}: {self.n_params:,} parameters; {self.models_per_pass} perturbed "
@@ -537,8 +600,7 @@ class DistributedTrainer:
                     val = self.validate_now()
                     phases["val_s"] = time.perf_counter() - tv
                     self.val_loss = val["val_loss"]
-                    rec.update(val_loss=val["val_loss"], val_accuracy=val["val_accuracy"],
-                               val_seq_accuracy=val["val_seq_accuracy"])
+                    rec.update({k: v for k, v in val.items() if k != "samples"})
                 else:
                     val = None
                 if ckpt_due:
@@ -581,8 +643,13 @@ class DistributedTrainer:
 
     def _log_line(self, step, rec, phases, val, grew):
         vl = f"{self.val_loss}" if self.val_loss is not None else "n/a"
+        lm = ""
+        if val is not None and "val_bits_per_char" in val:
+            lm = (f"val_perplexity = {val['val_perplexity']:.4g}, "
+                  f"val_bits_per_token = {val['val_bits_per_token']:.4f}, "
+                  f"val_bits_per_char = {val['val_bits_per_char']:.4f}, ")
         self._print(f"[Train] Iteration {step}, train_loss = {rec['train_loss']}, lr = {rec['lr']:g}, "
-                    f"val_loss = {vl}, current_max_seq_len = {rec['current_max_seq_len']}, "
+                    f"val_loss = {vl}, {lm}current_max_seq_len = {rec['current_max_seq_len']}, "
                     f"time per step = {rec['step_time_s']:.4f} s")
         if val is not None:
             self._print(f"    val_accuracy = {val['val_accuracy']:.4f}, val_seq_accuracy = {val['val_seq_accuracy']:.4f}")
@@ -608,6 +675,6 @@ class DistributedTrainer:
         self._print("=" * 50)
 
 
-def run_distributed(cfg: DistConfig, comm, *, out=sys.stdout) -> dict:
+def run_distributed(cfg: DistConfig, comm, *, out=None) -> dict:
     """Train on every rank of `comm` (zo.comm.LocalComm for one process, zo.dist.DistComm for many)."""
     return DistributedTrainer(cfg, comm, out=out).run()
