@@ -6,9 +6,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
-COMMON="--batch_size 1024 --meta_perturbations 12 --model_type LSTM --min_seq_len 10 --verbose false --sync_check_iters 5"
+COMMON="--task copy --batch_size 1024 --meta_perturbations 12 --model_type LSTM --min_seq_len 10 --verbose false --sync_check_iters 5"
 echo "== test mode (overfit one batch), small default model, 2 GPUs"
-torchrun --nproc_per_node=2 distributed_rge.py --mode test --batch_size 4 --meta_perturbations 16 \
+torchrun --nproc_per_node=2 distributed_rge.py --task copy --mode test --batch_size 4 --meta_perturbations 16 \
     --learning_rate 0.1 --adam true --max_iters 200 --sync_check_iters 5 --verbose false \
     --metrics_out "$OUT/dist_tiny_w2.jsonl" --checkpoint_dir /tmp/ck_tiny 2>&1 | tail -n 4
 for W in 1 2; do
