@@ -25,6 +25,7 @@ so with ratio 1 the SGD step is theta <- theta - sum_i (L+ - L-) / (2n) * z_i.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,25 @@ from zo import kernels as zk
 from zo import noise as zn
 
 GRAD_NORMS = (None, "l2", "l1")
+
+
+_WARNED_NO_KERNELS = False
+
+
+def _warn_no_kernels(params) -> None:
+    """Say once, loudly, that a CUDA run falls back to the (much slower) torch noise path, and why."""
+    global _WARNED_NO_KERNELS
+    if _WARNED_NO_KERNELS:
+        return
+    _WARNED_NO_KERNELS = True
+    if not zk.available():
+        why = "triton is not importable or CUDA is unavailable to it"
+    else:
+        bad = [p.name for p in params if not (p.master.is_cuda and p.master.is_contiguous() and p.live.is_contiguous()
+                                              and p.master.dtype in (torch.float32, torch.bfloat16, torch.float16))]
+        why = f"parameters not contiguous CUDA fp32/bf16/fp16: {bad[:4]}"
+    print(f"[zo] WARNING: Triton noise kernels NOT used ({why}); probes and updates take the torch path, "
+          f"bitwise identical but far slower on large models.", file=sys.stderr, flush=True)
 
 
 def _as_loss_vec(x: torch.Tensor) -> torch.Tensor:
@@ -158,6 +178,8 @@ class ZOEngine:
         self.use_kernels = zk.available() and all(
             p.master.is_cuda and p.master.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and p.master.is_contiguous() and p.live.is_contiguous() for p in self.params)
+        if any(p.master.is_cuda for p in self.params) and not self.use_kernels:
+            _warn_no_kernels(self.params)
 
     # ------------------------------------------------------------------ ask
     def seeds(self, step: int) -> list[int]:
