@@ -285,10 +285,7 @@ class ZOEngine:
         for g0 in range(0, len(seeds), group):
             chunk = seeds[g0:g0 + group]
             M = len(chunk) * per_seed
-            P = {}
-            for k, p in enumerate(self.params):
-                buf = self._stack_buffer(p, M)
-                P[p.name] = buf
+            P = {p.name: self._stack_buffer(p, M) for p in self.params}
             if self.use_kernels:
                 model_seeds = [s for s in chunk for _ in signs]
                 alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
@@ -309,13 +306,14 @@ class ZOEngine:
         return torch.cat(out) if out else torch.empty(0, 2)
 
     def _stack_buffer(self, p: _Param, M: int) -> torch.Tensor:
-        key = (p.name, M)
-        buf = self._stack_bufs.get(key)
-        if buf is None:
-            self._stack_bufs = {k: v for k, v in self._stack_bufs.items() if k[1] == M}  # one M at a time
+        """[M, *shape] view of a per-parameter buffer that grows to the largest M seen (a smaller
+        last group of seeds reuses it, so nothing is reallocated from step to step)."""
+        buf = self._stack_bufs.get(p.name)
+        if buf is None or buf.shape[0] < M:
+            self._stack_bufs.pop(p.name, None)
             buf = torch.empty((M, *p.live.shape), dtype=p.live.dtype, device=p.live.device)
-            self._stack_bufs[key] = buf
-        return buf
+            self._stack_bufs[p.name] = buf
+        return buf[:M]
 
     def baseline(self, loss_fn) -> torch.Tensor:
         """L(theta) at the unperturbed weights (FD-RGE's reference point)."""
