@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from models.lstm_backends import BACKENDS
+
 MODEL_TYPES = ("LSTM", "DNC")
 
 # The paper's LSTM sizes (hidden_size, num_heads); head size is hidden / heads.
@@ -43,7 +45,7 @@ class ModelConfig:
     memory_size: int = 0         # DNC slots (0: equals hidden_size)
     controller_heads: int = 1    # DNC: recurrence heads of the controller LSTM
     dtype: str = "float32"
-    backend: str = "auto"        # LSTM recurrence backend (models/lstm_backends.py): torch, fused, auto
+    backend: str = "auto"        # LSTM recurrence backend (models/lstm_backends.py): torch, fused, auto, flashrnn_*
 
     def __post_init__(self):
         for f in ("vocab_size", "input_size", "hidden_size", "num_heads", "controller_heads"):
@@ -55,8 +57,8 @@ class ModelConfig:
                              f"{self.head_size}, {self.memory_size}")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"unknown model_type {self.model_type!r}; choose one of {MODEL_TYPES}")
-        if self.backend not in ("torch", "fused", "auto"):
-            raise ValueError(f"unknown LSTM backend {self.backend!r}; choose torch, fused or auto")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown LSTM backend {self.backend!r}; choose one of {BACKENDS}")
         if self.dtype not in _DTYPE_BYTES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {tuple(_DTYPE_BYTES)}")
         if self.model_type == "LSTM":

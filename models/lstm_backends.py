@@ -11,7 +11,9 @@ Backends:
 - `fused`: cuBLAS baddbmm + one Triton cell kernel per step, heads padded to a multiple of 8
   (models/lstm_fused.py).
 - `auto`: `fused` when it is available and passes a one-time numeric check against `torch` on this
-  device, else `torch`; the choice is printed once.
+  device, else `torch`; the choice is printed once. It never picks a FlashRNN backend.
+- `flashrnn_vanilla`, `flashrnn_cuda`, `flashrnn_cuda_fused`, `flashrnn_triton_fused`: FlashRNN's backends
+  (models/lstm_flashrnn.py; flashrnn is imported on first use, from requirements-gpu.txt).
 A backend that is asked for by name and is not available raises a clear error; no silent fallback.
 """
 from __future__ import annotations
@@ -20,7 +22,9 @@ import torch
 
 import sys
 
-BACKENDS = ("torch", "fused", "auto")
+from models.lstm_flashrnn import FLASHRNN_BACKENDS, recurrence_flashrnn
+
+BACKENDS = ("torch", "fused", "auto") + FLASHRNN_BACKENDS
 _AUTO_CHOICE: dict = {}
 
 
@@ -103,6 +107,8 @@ def recurrence(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD, *, backend: str = "torch")
     backend = resolve_backend(backend, R_4NDD.device, R_4NDD.dtype)
     if backend == "torch":
         return recurrence_torch(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD)
+    if backend in FLASHRNN_BACKENDS:
+        return recurrence_flashrnn(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD, backend=backend)
     from models import lstm_fused
     ok, why = lstm_fused.available()
     if not ok:
