@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiplies hidden_size, memory_size and head_size")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="parameter dtype (default float32 on CPU, bfloat16 on CUDA; ZO keeps an fp32 master)")
-    p.add_argument("--lstm_backend", default="auto", choices=["auto", "torch", "fused"],
-                   help="LSTM recurrence: torch reference, fused (cuBLAS + Triton, padded heads), or auto "
-                        "(fused on CUDA when its one-time check against torch passes)")
+    from models.lstm_backends import BACKENDS
+    p.add_argument("--lstm_backend", default="auto", choices=list(BACKENDS),
+                   help="LSTM recurrence: torch reference, fused (cuBLAS + Triton, padded heads), flashrnn_* "
+                        "(needs requirements-gpu.txt), or auto (fused on CUDA when its one-time check passes)")
     p.add_argument("--distribution", type=distribution, default="rademacher", help="rad | normal | uniform")
     p.add_argument("--learning_rate_and_epsilon", type=positive_float, default=0.3,
                    help="learning rate; epsilon = epsilon_tying_ratio * this")

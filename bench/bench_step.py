@@ -1112,7 +1112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro_batch", type=int, default=0, help="ZO forward micro-batch (0: the whole batch)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="parameter dtype (default bfloat16)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "fused"],
+    p.add_argument("--backend", default="auto", choices=list(__import__("models.lstm_backends").lstm_backends.BACKENDS),
                    help="LSTM recurrence backend (models/lstm_backends.py; auto: fused when it checks out)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate = epsilon")
     p.add_argument("--seed", type=int, default=0)
