@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from models.lstm_backends import BACKENDS as LSTM_BACKENDS  # noqa: E402
 from models import (SIZE_PRESETS, auto_models_per_pass, auto_time_chunk, build_model, check_fits, estimate_memory_bytes,  # noqa: E402
                     param_count, preset, supports_stacked)
 from tasks import IGNORE_INDEX, Batch, masked_cross_entropy  # noqa: E402
@@ -1112,7 +1113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro_batch", type=int, default=0, help="ZO forward micro-batch (0: the whole batch)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="parameter dtype (default bfloat16)")
-    p.add_argument("--backend", default="auto", choices=list(__import__("models.lstm_backends").lstm_backends.BACKENDS),
+    p.add_argument("--backend", default="auto", choices=list(LSTM_BACKENDS),
                    help="LSTM recurrence backend (models/lstm_backends.py; auto: fused when it checks out)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate = epsilon")
     p.add_argument("--seed", type=int, default=0)
