@@ -1,0 +1,683 @@
+#!/usr/bin/env python3
+"""Figure 1 and Table 2 of the paper from saved JSON lines: tables, plots and report sections.
+
+Nothing is rerun: the input is the ``--metrics_out`` JSON lines of the series harness
+(``rge_series_experiments.py``), as written by ``scripts/reproduce_figure1.sh``,
+``scripts/reproduce_table2.sh`` or the screen sweeps (``scripts/run_*_experiments.sh``, in
+``logs/``). Records are read with ``scripts/collect.py``; the keys used are ``step``,
+``train_loss``, ``val_accuracy``, ``val_seq_accuracy``, ``elapsed_s``, ``step_time_s``, ``lr``,
+``optimizer``, ``task``, ``model_type``, ``params`` and ``context_len``.
+
+Figure 1 (overfitting one batch): per optimizer (the ``optimizer`` field, e.g. ``CD-RGE@512``,
+``BPTT-Adam``) the best learning rate is the one that first brings the train loss below the
+threshold (default 0.1; fewest steps), else the one with the lowest train loss. Reported: first
+and best loss, steps and wall-clock seconds to the threshold (the first *logged* step whose loss is
+below it, so the resolution is the log interval), median seconds per step. Plots: train loss
+against step and against wall clock (log y), one line per optimizer at its best learning rate.
+
+Table 2 (validation on longer sequences): runs are grouped by task and model; per optimizer the
+best learning rate is the one with the highest token accuracy at its last validation (ties: lower
+validation loss). Among those best runs of a group:
+
+* equal steps: S = the largest validated step that every run reached (min over runs of their last
+  validated step); each run's value is its last validation at a step <= S;
+* equal wall clock: W = the largest elapsed time that every run reached (min over runs of the
+  ``elapsed_s`` of their last validation; ``elapsed_s`` counts from the start of training and
+  includes the run's own validation time); each run's value is its last validation with
+  ``elapsed_s`` <= W, and the step it had reached is shown.
+
+Sections are written into the report between ``<!-- BEGIN GENERATED: <id> -->`` and
+``<!-- END GENERATED: <id> -->`` (``<id>`` = ``figure1-<tag>`` / ``table2-<tag>``); text
+outside the markers is kept, a missing section is appended. Plots go to ``figures/`` beside the
+report.
+
+Usage:
+  python scripts/report.py                       # every results/figure1/* and results/table2/* dir
+  python scripts/report.py --figure1 results/figure1/cpu --tag cpu --report results/REPORT.md
+  python scripts/report.py --table2 logs/ --filter _LSTM_ --tag paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import collect  # scripts/collect.py: the JSONL loading shared with the collector
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_REPORT = "results/REPORT.md"
+DEFAULT_THRESHOLD = 0.1
+SIZE_NAMES = ("mini", "tiny", "small", "medium", "large", "xlarge", "xxlarge")
+
+_f = collect._as_float
+
+
+# ------------------------------------------------------------------- runs --
+
+@dataclass
+class RunData:
+    name: str
+    records: list[dict[str, Any]]
+    sources: list[str] = field(default_factory=list)
+    failed: bool = False          # a NAME.failed file sits beside the JSON lines
+    finished: bool = False        # a NAME.summary.json sits beside the JSON lines
+
+    def first(self, key: str) -> Any:
+        return next((r[key] for r in self.records if r.get(key) not in (None, "")), None)
+
+    @property
+    def optimizer(self) -> str:
+        return str(self.first("optimizer") or optimizer_from_name(self.name) or self.name)
+
+    @property
+    def lr(self) -> float | None:
+        return _f(self.first("lr"))
+
+    @property
+    def task(self) -> str:
+        return str(self.first("task") or "?")
+
+    @property
+    def model_type(self) -> str:
+        return str(self.first("model_type") or "?")
+
+    @property
+    def params(self) -> int | None:
+        p = _f(self.first("params"))
+        return int(p) if p is not None else None
+
+    @property
+    def size(self) -> str | None:
+        m = re.search(r"_({})_".format("|".join(SIZE_NAMES)), f"_{self.name}_")
+        return m.group(1) if m else None
+
+    def last_step(self) -> int | None:
+        steps = [_f(r.get("step")) for r in self.records]
+        steps = [s for s in steps if s is not None]
+        return int(max(steps)) if steps else None
+
+    def seconds_per_step(self) -> float | None:
+        """Median step_time_s of the logged steps, the first (warm-up) step left out."""
+        times = [(_f(r.get("step")), _f(r.get("step_time_s"))) for r in self.records]
+        times = [t for s, t in times if t is not None and s is not None and s > 0] or \
+                [t for _, t in times if t is not None]
+        return statistics.median(times) if times else None
+
+    def status(self) -> str:
+        if self.failed:
+            return "failed"
+        return "ok" if self.finished else "unfinished"
+
+
+def optimizer_from_name(name: str) -> str | None:
+    """The optimizer label from a run name (fallback when records lack 'optimizer')."""
+    m = re.search(r"(cd|fd)rge(\d+)(adam)?", name)
+    if m:
+        return f"{m.group(1).upper()}-RGE@{m.group(2)}" + ("+Adam" if m.group(3) else "")
+    if "bptt_adam" in name:
+        return "BPTT-Adam"
+    if "bptt_sgd" in name or "bptt" in name:
+        return "BPTT-SGD"
+    return None
+
+
+def optimizer_sort_key(label: str) -> tuple:
+    m = re.match(r"(CD|FD)-RGE@(\d+)(\+Adam)?$", label)
+    if m:
+        return (0, m.group(1) != "CD", bool(m.group(3)), -int(m.group(2)), label)
+    if label.startswith("BPTT"):
+        return (1, label != "BPTT-SGD", 0, 0, label)
+    return (2, 0, 0, 0, label)
+
+
+def load(paths: Sequence[Path], filters: Sequence[str] = ()) -> dict[str, RunData]:
+    result = collect.load_runs(paths)
+    runs: dict[str, RunData] = {}
+    for name, run in result.runs.items():
+        if filters and not any(s in name for s in filters):
+            continue
+        if not run.records:
+            continue
+        data = RunData(name=name, records=run.records, sources=list(run.sources))
+        for src in run.sources:
+            stem = str(Path(src).with_suffix(""))     # names hold dots (lr0.01): no with_suffix here
+            data.failed |= Path(stem + ".failed").exists()
+            data.finished |= Path(stem + ".summary.json").exists()
+        runs[name] = data
+    return runs
+
+
+def read_run_info(paths: Sequence[Path]) -> dict[str, Any] | None:
+    for p in paths:
+        info = (p if p.is_dir() else p.parent) / "run_info.json"
+        if info.is_file():
+            try:
+                return json.loads(info.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
+# -------------------------------------------------------------- figure 1 --
+
+def steps_to_threshold(run: RunData, threshold: float) -> tuple[int | None, float | None]:
+    """(step, elapsed_s) of the first logged record whose train loss is below threshold."""
+    for r, t in zip(run.records, collect.time_axis(run.records)):
+        loss = _f(r.get("train_loss"))
+        if loss is not None and loss < threshold:
+            return int(_f(r.get("step"))), t
+    return None, None
+
+
+def figure1_run_row(run: RunData, threshold: float) -> dict[str, Any]:
+    losses = [_f(r.get("train_loss")) for r in run.records]
+    losses = [v for v in losses if v is not None]
+    step, secs = steps_to_threshold(run, threshold)
+    return {
+        "run": run.name, "optimizer": run.optimizer, "lr": run.lr,
+        "first_loss": losses[0] if losses else None,
+        "best_loss": min(losses) if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "steps_to_threshold": step, "seconds_to_threshold": secs,
+        "s_per_step": run.seconds_per_step(), "last_step": run.last_step(),
+        "status": run.status(),
+    }
+
+
+def _figure1_rank(row: dict[str, Any]) -> tuple:
+    reached = row["steps_to_threshold"] is not None
+    best = row["best_loss"] if row["best_loss"] is not None else math.inf
+    return (0 if reached else 1, row["steps_to_threshold"] if reached else best, best)
+
+
+def figure1_best(runs: dict[str, RunData], threshold: float) -> list[dict[str, Any]]:
+    """One row per optimizer: its best-lr run (see the module docstring), with the lrs tried."""
+    by_opt: dict[str, list[dict[str, Any]]] = {}
+    for run in runs.values():
+        by_opt.setdefault(run.optimizer, []).append(figure1_run_row(run, threshold))
+    out = []
+    for opt in sorted(by_opt, key=optimizer_sort_key):
+        rows = sorted(by_opt[opt], key=_figure1_rank)
+        best = dict(rows[0])
+        best["lrs_tried"] = sorted({r["lr"] for r in rows if r["lr"] is not None}, reverse=True)
+        best["runs"] = len(rows)
+        out.append(best)
+    return out
+
+
+# --------------------------------------------------------------- table 2 --
+
+def val_records(run: RunData) -> list[dict[str, Any]]:
+    """Validation records (with val_accuracy), each with its 'elapsed' wall-clock time."""
+    out = []
+    for r, t in zip(run.records, collect.time_axis(run.records)):
+        if _f(r.get("val_accuracy")) is not None:
+            out.append(dict(r, elapsed=t))
+    return out
+
+
+def group_key(run: RunData) -> tuple[str, str, int | None]:
+    return (run.task, run.model_type, run.params)
+
+
+def group_label(runs: Sequence[RunData]) -> str:
+    r = runs[0]
+    size = next((x.size for x in runs if x.size), None)
+    params = f"{r.params:,} params" if r.params is not None else "params ?"
+    return f"{r.model_type} {size} ({params})" if size else f"{r.model_type} ({params})"
+
+
+def _last_at_or_before(recs: list[dict[str, Any]], key: str, limit: float) -> dict[str, Any] | None:
+    best = None
+    for r in recs:
+        v = _f(r.get(key))
+        if v is not None and v <= limit + 1e-12:
+            best = r
+    return best
+
+
+def table2_best_per_optimizer(runs: Sequence[RunData]) -> list[RunData]:
+    by_opt: dict[str, list[RunData]] = {}
+    for run in runs:
+        if val_records(run):
+            by_opt.setdefault(run.optimizer, []).append(run)
+
+    def rank(run: RunData) -> tuple:
+        last = val_records(run)[-1]
+        loss = _f(last.get("val_loss"))
+        return (-_f(last["val_accuracy"]), loss if loss is not None else math.inf, run.name)
+
+    return [min(by_opt[o], key=rank) for o in sorted(by_opt, key=optimizer_sort_key)]
+
+
+def table2_group(runs: Sequence[RunData]) -> dict[str, Any]:
+    """The equal-step / equal-wall-clock comparison of one (task, model) group."""
+    best = table2_best_per_optimizer(runs)
+    if not best:
+        return {"rows": [], "equal_step": None, "equal_time": None}
+    vals = {r.name: val_records(r) for r in best}
+    equal_step = min(int(_f(v[-1]["step"])) for v in vals.values())
+    times = [_f(v[-1].get("elapsed")) for v in vals.values()]
+    equal_time = min(times) if all(t is not None for t in times) else None
+    rows = []
+    for run in best:
+        recs = vals[run.name]
+        at_step = _last_at_or_before(recs, "step", equal_step)
+        at_time = _last_at_or_before(recs, "elapsed", equal_time) if equal_time is not None else None
+        last = recs[-1]
+        lrs = sorted({x.lr for x in runs if x.optimizer == run.optimizer and x.lr is not None}, reverse=True)
+        rows.append({
+            "run": run.name, "optimizer": run.optimizer, "lr": run.lr, "lrs_tried": lrs,
+            "step_acc": _f(at_step.get("val_accuracy")) if at_step else None,
+            "step_seq_acc": _f(at_step.get("val_seq_accuracy")) if at_step else None,
+            "step_at_step": int(_f(at_step["step"])) if at_step else None,
+            "time_acc": _f(at_time.get("val_accuracy")) if at_time else None,
+            "time_seq_acc": _f(at_time.get("val_seq_accuracy")) if at_time else None,
+            "time_step": int(_f(at_time["step"])) if at_time else None,
+            "final_acc": _f(last.get("val_accuracy")), "final_seq_acc": _f(last.get("val_seq_accuracy")),
+            "final_step": int(_f(last["step"])),
+            "final_train_loss": _f(last.get("train_loss")),
+            "s_per_step": run.seconds_per_step(), "status": run.status(),
+        })
+    return {"rows": rows, "equal_step": equal_step, "equal_time": equal_time}
+
+
+def table2_groups(runs: dict[str, RunData]) -> list[tuple[str, list[RunData]]]:
+    groups: dict[tuple, list[RunData]] = {}
+    for run in runs.values():
+        groups.setdefault(group_key(run), []).append(run)
+
+    def order(k):
+        task, model, params = k
+        return (task, model, params if params is not None else -1)
+
+    return [(f"{k[0]} / {group_label(groups[k])}", groups[k]) for k in sorted(groups, key=order)]
+
+
+# ------------------------------------------------------------ formatting --
+
+def fmt(v: Any, kind: str = "g") -> str:
+    if v is None:
+        return "–"
+    if kind == "pct":
+        return f"{100 * v:.1f}%"
+    if kind == "s":
+        return f"{v:.3g} s" if v < 100 else f"{v:.0f} s"
+    if kind == "lr":
+        return f"{v:g}"
+    if kind == "int":
+        return f"{int(v):,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def scale_label(tag: str) -> str:
+    if tag == "cpu":
+        return "CPU scale, NOT the paper's scale"
+    if tag == "paper":
+        return "paper scale"
+    return f"tag {tag}"
+
+
+def scale_note(tag: str) -> list[str]:
+    if tag == "cpu":
+        note = ("**CPU scale: NOT the paper's scale.** Tiny models, a few hundred steps, scaled-down probe "
+                "counts and learning-rate grids; these numbers prove the pipeline, not the paper's claims.")
+        return [note, ""]
+    return []
+
+
+def run_info_lines(info: dict[str, Any] | None, source: str, n_runs: int) -> list[str]:
+    lines = [f"Source: {n_runs} run(s), JSON lines in `{source}`."]
+    if not info:
+        return lines
+    invocations = info.get("invocations") or [info]
+    for inv in invocations:
+        machine = f"{inv.get('cpu_cores', '?')} CPU core(s) ({inv.get('cpu_model') or 'unknown CPU'})"
+        if inv.get("gpus"):
+            machine += f", GPU(s): {inv['gpus']}"
+        lines.append(f"Produced by `{inv.get('command', '?')}`, finished {inv.get('date', '?')}: "
+                     f"{fmt(_f(inv.get('wall_s')), 'int')} s wall clock for {inv.get('runs_executed', '?')} "
+                     f"run(s), {inv.get('jobs', 1)} at a time ({inv.get('runs_failed', 0)} failed, "
+                     f"{inv.get('runs_skipped_done', 0)} skipped as done), on {machine}, "
+                     f"commit {inv.get('git_commit') or '?'}.")
+    if len(invocations) > 1:
+        lines.append(f"Total wall clock over the {len(invocations)} invocations: "
+                     f"{fmt(_f(info.get('wall_s_total')), 'int')} s.")
+    return lines
+
+
+def _rel(path: Path, start: Path) -> str:
+    """path relative to start, with forward slashes (for markdown links)."""
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+# ----------------------------------------------------------------- plots --
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def figure1_plots(runs: dict[str, RunData], best: list[dict[str, Any]], fig_dir: Path, prefix: str,
+                  title: str, threshold: float) -> list[Path]:
+    plt = _pyplot()
+    if plt is None:
+        print("warning: matplotlib is not installed; no plots (pip install matplotlib)", file=sys.stderr)
+        return []
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for axis, xlabel, suffix in (("step", "step", "loss_vs_step"),
+                                 ("time", "wall-clock time (s)", "loss_vs_time")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for row in best:
+            run = runs[row["run"]]
+            xs, ys = [], []
+            for r, t in zip(run.records, collect.time_axis(run.records)):
+                loss = _f(r.get("train_loss"))
+                x = _f(r.get("step")) if axis == "step" else t
+                if loss is not None and loss > 0 and x is not None and (axis == "step" or x > 0):
+                    xs.append(x)
+                    ys.append(loss)
+            if xs:
+                ax.plot(xs, ys, label=f"{row['optimizer']} (lr {fmt(row['lr'], 'lr')})", linewidth=1.4)
+        ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        if axis == "time":
+            ax.set_xscale("log")   # elapsed_s > 0 from the first step on
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("train loss (one fixed batch)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        path = fig_dir / f"{prefix}_{suffix}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, title: str) -> Path | None:
+    plt = _pyplot()
+    if plt is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in best_runs:
+        label = f"{run.optimizer} (lr {fmt(run.lr, 'lr')})"
+        tr = [(_f(r.get("step")), _f(r.get("train_loss"))) for r in run.records]
+        tr = [(s, v) for s, v in tr if s is not None and v is not None and v > 0]
+        line, = axes[0].plot([s for s, _ in tr], [v for _, v in tr], label=label, linewidth=1.3)
+        vals = val_records(run)
+        axes[1].plot([_f(r["step"]) for r in vals], [_f(r["val_accuracy"]) for r in vals],
+                     marker="o", markersize=3, color=line.get_color(), label=label, linewidth=1.3)
+        pts = [(r["elapsed"], _f(r["val_accuracy"])) for r in vals if (r.get("elapsed") or 0) > 0]
+        axes[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                     color=line.get_color(), label=label, linewidth=1.3)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("train loss")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("validation token accuracy")
+    axes[2].set_xlabel("wall-clock time (s)")
+    axes[2].set_ylabel("validation token accuracy")
+    axes[2].set_xscale("log")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize="small")
+    fig.suptitle(f"{group_title}: {title}", fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------- sections --
+
+def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: dict[str, Any] | None,
+                    fig_dir: Path, report_dir: Path, threshold: float = DEFAULT_THRESHOLD,
+                    plots: bool = True) -> str:
+    best = figure1_best(runs, threshold)
+    any_run = next(iter(runs.values()))
+    ctx = max((int(_f(r.get("context_len")) or 0) for run in runs.values() for r in run.records), default=0)
+    lines = [f"### Figure 1: DNC copy, overfitting one batch ({scale_label(tag)})", ""] + scale_note(tag)
+    lines += run_info_lines(info, source, len(runs))
+    lines.append(f"Model: {any_run.model_type}, {fmt(any_run.params, 'int')} parameters; "
+                 f"longest input {ctx} tokens. Best learning rate per optimizer: the fewest steps to "
+                 f"train loss < {threshold:g}, else the lowest loss reached.")
+    lines.append("")
+    thr = f"{threshold:g}"
+    lines.append(md_table(
+        ["optimizer", "best lr", "lrs tried", "first loss", "best loss", f"steps to < {thr}",
+         f"wall clock to < {thr}", "s/step (median)", "steps run", "status"],
+        [[r["optimizer"], fmt(r["lr"], "lr"), ", ".join(fmt(x, "lr") for x in r["lrs_tried"]),
+          fmt(r["first_loss"]), fmt(r["best_loss"]), fmt(r["steps_to_threshold"], "int"),
+          fmt(r["seconds_to_threshold"], "s"), fmt(r["s_per_step"], "s"),
+          fmt(None if r["last_step"] is None else r["last_step"] + 1, "int"), r["status"]] for r in best]))
+    lines.append("")
+    reached = [r for r in best if r["steps_to_threshold"] is not None]
+    zo = [r for r in reached if "RGE" in r["optimizer"]]
+    bp = [r for r in reached if r["optimizer"].startswith("BPTT")]
+    if zo and bp:
+        z = min(zo, key=lambda r: r["steps_to_threshold"])
+        b = min(bp, key=lambda r: r["steps_to_threshold"])
+        lines.append(f"Steps to < {thr}: best zeroth-order {z['optimizer']} {z['steps_to_threshold']}, best BPTT "
+                     f"{b['optimizer']} {b['steps_to_threshold']} (BPTT/ZO step ratio "
+                     f"{b['steps_to_threshold'] / max(z['steps_to_threshold'], 1):.2f}).")
+    else:
+        lines.append(f"Reached < {thr}: " + (", ".join(f"{r['optimizer']} at step {r['steps_to_threshold']}"
+                                                     for r in reached) or "none") +
+                     "; the others are compared by the best loss reached.")
+    lines.append("")
+    rows = sorted((figure1_run_row(r, threshold) for r in runs.values()),
+                  key=lambda x: (optimizer_sort_key(x["optimizer"]), -(x["lr"] or 0)))
+    lines.append("<details><summary>Every run</summary>")
+    lines.append("")
+    lines.append(md_table(["run", "optimizer", "lr", "first loss", "best loss", "last loss",
+                           f"steps to < {thr}", "s/step", "steps run", "status"],
+                          [[f"`{r['run']}`", r["optimizer"], fmt(r["lr"], "lr"), fmt(r["first_loss"]),
+                            fmt(r["best_loss"]), fmt(r["last_loss"]), fmt(r["steps_to_threshold"], "int"),
+                            fmt(r["s_per_step"], "s"),
+                            fmt(None if r["last_step"] is None else r["last_step"] + 1, "int"), r["status"]]
+                           for r in rows]))
+    lines.append("")
+    lines.append("</details>")
+    if plots:
+        title = f"Figure 1, {tag}: {any_run.model_type} {fmt(any_run.params, 'int')} params, copy overfit"
+        paths = figure1_plots(runs, best, fig_dir, f"figure1_{tag}", title, threshold)
+        if paths:
+            lines.append("")
+            lines += [f"![{p.stem}]({_rel(p, report_dir)})" for p in paths]
+    return "\n".join(lines)
+
+
+def table2_section(runs: dict[str, RunData], *, tag: str, source: str, info: dict[str, Any] | None,
+                   fig_dir: Path, report_dir: Path, plots: bool = True) -> str:
+    lines = [f"### Table 2: validation on longer sequences ({scale_label(tag)})", ""] + scale_note(tag)
+    lines += run_info_lines(info, source, len(runs))
+    lines.append("Per task and model, the best learning rate per optimizer (highest token accuracy at its "
+                 "last validation). **Equal steps**: S = the largest validated step every compared run "
+                 "reached; each run's last validation at a step <= S. **Equal wall clock**: W = the largest "
+                 "`elapsed_s` (training plus the run's own validations, from its start) every compared run "
+                 "reached at a validation; each run's last validation with `elapsed_s` <= W, at the step "
+                 "shown. Token accuracy = share of scored answer tokens (and EOS) predicted right; "
+                 "sequence accuracy = share of validation sequences with every scored token right.")
+    lines.append("")
+    header = ["task / model", "optimizer", "best lr", "lrs tried", "S", "tok acc @S", "seq acc @S",
+              "W", "step @W", "tok acc @W", "seq acc @W", "final train loss", "s/step", "status"]
+    body = []
+    plot_paths = []
+    for title, group in table2_groups(runs):
+        g = table2_group(group)
+        for i, r in enumerate(g["rows"]):
+            body.append([title if i == 0 else "", r["optimizer"], fmt(r["lr"], "lr"),
+                         ", ".join(fmt(x, "lr") for x in r["lrs_tried"]),
+                         fmt(g["equal_step"], "int"), fmt(r["step_acc"], "pct"), fmt(r["step_seq_acc"], "pct"),
+                         fmt(g["equal_time"], "s"), fmt(r["time_step"], "int"), fmt(r["time_acc"], "pct"),
+                         fmt(r["time_seq_acc"], "pct"), fmt(r["final_train_loss"]), fmt(r["s_per_step"], "s"),
+                         r["status"]])
+        if plots and g["rows"]:
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower()
+            best_runs = [runs[r["run"]] for r in g["rows"]]
+            p = table2_plot(title, best_runs, fig_dir / f"table2_{tag}_{slug}.png", tag)
+            if p:
+                plot_paths.append(p)
+    lines.append(md_table(header, body))
+    lines.append("")
+    all_rows = sorted(runs.values(), key=lambda r: (group_key(r)[0], group_key(r)[1], group_key(r)[2] or 0,
+                                                    optimizer_sort_key(r.optimizer), -(r.lr or 0)))
+    lines.append("<details><summary>Every run (last validation)</summary>")
+    lines.append("")
+    det = []
+    for r in all_rows:
+        v = val_records(r)
+        last = v[-1] if v else {}
+        det.append([f"`{r.name}`", r.optimizer, fmt(r.lr, "lr"), fmt(_f(last.get("step")), "int"),
+                    fmt(_f(last.get("val_accuracy")), "pct"), fmt(_f(last.get("val_seq_accuracy")), "pct"),
+                    fmt(_f(last.get("val_loss"))), fmt(_f(last.get("train_loss"))),
+                    fmt(last.get("elapsed"), "s"), r.status()])
+    lines.append(md_table(["run", "optimizer", "lr", "step", "tok acc", "seq acc", "val loss", "train loss",
+                           "elapsed", "status"], det))
+    lines.append("")
+    lines.append("</details>")
+    if plot_paths:
+        lines.append("")
+        lines += [f"![{p.stem}]({_rel(p, report_dir)})" for p in plot_paths]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- report --
+
+def begin_marker(section_id: str) -> str:
+    return f"<!-- BEGIN GENERATED: {section_id} (scripts/report.py; edits inside are overwritten) -->"
+
+
+def end_marker(section_id: str) -> str:
+    return f"<!-- END GENERATED: {section_id} -->"
+
+
+def replace_section(text: str, section_id: str, body: str) -> str:
+    """Put body between the section's markers; append the section when it is not there yet."""
+    begin_re = re.compile(r"<!-- BEGIN GENERATED: " + re.escape(section_id) + r"(?: [^\n]*?)? -->")
+    end = end_marker(section_id)
+    block = f"{begin_marker(section_id)}\n{body.rstrip()}\n{end}"
+    m = begin_re.search(text)
+    e = text.find(end)
+    if m and e > m.start():
+        return text[:m.start()] + block + text[e + len(end):]
+    if m or e >= 0:
+        raise ValueError(f"report has an unmatched marker for section {section_id!r}; fix it by hand")
+    sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    return text + sep + block + "\n"
+
+
+def write_section(report: Path, section_id: str, body: str) -> None:
+    text = report.read_text(encoding="utf-8") if report.exists() else "# Reproduction report\n\n"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(replace_section(text, section_id, body), encoding="utf-8")
+
+
+def _source_label(paths: Sequence[Path]) -> str:
+    out = []
+    for p in paths:
+        try:
+            out.append(p.resolve().relative_to(REPO).as_posix())
+        except ValueError:
+            out.append(p.as_posix())
+    return "`, `".join(out)
+
+
+def build_section(kind: str, paths: Sequence[Path], *, tag: str, report: Path, filters: Sequence[str] = (),
+                  threshold: float = DEFAULT_THRESHOLD, plots: bool = True) -> str | None:
+    runs = load(paths, filters)
+    if not runs:
+        print(f"error: no runs with records in {', '.join(map(str, paths))}", file=sys.stderr)
+        return None
+    info = read_run_info(paths)
+    fig_dir = report.parent / "figures"
+    source = _source_label(paths)
+    if kind == "figure1":
+        return figure1_section(runs, tag=tag, source=source, info=info, fig_dir=fig_dir,
+                               report_dir=report.parent, threshold=threshold, plots=plots)
+    return table2_section(runs, tag=tag, source=source, info=info, fig_dir=fig_dir,
+                          report_dir=report.parent, plots=plots)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Figure 1 / Table 2 tables, plots and report sections from saved "
+                                            "JSON lines (no rerun).")
+    p.add_argument("--figure1", nargs="+", type=Path, metavar="PATH",
+                   help="JSONL files or directories of the Figure 1 runs")
+    p.add_argument("--table2", nargs="+", type=Path, metavar="PATH",
+                   help="JSONL files or directories of the Table 2 runs")
+    p.add_argument("--tag", default=None,
+                   help="section tag, e.g. cpu or paper (default: the input directory's name)")
+    p.add_argument("--report", type=Path, default=REPO / DEFAULT_REPORT,
+                   help=f"markdown report to update (default {DEFAULT_REPORT}); plots go to figures/ beside it")
+    p.add_argument("--filter", action="append", default=[], metavar="SUBSTR",
+                   help="keep only runs whose name contains SUBSTR (repeatable: any match)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="Figure 1 train-loss threshold for steps-to-loss (default 0.1)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--stdout", action="store_true", help="print the sections instead of writing the report")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    jobs: list[tuple[str, list[Path], str]] = []
+    for kind in ("figure1", "table2"):
+        paths = getattr(args, kind)
+        if paths:
+            tag = args.tag or (paths[0].name if paths[0].is_dir() else paths[0].parent.name)
+            jobs.append((kind, list(paths), tag))
+    if not jobs:   # regenerate every saved experiment under results/
+        for kind in ("figure1", "table2"):
+            base = REPO / "results" / kind
+            for d in sorted(base.iterdir()) if base.is_dir() else []:
+                if d.is_dir() and any(d.glob("*.jsonl")):
+                    jobs.append((kind, [d], d.name))
+        if not jobs:
+            print("error: nothing to report: give --figure1/--table2 PATH, or run "
+                  "scripts/reproduce_figure1.sh / reproduce_table2.sh first", file=sys.stderr)
+            return 1
+    report = args.report if args.report.is_absolute() else Path.cwd() / args.report
+    status = 0
+    for kind, paths, tag in jobs:
+        body = build_section(kind, paths, tag=tag, report=report, filters=args.filter,
+                             threshold=args.threshold, plots=not args.no_plots)
+        if body is None:
+            status = 1
+            continue
+        section_id = f"{kind}-{tag}"
+        if args.stdout:
+            print(body)
+        else:
+            write_section(report, section_id, body)
+            print(f"wrote section {section_id} of {report}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

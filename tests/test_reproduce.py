@@ -1,0 +1,422 @@
+"""Tests for the one-command reproductions (scripts/reproduce_figure1.sh, reproduce_table2.sh) and
+the report generator (scripts/report.py).
+
+The scripts are checked through --dry-run (the grid read by sourcing each script), plus one
+three-step end-to-end run per script; report.py is checked on small hand-made JSON lines whose
+expected numbers are worked out in the comments.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+BASH = shutil.which("bash") or "/bin/bash"
+FIG1 = "reproduce_figure1.sh"
+TAB2 = "reproduce_table2.sh"
+HARNESS_LINE = "python rge_series_experiments.py "
+
+
+# ------------------------------------------------------------------ helpers --
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZORNN_")}
+    env.update(extra)
+    return env
+
+
+def run_sh(script: str, *args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([BASH, str(SCRIPTS / script), *args], check=False, env=env or _env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dry_run(script: str, *args: str) -> tuple[list[str], list[str]]:
+    """(harness command lines, report command lines) of a dry run."""
+    res = run_sh(script, "--dry-run", *args)
+    assert res.returncode == 0, res.stderr
+    lines = [l for l in res.stdout.splitlines() if l.strip()]
+    for line in lines:
+        assert line.startswith(("#", HARNESS_LINE, "python scripts/report.py ")), line
+    return ([l for l in lines if l.startswith(HARNESS_LINE)],
+            [l for l in lines if l.startswith("python scripts/report.py ")])
+
+
+def grid(script: str, scale: str, sizes: str = "") -> dict:
+    """The grid variables of a script at a scale, read by sourcing it."""
+    names = ["CD_PROBES", "FD_PROBES", "CD_ADAM_PROBES", "ZO_LRS", "ZO_ADAM_LRS", "BPTT_SGD_LRS",
+             "BPTT_ADAM_LRS", "TASKS", "SIZES"]
+    body = [f"source {SCRIPTS / script}", f"SIZES_OVERRIDE={sizes!r}", f"define_grid {scale}"]
+    body += [f'if declare -p {n} >/dev/null 2>&1; then echo "{n}=${{{n}[*]+${{{n}[*]}}}}"; fi' for n in names]
+    body += ['echo "MAX_ITERS=$MAX_ITERS"']
+    out = subprocess.run([BASH, "-c", "\n".join(body)], env=_env(), capture_output=True, text=True,
+                         check=True).stdout
+    return {k: v.split() for k, _, v in (l.partition("=") for l in out.splitlines())}
+
+
+def per_point(g: dict) -> int:
+    return ((len(g["CD_PROBES"]) + len(g["FD_PROBES"])) * len(g["ZO_LRS"])
+            + len(g["CD_ADAM_PROBES"]) * len(g["ZO_ADAM_LRS"])
+            + len(g["BPTT_SGD_LRS"]) + len(g["BPTT_ADAM_LRS"]))
+
+
+def flag(cmd: str, name: str) -> str | None:
+    m = re.search(rf"(?:^|\s){re.escape(name)} (\S+)", cmd)
+    return m.group(1) if m else None
+
+
+def variant(cmd: str) -> str:
+    if flag(cmd, "--use_bptt") == "true":
+        return "bptt_adam" if flag(cmd, "--use_adam") == "true" else "bptt_sgd"
+    kind = "fd" if flag(cmd, "--fd_rge") == "true" else "cd"
+    return f"{kind}{flag(cmd, '--num_perturbations')}" + ("adam" if flag(cmd, "--use_adam") == "true" else "")
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("zornn_report", SCRIPTS / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_report()
+
+
+# ------------------------------------------------------------- figure 1 dry --
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_figure1_dry_run_grid(scale):
+    g = grid(FIG1, scale)
+    cmds, reports = dry_run(FIG1, "--scale", scale)
+    assert len(cmds) == per_point(g)
+    assert len(reports) == 1 and f"--figure1 results/figure1/{scale}" in reports[0]
+    assert "--tag " + scale in reports[0] and "--report results/REPORT.md" in reports[0]
+    by_variant: dict[str, set] = {}
+    for c in cmds:
+        assert flag(c, "--task") == "copy" and flag(c, "--model_type") == "DNC"
+        assert flag(c, "--overfit_to_one_batch_flag") == "true"
+        assert flag(c, "--num_heads") == "1"
+        name = Path(flag(c, "--metrics_out")).name
+        assert flag(c, "--metrics_out") == f"results/figure1/{scale}/{name}" and name.endswith(".jsonl")
+        assert flag(c, "--summary_out") == f"results/figure1/{scale}/{name[:-6]}.summary.json"
+        assert f"lr{flag(c, '--learning_rate_and_epsilon')}" in name
+        by_variant.setdefault(variant(c), set()).add(flag(c, "--learning_rate_and_epsilon"))
+    expected = {f"cd{p}": set(g["ZO_LRS"]) for p in g["CD_PROBES"]}
+    expected.update({f"fd{p}": set(g["ZO_LRS"]) for p in g["FD_PROBES"]})
+    expected.update({f"cd{p}adam": set(g["ZO_ADAM_LRS"]) for p in g["CD_ADAM_PROBES"]})
+    expected.update({"bptt_sgd": set(g["BPTT_SGD_LRS"]), "bptt_adam": set(g["BPTT_ADAM_LRS"])})
+    assert by_variant == expected
+
+
+def test_figure1_paper_scale_is_the_papers_setting():
+    cmds, _ = dry_run(FIG1, "--scale", "paper")
+    assert len(cmds) == 5 * 4   # CD-RGE@512, CD-RGE@96, FD-RGE@96, BPTT-SGD, BPTT-Adam x 4 lrs
+    for c in cmds:
+        for f, v in [("--device", "cuda"), ("--hidden_size", "1024"), ("--memory_size", "1024"),
+                     ("--head_size", "1024"), ("--input_size", "32"), ("--seq_length", "100"),
+                     ("--micro_batch_size", "1"), ("--macro_batch_size", "1")]:
+            assert flag(c, f) == v, (f, c)
+        assert "--threads" not in c
+    assert {variant(c) for c in cmds} == {"cd512", "cd96", "fd96", "bptt_sgd", "bptt_adam"}
+    zo = {flag(c, "--learning_rate_and_epsilon") for c in cmds if "bptt" not in variant(c)}
+    assert zo == {"0.1", "0.01", "0.001", "0.0001"}
+
+
+def test_figure1_cpu_scale_is_small():
+    cmds, _ = dry_run(FIG1)   # --scale cpu is the default
+    assert cmds
+    for c in cmds:
+        assert flag(c, "--device") == "cpu" and flag(c, "--threads") == "1"
+        assert int(flag(c, "--hidden_size")) <= 32 and int(flag(c, "--max_iterations")) <= 500
+
+
+def test_options_out_only_max_iters_device(tmp_path):
+    out = tmp_path / "o"
+    cmds, reports = dry_run(FIG1, "--out", str(out), "--only", "bptt", "--max-iters", "7",
+                            "--device", "cuda:1", "--report", str(tmp_path / "R.md"))
+    g = grid(FIG1, "cpu")
+    assert len(cmds) == len(g["BPTT_SGD_LRS"]) + len(g["BPTT_ADAM_LRS"])
+    for c in cmds:
+        assert flag(c, "--metrics_out").startswith(str(out) + "/")
+        assert flag(c, "--max_iterations") == "7" and flag(c, "--device") == "cuda:1"
+    assert f"--figure1 {out}" in reports[0] and f"--report {tmp_path / 'R.md'}" in reports[0]
+    cmds, reports = dry_run(FIG1, "--no-report", "--only", "cdrge32_lr0.3", "--only", "fdrge")
+    assert reports == [] and {variant(c) for c in cmds} == {"cd32", "fd8"}
+
+
+@pytest.mark.parametrize("script", [FIG1, TAB2])
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "huge"], "--scale must be cpu or paper"),
+    (["--jobs", "0"], "--jobs"),
+    (["--max-iters", "x"], "--max-iters"),
+    (["--bogus"], "unknown option"),
+    (["--out"], "needs a value"),
+])
+def test_bad_arguments_exit_2(script, args, message):
+    res = run_sh(script, "--dry-run", *args)
+    assert res.returncode == 2
+    assert message in res.stderr and "Usage" in res.stderr
+
+
+@pytest.mark.parametrize("script", [FIG1, TAB2])
+def test_help_and_empty_filter(script):
+    res = run_sh(script, "--help")
+    assert res.returncode == 0 and "Usage" in res.stdout and "--scale cpu|paper" in res.stdout
+    res = run_sh(script, "--dry-run", "--only", "no_such_run")
+    assert res.returncode == 1 and "no run name contains" in res.stderr
+
+
+def test_figure1_rejects_sizes():
+    res = run_sh(FIG1, "--dry-run", "--sizes", "tiny")
+    assert res.returncode == 2 and "reproduce_table2.sh only" in res.stderr
+
+
+# --------------------------------------------------------------- table 2 dry --
+
+@pytest.mark.parametrize("scale, sizes", [("cpu", ""), ("paper", ""), ("paper", "tiny,small,medium")])
+def test_table2_dry_run_grid(scale, sizes):
+    g = grid(TAB2, scale, sizes)
+    extra = ["--sizes", sizes] if sizes else []
+    cmds, reports = dry_run(TAB2, "--scale", scale, *extra)
+    assert len(cmds) == len(g["TASKS"]) * len(g["SIZES"]) * per_point(g)
+    assert len(reports) == 1 and f"--table2 results/table2/{scale}" in reports[0]
+    assert {flag(c, "--task") for c in cmds} == set(g["TASKS"])
+    for c in cmds:
+        assert flag(c, "--model_type") == "LSTM"
+        assert flag(c, "--overfit_to_one_batch_flag") == "false"
+        assert flag(c, "--val_interval") == flag(c, "--log_interval")
+        assert int(flag(c, "--head_size")) * int(flag(c, "--num_heads")) == int(flag(c, "--hidden_size"))
+        assert flag(c, "--metrics_out").startswith(f"results/table2/{scale}/t2_{scale}_{flag(c, '--task')}_")
+
+
+def test_table2_paper_scale_is_the_papers_setting():
+    cmds, _ = dry_run(TAB2, "--scale", "paper")
+    assert len(cmds) == 4 * 2 * (2 * 4 + 4 + 4)   # tasks x sizes x (CD-RGE@96,512 x 4 lrs + BPTT-SGD/Adam x 4)
+    assert {flag(c, "--task") for c in cmds} == {"copy", "sort", "reverse", "add"}
+    assert {flag(c, "--hidden_size") for c in cmds} == {"240", "1600"}
+    assert {variant(c) for c in cmds} == {"cd96", "cd512", "bptt_sgd", "bptt_adam"}
+    for c in cmds:
+        assert flag(c, "--seq_length") == "20" and flag(c, "--device") == "cuda"
+        assert flag(c, "--input_size") == "100"
+    cmds, _ = dry_run(TAB2, "--scale", "paper", "--sizes", "medium", "--only", "_add_")
+    assert {flag(c, "--hidden_size") for c in cmds} == {"9600"} and {flag(c, "--task") for c in cmds} == {"add"}
+
+
+def test_table2_cpu_scale_compares_cdrge32_and_bptt_on_copy_and_reverse():
+    cmds, _ = dry_run(TAB2)
+    assert {flag(c, "--task") for c in cmds} == {"copy", "reverse"}
+    kinds = {variant(c) for c in cmds}
+    assert "cd32" in kinds and {"bptt_sgd", "bptt_adam"} & kinds
+    for c in cmds:
+        assert flag(c, "--device") == "cpu" and flag(c, "--threads") == "1"
+
+
+# ------------------------------------------------------------ end to end --
+
+@pytest.mark.parametrize("script, only, kind", [
+    (FIG1, "bptt_adam_lr0.01", "figure1"),
+    (TAB2, "copy_mini_bptt_adam_lr0.01", "table2"),
+])
+def test_end_to_end_three_steps_then_skip(script, only, kind, tmp_path):
+    out, rep = tmp_path / "out", tmp_path / "rep" / "REPORT.md"
+    rep.parent.mkdir()
+    rep.write_text("# Mine\n\nhand-written intro\n")
+    args = ["--only", only, "--max-iters", "3", "--out", str(out), "--logs", str(tmp_path / "logs"),
+            "--report", str(rep), "--no-report"]
+    env = _env(ZORNN_PYTHON=sys.executable)
+    res = run_sh(script, *args, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    names = [p.name for p in out.glob("*.jsonl")]
+    assert len(names) == 1 and only in names[0]
+    records = [json.loads(l) for l in (out / names[0]).read_text().splitlines()]
+    assert records[-1]["step"] == 2 and records[-1]["optimizer"] == "BPTT-Adam"
+    assert (out / names[0].replace(".jsonl", ".summary.json")).exists()
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["runs_executed"] == 1 and info["runs_failed"] == 0 and info["scale"] == "cpu"
+    assert len(info["invocations"]) == 1 and info["invocations"][0]["command"].startswith(f"scripts/{script} ")
+    assert (tmp_path / "logs" / names[0].replace(".jsonl", ".log")).exists()
+    # the report from the saved lines, no rerun
+    assert report.main([f"--{kind}", str(out), "--tag", "cpu", "--report", str(rep), "--no-plots"]) == 0
+    text = rep.read_text()
+    assert text.startswith("# Mine\n\nhand-written intro\n") and f"BEGIN GENERATED: {kind}-cpu" in text
+    assert "Produced by `scripts/" in text
+    # a second invocation skips the finished run and leaves run_info.json alone
+    res = run_sh(script, *args, env=env)
+    assert res.returncode == 0 and "skip" in res.stdout and "1 skipped" in res.stdout
+    assert json.loads((out / "run_info.json").read_text()) == info
+    # --force reruns it; the invocation is appended
+    res = run_sh(script, *args, "--force", env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    info2 = json.loads((out / "run_info.json").read_text())
+    assert len(info2["invocations"]) == 2 and info2["wall_s_total"] >= info["wall_s_total"]
+
+
+# ----------------------------------------------------------- report data --
+
+def write_jsonl(path: Path, records) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture
+def fig1_dir(tmp_path):
+    d = tmp_path / "figure1" / "cpu"
+    d.mkdir(parents=True)
+    base = {"task": "copy", "model_type": "DNC", "params": 3481, "context_len": 14}
+
+    def run(name, opt, lr, losses, dt):
+        write_jsonl(d / f"{name}.jsonl",
+                    [dict(base, step=10 * i, train_loss=l, lr=lr, optimizer=opt, step_time_s=dt,
+                          elapsed_s=round(10 * i * dt + dt, 6)) for i, l in enumerate(losses)])
+        (d / f"{name}.summary.json").write_text("{}")
+
+    # CD-RGE@96, lr 0.1: below 0.1 first at the record of step 30 (0.1 itself at step 20 is not below)
+    run("f_cd96_lr0.1", "CD-RGE@96", 0.1, [3.0, 1.0, 0.1, 0.09, 0.05], 0.5)
+    # lr 0.01 never gets there; lr 0.3 gets there later (step 40): 0.1 wins
+    run("f_cd96_lr0.01", "CD-RGE@96", 0.01, [3.0, 2.5, 2.0, 1.5, 1.2], 0.5)
+    run("f_cd96_lr0.3", "CD-RGE@96", 0.3, [3.0, 2.0, 1.0, 0.5, 0.08], 0.5)
+    # BPTT-SGD reaches 0.1 at step 60 (0.01 s/step)
+    run("f_sgd_lr0.01", "BPTT-SGD", 0.01, [3.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.07], 0.01)
+    # FD-RGE@96 never reaches: best lr by lowest loss (0.6 at lr 0.001 beats 0.9 at lr 0.01)
+    run("f_fd96_lr0.01", "FD-RGE@96", 0.01, [3.0, 0.9, 1.0], 0.25)
+    run("f_fd96_lr0.001", "FD-RGE@96", 0.001, [3.0, 2.0, 0.6], 0.25)
+    (d / "f_fd96_lr0.01.failed").write_text("exit status 1\n")
+    return d
+
+
+def test_figure1_best_rows(fig1_dir):
+    runs = report.load([fig1_dir])
+    best = {r["optimizer"]: r for r in report.figure1_best(runs, 0.1)}
+    assert [r["optimizer"] for r in report.figure1_best(runs, 0.1)] == ["CD-RGE@96", "FD-RGE@96", "BPTT-SGD"]
+    cd = best["CD-RGE@96"]
+    assert cd["lr"] == 0.1 and cd["steps_to_threshold"] == 30
+    assert cd["seconds_to_threshold"] == pytest.approx(15.5)     # 30 * 0.5 + 0.5
+    assert cd["first_loss"] == 3.0 and cd["best_loss"] == 0.05 and cd["last_step"] == 40
+    assert cd["lrs_tried"] == [0.3, 0.1, 0.01] and cd["status"] == "ok"
+    assert best["BPTT-SGD"]["steps_to_threshold"] == 60
+    fd = best["FD-RGE@96"]
+    assert fd["lr"] == 0.001 and fd["steps_to_threshold"] is None and fd["best_loss"] == 0.6
+    assert report.figure1_run_row(runs["f_fd96_lr0.01"], 0.1)["status"] == "failed"
+
+
+def test_figure1_section_markdown_and_plots(fig1_dir, tmp_path):
+    rep = tmp_path / "out" / "REPORT.md"
+    assert report.main(["--figure1", str(fig1_dir), "--report", str(rep)]) == 0
+    text = rep.read_text()
+    assert "BEGIN GENERATED: figure1-cpu" in text and "END GENERATED: figure1-cpu" in text
+    assert "NOT the paper's scale" in text
+    assert "| CD-RGE@96 | 0.1 | 0.3, 0.1, 0.01 | 3 | 0.05 | 30 | 15.5 s | 0.5 s | 41 | ok |" in text
+    assert "| BPTT-SGD | 0.01 | 0.01 | 3 | 0.07 | 60 |" in text
+    assert "best zeroth-order CD-RGE@96 30, best BPTT BPTT-SGD 60 (BPTT/ZO step ratio 2.00)" in text
+    assert "`f_fd96_lr0.01` | FD-RGE@96 | 0.01 |" in text and "| failed |" in text
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed")
+    for name in ["figure1_cpu_loss_vs_step.png", "figure1_cpu_loss_vs_time.png"]:
+        png = rep.parent / "figures" / name
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert f"](figures/{name})" in text
+
+
+@pytest.fixture
+def table2_dir(tmp_path):
+    d = tmp_path / "table2" / "cpu"
+    d.mkdir(parents=True)
+
+    def run(name, task, opt, lr, vals, params=5415):
+        # vals: (step, elapsed_s, token acc, seq acc)
+        write_jsonl(d / f"{name}.jsonl",
+                    [{"step": s, "elapsed_s": t, "train_loss": 2.0 - a, "val_loss": 3.0 - a,
+                      "val_accuracy": a, "val_seq_accuracy": q, "lr": lr, "optimizer": opt, "task": task,
+                      "model_type": "LSTM", "params": params, "step_time_s": 0.1}
+                     for s, t, a, q in vals])
+
+    run("t2_copy_mini_cd32_lr0.1", "copy", "CD-RGE@32", 0.1,
+        [(0, 1.0, 0.1, 0.0), (10, 10.0, 0.3, 0.0), (20, 20.0, 0.5, 0.25)])
+    run("t2_copy_mini_cd32_lr0.3", "copy", "CD-RGE@32", 0.3,       # worse final accuracy: not chosen
+        [(0, 1.0, 0.1, 0.0), (10, 10.0, 0.4, 0.0), (20, 20.0, 0.45, 0.0)])
+    run("t2_copy_mini_adam_lr0.01", "copy", "BPTT-Adam", 0.01,
+        [(0, 0.1, 0.2, 0.0), (10, 1.0, 0.4, 0.0), (20, 2.0, 0.6, 0.5), (30, 3.0, 0.7, 0.6)])
+    run("t2_reverse_mini_adam_lr0.01", "reverse", "BPTT-Adam", 0.01, [(0, 0.1, 0.05, 0.0), (10, 1.0, 0.2, 0.1)])
+    return d
+
+
+def test_table2_equal_step_and_equal_time(table2_dir):
+    runs = report.load([table2_dir])
+    groups = dict(report.table2_groups(runs))
+    assert list(groups) == ["copy / LSTM mini (5,415 params)", "reverse / LSTM mini (5,415 params)"]
+    g = report.table2_group(groups["copy / LSTM mini (5,415 params)"])
+    # S = min(last validated step) = min(20, 30) = 20; W = min(last elapsed) = min(20.0, 3.0) = 3.0
+    assert g["equal_step"] == 20 and g["equal_time"] == pytest.approx(3.0)
+    rows = {r["optimizer"]: r for r in g["rows"]}
+    assert [r["optimizer"] for r in g["rows"]] == ["CD-RGE@32", "BPTT-Adam"]
+    cd, bp = rows["CD-RGE@32"], rows["BPTT-Adam"]
+    assert cd["lr"] == 0.1 and cd["lrs_tried"] == [0.3, 0.1]
+    assert (cd["step_acc"], cd["step_seq_acc"]) == (0.5, 0.25)      # its step-20 validation
+    assert (bp["step_acc"], bp["step_seq_acc"]) == (0.6, 0.5)       # step 20, not its step 30
+    assert (cd["time_acc"], cd["time_step"]) == (0.1, 0)            # by 3 s the ZO run had only step 0
+    assert (bp["time_acc"], bp["time_seq_acc"], bp["time_step"]) == (0.7, 0.6, 30)
+    assert (bp["final_acc"], bp["final_step"]) == (0.7, 30)
+
+
+def test_table2_section_markdown_and_plots(table2_dir, tmp_path):
+    rep = tmp_path / "REPORT.md"
+    assert report.main(["--table2", str(table2_dir), "--report", str(rep)]) == 0
+    text = rep.read_text()
+    assert "BEGIN GENERATED: table2-cpu" in text and "NOT the paper's scale" in text
+    assert ("| copy / LSTM mini (5,415 params) | CD-RGE@32 | 0.1 | 0.3, 0.1 | 20 | 50.0% | 25.0% | 3 s | 0 "
+            "| 10.0% | 0.0% |") in text
+    assert "|  | BPTT-Adam | 0.01 | 0.01 | 20 | 60.0% | 50.0% | 3 s | 30 | 70.0% | 60.0% |" in text
+    assert "| reverse / LSTM mini (5,415 params) | BPTT-Adam | 0.01 | 0.01 | 10 | 20.0% | 10.0% | 1 s | 10 |" in text
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed")
+    pngs = sorted((tmp_path / "figures").glob("table2_cpu_*.png"))
+    assert [p.name for p in pngs] == ["table2_cpu_copy_lstm_mini_5_415_params.png",
+                                      "table2_cpu_reverse_lstm_mini_5_415_params.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+# ------------------------------------------------------------------ markers --
+
+def test_report_keeps_hand_written_text_and_replaces_only_its_section(fig1_dir, table2_dir, tmp_path):
+    rep = tmp_path / "REPORT.md"
+    rep.write_text("# Report\n\nintro by hand\n\n"
+                   f"{report.begin_marker('figure1-cpu')}\nSTALE FIGURE 1\n{report.end_marker('figure1-cpu')}\n\n"
+                   "## Discussion\n\nhand-written discussion\n\n"
+                   f"{report.begin_marker('figure1-paper')}\npaper section, other tag\n"
+                   f"{report.end_marker('figure1-paper')}\n\nclosing words\n")
+    args = ["--figure1", str(fig1_dir), "--report", str(rep), "--no-plots"]
+    assert report.main(args) == 0
+    once = rep.read_text()
+    assert "STALE FIGURE 1" not in once and "| CD-RGE@96 | 0.1 |" in once
+    for kept in ["# Report\n\nintro by hand\n\n", "## Discussion\n\nhand-written discussion\n",
+                 "paper section, other tag", "closing words\n"]:
+        assert kept in once
+    assert once.index("intro by hand") < once.index("| CD-RGE@96 |") < once.index("## Discussion")
+    assert once.count("BEGIN GENERATED: figure1-cpu") == 1
+    assert report.main(args) == 0
+    assert rep.read_text() == once                               # regenerating is idempotent
+    assert report.main(["--table2", str(table2_dir), "--report", str(rep), "--no-plots"]) == 0
+    both = rep.read_text()
+    assert both.startswith(once) and "BEGIN GENERATED: table2-cpu" in both   # a new section is appended
+
+
+def test_report_refuses_unmatched_marker(fig1_dir, tmp_path):
+    rep = tmp_path / "REPORT.md"
+    rep.write_text(f"text\n{report.begin_marker('figure1-cpu')}\nno end marker\n")
+    with pytest.raises(ValueError, match="unmatched marker"):
+        report.main(["--figure1", str(fig1_dir), "--report", str(rep), "--no-plots"])
+    assert rep.read_text() == f"text\n{report.begin_marker('figure1-cpu')}\nno end marker\n"
+
+
+def test_report_with_no_runs_fails(tmp_path):
+    assert report.main(["--figure1", str(tmp_path), "--report", str(tmp_path / "R.md"), "--no-plots"]) == 1
+    assert not (tmp_path / "R.md").exists()
