@@ -103,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ZO_ONLY_FLAGS = ("num_perturbations", "fd_rge", "antithetic_sampling", "probe_normalization", "gradient_normalization",
+                 "probe_dropout_rate", "distribution", "epsilon_tying_ratio", "models_per_pass", "time_chunk")
+
+
+def warn_ignored(parser: argparse.ArgumentParser, args) -> None:
+    """Say once which given flags a run ignores (the zeroth-order ones under --use_bptt true)."""
+    if not args.use_bptt:
+        return
+    ignored = [f"--{f}" for f in ZO_ONLY_FLAGS if getattr(args, f) != parser.get_default(f)]
+    if ignored:
+        print(f"note: {', '.join(ignored)} only apply to CD/FD-RGE and are ignored with --use_bptt true",
+              file=sys.stderr)
+
+
 def config_from_args(args):
     from models import ModelConfig, apply_scale
     from train.series import SeriesConfig
@@ -143,6 +157,7 @@ def main(argv=None) -> int:
         if args.unit_test:
             from train.unit_table import run_unit_table
             return run_unit_table(args, argv if argv is not None else sys.argv[1:])
+        warn_ignored(parser, args)
         cfg = config_from_args(args)
         from train.series import run_series
         summary = run_series(cfg)
