@@ -51,7 +51,7 @@ from torch import nn
 
 from models.config import ModelConfig
 from models.lstm import LSTMModel, _uniform
-from models.lstm_backends import state_dtype
+from models.lstm_backends import recurrence, state_dtype
 
 COS_EPS = 1e-6
 MEM_INIT_SEED = 0x0D1C
@@ -128,9 +128,13 @@ class DNCModel(nn.Module):
     # ------------------------------------------------------------------ one step of the memory
     def memory_step(self, h_BH: torch.Tensor, mem_BNW: torch.Tensor):
         """Interface from h_t, write to the memory, read from the updated memory -> (reads, mem)."""
+        xi = (h_BH.to(self.W_iface.dtype) @ self.W_iface + self.b_iface).to(mem_BNW.dtype)
+        return self.memory_step_from_interface(xi, mem_BNW)
+
+    def memory_step_from_interface(self, xi: torch.Tensor, mem_BNW: torch.Tensor):
+        """Write then read given the interface vectors xi [B, iface] (state dtype) -> (reads, mem).
+        Parameter-free, so the stacked path runs it with K models folded into the batch."""
         R, W = self.R, self.W
-        sdt = mem_BNW.dtype
-        xi = (h_BH.to(self.W_iface.dtype) @ self.W_iface + self.b_iface).to(sdt)
         k_r, beta_r, k_w, beta_w, erase, add = xi.split([R * W, R, W, 1, W, W], dim=-1)
         B = xi.shape[0]
         w_w = content_weights(mem_BNW, k_w.unsqueeze(1), strength(beta_w))[:, 0]     # [B, N]
@@ -164,6 +168,70 @@ class DNCModel(nn.Module):
         out = torch.stack(outs, dim=1)                                 # [B, T, H + R*W]
         logits = out.to(ctl.W_out.dtype) @ ctl.W_out + ctl.b_out
         return logits, (h, c, mem, reads)
+
+    # ------------------------------------------------------------------ K models in one pass
+    @staticmethod
+    def _controller_params(P: dict) -> dict:
+        pre = "controller."
+        return {n[len(pre):]: v for n, v in P.items() if n.startswith(pre)}
+
+    def init_state_stacked(self, P: dict, batch_size: int):
+        """Initial state of K stacked models (K = leading axis of every tensor of P): controller
+        heads folded as h, c [K*Nh, B, Dh]; K folded into the batch as M [K*B, N, W], reads [K*B, R, W]
+        (row k*B + b is model k, sequence b)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        K = P["W_iface"].shape[0]
+        h, c = self.controller.init_state_stacked(self._controller_params(P), batch_size)
+        sdt = state_dtype(P["W_iface"].dtype)
+        mem = self.mem_init.to(sdt).unsqueeze(0).expand(K * batch_size, self.N, self.W).contiguous()
+        reads = torch.zeros(K * batch_size, self.R, self.W, dtype=sdt, device=mem.device)
+        return h, c, mem, reads
+
+    def forward_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, state):
+        """Logits [K, B, Tc, V] of K DNCs whose parameters are stacked on a leading axis of each
+        tensor of P (names as in `named_parameters()`), all on the same tokens, and the state after.
+
+        Exactly what K separate `forward_chunk` calls compute, vectorised over K: every
+        parameter-dependent projection is a batched matmul over K, the controller recurrence runs
+        K*Nh heads at once, and the (parameter-free) memory ops see K folded into the batch."""
+        if tokens_BT.dim() != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tuple(tokens_BT.shape)}")
+        ctl = self.controller
+        Pc = self._controller_params(P)
+        K = P["W_iface"].shape[0]
+        B, T = tokens_BT.shape
+        h, c, mem, reads = state
+        Nh, Dh, H, I, R, W = ctl.N, ctl.D, self.H, self.I, self.R, self.W
+        if (mem.shape != (K * B, self.N, W) or reads.shape != (K * B, R, W)
+                or h.shape[:2] != (K * Nh, B)):
+            raise ValueError(f"stacked state does not match K={K} models and batch {B}: memory "
+                             f"{tuple(mem.shape)}, reads {tuple(reads.shape)}, h {tuple(h.shape)}; "
+                             f"build it with init_state_stacked(P, {B})")
+        sdt = mem.dtype
+        W_in = Pc["W_in"]                                                   # [K, I + R*W, 4H]
+        W_emb, W_read = W_in[:, :I], W_in[:, I:]
+        x = Pc["embedding"][:, tokens_BT.reshape(-1)]                       # [K, B*T, I]
+        x_emb = torch.bmm(x.to(W_emb.dtype), W_emb).to(sdt).view(K, B, T, 4 * H)
+        R_rec = Pc["R"].permute(1, 0, 2, 3, 4).reshape(4, K * Nh, Dh, Dh)
+        b_rec = Pc["b"].permute(1, 0, 2, 3).reshape(4, K * Nh, Dh)
+        W_if, b_if = P["W_iface"], P["b_iface"].unsqueeze(1)                # [K, H, iface], [K, 1, iface]
+        outs = []
+        for t in range(T):
+            rg = torch.bmm(reads.view(K, B, R * W).to(W_read.dtype), W_read).to(sdt)   # [K, B, 4H]
+            xg = (x_emb[:, :, t] + rg).view(K, B, 4, Nh, Dh).permute(0, 3, 1, 2, 4)
+            xg = xg.reshape(K * Nh, B, 4, Dh)
+            hs, (h, c) = recurrence(xg.unsqueeze(0), R_rec, b_rec, h, c, backend=self.cfg.backend)
+            h_KBH = hs[0].view(K, Nh, B, Dh).permute(0, 2, 1, 3).reshape(K, B, H)
+            xi = torch.baddbmm(b_if, h_KBH.to(W_if.dtype), W_if).to(sdt)              # [K, B, iface]
+            reads, mem = self.memory_step_from_interface(xi.view(K * B, -1), mem)
+            outs.append(torch.cat([h_KBH.to(sdt), reads.view(K, B, R * W)], dim=-1))
+        W_out, b_out = Pc["W_out"], Pc["b_out"]
+        if not outs:
+            return x_emb.new_zeros((K, B, 0, W_out.shape[-1]), dtype=W_out.dtype), (h, c, mem, reads)
+        out = torch.stack(outs, dim=2).reshape(K, B * T, H + R * W)
+        logits = torch.baddbmm(b_out.unsqueeze(1), out.to(W_out.dtype), W_out)
+        return logits.view(K, B, T, -1), (h, c, mem, reads)
 
     def forward(self, tokens_BT: torch.Tensor, state=None, *, time_chunk: int = 0):
         """Logits for the whole sequence (chunked internally when time_chunk > 0)."""

@@ -161,3 +161,90 @@ def test_determinism():
     x = tokens()
     with torch.inference_mode():
         assert torch.equal(a(x)[0], b(x)[0])
+
+
+# ---------------------------------------------------------------- K models in one pass
+def _stacked_params(models):
+    names = [n for n, _ in models[0].named_parameters()]
+    P = {}
+    for n in names:
+        P[n] = torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+    return P
+
+
+@pytest.mark.parametrize("kw", [{}, dict(hidden_size=12, controller_heads=3, head_size=5, memory_size=6, num_heads=3)])
+def test_stacked_equals_separate_models(kw):
+    from models import supports_stacked
+    K = 3
+    base = model_(**kw)
+    assert supports_stacked(base)
+    # K random parameter sets, each loaded into its own DNCModel via load_state_dict
+    sets = [model_(seed=10 + k, **kw).state_dict() for k in range(K)]
+    models = []
+    for sd in sets:
+        m = model_(seed=99, **kw)
+        m.load_state_dict(sd)
+        models.append(m)
+    P = _stacked_params(models)
+    assert P["W_iface"].shape[0] == K and "controller.W_in" in P
+    x = tokens(B=3, T=7, seed=4)
+    chunks = [x[:, :4], x[:, 4:]]
+    with torch.inference_mode():
+        st = base.init_state_stacked(P, 3)
+        outs = []
+        for ch in chunks:
+            lg, st = base.forward_chunk_stacked(P, ch, st)
+            assert lg.shape == (K, 3, ch.shape[1], base.cfg.vocab_size)
+            outs.append(lg)
+        stacked = torch.cat(outs, dim=2)
+        h, c, mem, reads = st
+        Nh = base.controller.N
+        for k, m in enumerate(models):
+            ref, (rh, rc, rmem, rreads) = m(x, time_chunk=4)
+            torch.testing.assert_close(stacked[k], ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h[k * Nh:(k + 1) * Nh], rh, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(c[k * Nh:(k + 1) * Nh], rc, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(mem[k * 3:(k + 1) * 3], rmem, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(reads[k * 3:(k + 1) * 3], rreads, atol=1e-5, rtol=1e-5)
+    # the models really differ (so the comparison is not vacuous)
+    assert (stacked[0] - stacked[1]).abs().max() > 1e-3
+
+
+def test_stacked_rejects_mismatched_state():
+    m = model_()
+    P = _stacked_params([m, m])
+    with pytest.raises(ValueError, match="init_state_stacked"):
+        m.forward_chunk_stacked(P, tokens(B=3), m.init_state_stacked(P, 2))
+
+
+def test_stacked_bf16_runs_and_matches_separate():
+    K = 2
+    models = [model_("bfloat16", seed=20 + k) for k in range(K)]
+    P = _stacked_params(models)
+    x = tokens(B=2, T=6)
+    with torch.inference_mode():
+        st = models[0].init_state_stacked(P, 2)
+        lg1, st = models[0].forward_chunk_stacked(P, x[:, :3], st)
+        lg2, st = models[0].forward_chunk_stacked(P, x[:, 3:], st)
+        lg = torch.cat([lg1, lg2], dim=2)
+        assert lg.dtype == torch.bfloat16 and st[2].dtype == torch.float32
+        assert torch.isfinite(lg.float()).all()
+        for k, m in enumerate(models):
+            ref, _ = m(x, time_chunk=3)
+            err = (lg[k].float() - ref.float()).abs().max().item()
+            assert err < 0.02 + 0.02 * ref.float().abs().max().item(), err
+
+
+def test_stacked_batch_loss_matches_batch_loss():
+    from tasks import Batch
+    from train.evaluate import batch_loss, stacked_batch_loss
+    models = [model_(seed=30 + k) for k in range(3)]
+    P = _stacked_params(models)
+    x = tokens(B=4, T=9, seed=7)
+    y = tokens(B=4, T=9, seed=8)
+    batch = Batch(inputs=x, targets=y)
+    with torch.inference_mode():
+        losses = stacked_batch_loss(models[0], P, batch, time_chunk=4, micro_batch_size=3)
+        ref = torch.stack([batch_loss(m, batch, time_chunk=4) for m in models])
+    assert losses.shape == (3,)
+    torch.testing.assert_close(losses, ref, atol=1e-5, rtol=1e-5)
