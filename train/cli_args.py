@@ -25,44 +25,23 @@ def add_bool(p: argparse.ArgumentParser, name: str, default: bool, help: str = "
                    help=f"{help} (default {str(default).lower()})", **kw)
 
 
-def positive_int(v) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {i}")
-    return i
+def _bounded(cast, kind: str, *, strict: bool):
+    """An argparse type: `cast` the value and require > 0 (strict) or >= 0; NaN is refused."""
+    def parse(v):
+        try:
+            x = cast(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {v!r}") from None
+        if not (x > 0 if strict else x >= 0):
+            raise argparse.ArgumentTypeError(f"must be {'> 0' if strict else '>= 0'}, got {x}")
+        return x
+    return parse
 
 
-def nonneg_int(v) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if i < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {i}")
-    return i
-
-
-def positive_float(v) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {f}")
-    return f
-
-
-def nonneg_float(v) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not f >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {f}")
-    return f
+positive_int = _bounded(int, "an integer", strict=True)
+nonneg_int = _bounded(int, "an integer", strict=False)
+positive_float = _bounded(float, "a number", strict=True)
+nonneg_float = _bounded(float, "a number", strict=False)
 
 
 DISTRIBUTION_ALIASES = {"rad": "rademacher", "rademacher": "rademacher", "normal": "normal", "gaussian": "normal",
