@@ -62,25 +62,69 @@ def supports_stacked(model) -> bool:
     return hasattr(model, "forward_chunk_stacked")
 
 
+def _fused_chunk(cfg: ModelConfig, device) -> bool:
+    """Whether the LSTM's chunk forward takes the fused path on this device (auto resolved once)."""
+    if cfg.model_type != "LSTM":
+        return False
+    from models.lstm_backends import resolve_backend
+    return resolve_backend(cfg.backend, device, getattr(torch, cfg.dtype)) in ("fused", "fused_bmm")
+
+
+def forward_flops(cfg: ModelConfig, *, batch_size: int, T: int) -> float:
+    """Model FLOPs of one forward: 2 * params * tokens (the bench's and the paper's convention)."""
+    return 2.0 * param_count(cfg) * batch_size * T
+
+
+def stacked_model_bytes(cfg: ModelConfig, *, batch_size: int, time_chunk: int, fused: bool = True) -> int:
+    """Device bytes one more stacked model adds to a forward pass: its perturbed parameters and its
+    share of the working set (fused LSTM: padded recurrent weight, input table, c, hs of Tc+1 steps)."""
+    P, b = param_count(cfg), cfg.dtype_bytes
+    H, V = cfg.hidden_size, cfg.vocab_size
+    if fused:
+        from models.lstm_fused import step_tiles
+        N = cfg.lstm_heads
+        Dk = step_tiles(cfg.lstm_head_size)[0]
+        work = (N * Dk * 4 * Dk * b + V * N * 4 * Dk * 4 + batch_size * N * Dk * (4 + (time_chunk + 1) * b)
+                + N * Dk * V * b + time_chunk * batch_size * V * 4 * 3)
+    else:
+        work = estimate_memory_bytes(cfg, batch_size=batch_size, time_chunk=time_chunk, zo=False) - \
+            estimate_memory_bytes(cfg, batch_size=0, time_chunk=0, zo=False)
+    return int(P * b + work)
+
+
 def auto_models_per_pass(cfg: ModelConfig, *, device, batch_size: int, time_chunk: int, wanted: int,
-                         budget_fraction: float = 0.25) -> int:
-    """How many perturbed copies of the model to evaluate per forward: as many as `wanted`, within
-    `budget_fraction` of the free memory (each copy holds its parameters and its working set)."""
-    one = estimate_memory_bytes(cfg, batch_size=batch_size, time_chunk=time_chunk, zo=False) - \
-        estimate_memory_bytes(cfg, batch_size=0, time_chunk=0, zo=False) + param_count(cfg) * cfg.dtype_bytes
+                         budget_fraction: float = 0.25, work_flops: float = 3e12) -> int:
+    """How many perturbed copies of the model to evaluate per forward pass.
+
+    Enough that one pass carries `work_flops` of model FLOPs (so launch and per-pass costs stay a few
+    percent of it), never more than `wanted`, and all within `budget_fraction` of the free memory.
+    Small models get every probe in one pass; a 1B model gets one (the per-probe path, which needs no
+    stacked copy at all); the count is even where possible (a probe's two signs share a pass)."""
+    one = stacked_model_bytes(cfg, batch_size=batch_size, time_chunk=time_chunk, fused=_fused_chunk(cfg, device))
     fit = int(budget_fraction * available_memory_bytes(device) // max(one, 1))
-    return max(1, min(wanted, fit))
+    enough = -(-int(work_flops) // max(1, int(forward_flops(cfg, batch_size=batch_size, T=time_chunk))))
+    m = max(1, min(wanted, fit, enough))
+    if 1 < m < wanted and m % 2:
+        m = m + 1 if m + 1 <= min(wanted, fit) else m - 1
+    return m
 
 
 def auto_time_chunk(cfg: ModelConfig, *, device, batch_size: int, models: int = 1, T: int = 64,
-                    budget_fraction: float = 0.125) -> int:
-    """Time steps per forward chunk: the largest (at most T) whose input-gate buffers for `models`
-    stacked copies (about three of [B, Tc, 4H] in the weight dtype) fit in `budget_fraction` of the
-    free memory. Memory then stays flat in the sequence length."""
+                    budget_fraction: float = 0.125, floor_bytes: int = 1 << 30) -> int:
+    """Time steps per forward chunk; memory then stays flat in the sequence length.
+
+    Fused LSTM: the chunk's hidden states (Tc+1 steps of [B, H] per model) are kept within half the
+    models' parameter bytes, or 1 GiB, whichever is more; so a 1B model runs one step per chunk and
+    small models whole sequences. Other paths: about three [B, Tc, 4H] input-gate buffers per model
+    within `budget_fraction` of the free memory."""
+    if _fused_chunk(cfg, device):
+        per_step = models * batch_size * cfg.hidden_size * 1.1 * cfg.dtype_bytes
+        budget = max(0.5 * models * param_count(cfg) * cfg.dtype_bytes, floor_bytes)
+        return max(1, min(T, int(budget // per_step) - 1))
     per_step = 3 * models * batch_size * 4 * cfg.hidden_size * cfg.dtype_bytes
     fit = int(budget_fraction * available_memory_bytes(device) // max(per_step, 1))
     return max(1, min(T, fit))
 
 
-__all__ = ["auto_time_chunk", "supports_stacked", "auto_models_per_pass", "ModelConfig", "MODEL_TYPES", "SIZE_PRESETS", "preset", "apply_scale", "param_count",
+__all__ = ["auto_time_chunk", "stacked_model_bytes", "forward_flops", "supports_stacked", "auto_models_per_pass", "ModelConfig", "MODEL_TYPES", "SIZE_PRESETS", "preset", "apply_scale", "param_count",
            "estimate_memory_bytes", "format_bytes", "build_model", "check_fits", "available_memory_bytes"]

@@ -68,8 +68,10 @@ class LSTMModel(nn.Module):
         return h_NBD.permute(1, 0, 2).reshape(B, N * D)
 
     # ------------------------------------------------------------------ forward
-    def _fused(self) -> bool:
-        return resolve_backend(self.cfg.backend, self.W_in.device, self.W_in.dtype) == "fused"
+    def _fused(self) -> str | None:
+        """The fused chunk implementation to use ('fused' or 'fused_bmm'), or None."""
+        bk = resolve_backend(self.cfg.backend, self.W_in.device, self.W_in.dtype)
+        return bk if bk in ("fused", "fused_bmm") else None
 
     def forward_chunk(self, tokens_BT: torch.Tensor, state):
         """Logits [B, Tc, V] for one chunk of tokens, and the state after it."""
@@ -95,15 +97,25 @@ class LSTMModel(nn.Module):
         c = P["c0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D).contiguous()
         return h, c
 
+    def prepare_stacked(self, P: dict) -> dict | None:
+        """P with the per-pass weight layouts of the fused forward built once (reuse it for every
+        chunk of a pass while P's values are unchanged), or None when the backend needs none."""
+        if self._fused() != "fused":
+            return None
+        from models.lstm_fused import prepare_fused
+        return prepare_fused(P, num_heads=self.N)
+
     def forward_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, state):
         """Logits [K, B, Tc, V] of K models whose parameters are stacked on a leading axis of each
         tensor of P (same names as the module's parameters), all on the same tokens.
 
         The K recurrences run as one: the probe axis is folded into the head axis, so a step is a
         single batched matmul over K*N heads. Projections are batched matmuls over K."""
-        if self._fused():
-            from models.lstm_fused import forward_chunk_stacked_fused
-            return forward_chunk_stacked_fused(P, tokens_BT, state, num_heads=self.N)
+        impl = self._fused()
+        if impl is not None:
+            from models import lstm_fused
+            fwd = lstm_fused.forward_chunk_stacked_fused if impl == "fused" else lstm_fused.forward_chunk_stacked_bmm
+            return fwd(P, tokens_BT, state, num_heads=self.N)
         K = P["W_in"].shape[0]
         B, T = tokens_BT.shape
         N, D, H = self.N, self.D, self.H

@@ -8,8 +8,11 @@ head's hidden units: pre[g, n] = x[g, n] + h[n] @ R[g, n] + b[g, n].
 
 Backends:
 - `torch`: the pure-torch reference; runs on CPU and GPU; every other backend is tested against it.
-- `fused`: cuBLAS baddbmm + one Triton cell kernel per step, heads padded to a multiple of 8
-  (models/lstm_fused.py).
+- `fused`: for the model's chunk forward, one Triton kernel per step computing the recurrent GEMM
+  with the LSTM cell as its epilogue and the input projection looked up per token; for a bare
+  recurrence (as here, with precomputed input gates, e.g. the DNC's controller), cuBLAS baddbmm + one
+  Triton cell kernel per step. Heads are zero-padded (models/lstm_fused.py).
+- `fused_bmm`: the cuBLAS baddbmm + Triton cell path for the chunk forward too (kept for comparison).
 - `auto`: `fused` when it is available and passes a one-time numeric check against `torch` on this
   device, else `torch`; the choice is printed once. It never picks a FlashRNN backend.
 - `flashrnn_vanilla`, `flashrnn_cuda`, `flashrnn_cuda_fused`, `flashrnn_triton_fused`: FlashRNN's backends
@@ -24,7 +27,7 @@ import sys
 
 from models.lstm_flashrnn import FLASHRNN_BACKENDS, recurrence_flashrnn
 
-BACKENDS = ("torch", "fused", "auto") + FLASHRNN_BACKENDS
+BACKENDS = ("torch", "fused", "fused_bmm", "auto") + FLASHRNN_BACKENDS
 _AUTO_CHOICE: dict = {}
 
 
@@ -77,11 +80,33 @@ def _check_fused(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
     try:
         ref, (hr, cr) = recurrence_torch(xg, R, b, h, c)
         out, (ho, co) = lstm_fused.recurrence_fused(xg, R, b, h, c)
+        err_chunk = _check_fused_chunk(device, dtype)
     except Exception as e:  # a broken toolchain must not take the run down: report and use torch
         return False, f"fused backend failed its check: {type(e).__name__}: {e}"
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    err = max(float((ref.float() - out.float()).abs().max()), float((cr - co).abs().max()))
+    err = max(float((ref.float() - out.float()).abs().max()), float((cr - co).abs().max()), err_chunk)
     return (err < tol), f"max abs error {err:.2e} vs reference (tolerance {tol:g})"
+
+
+def _check_fused_chunk(device: torch.device, dtype: torch.dtype) -> float:
+    """Max abs logit difference of the fused chunk forward (GEMM + cell kernel) against the torch
+    path, two stacked models, two chunks, a batch that is not a multiple of the kernel's tile."""
+    from models.config import ModelConfig
+    from models.lstm import LSTMModel
+    from models import lstm_fused
+    g = torch.Generator().manual_seed(4321)
+    cfg = ModelConfig(vocab_size=13, input_size=10, hidden_size=60, num_heads=3, dtype=str(dtype).replace("torch.", ""),
+                      backend="torch")
+    m = LSTMModel(cfg, generator=g, device=device)
+    P = {n: torch.stack([p, p * 0.9]) for n, p in m.named_parameters()}
+    tok = torch.randint(0, 13, (37, 6), generator=g).to(device)
+    with torch.inference_mode():
+        ref, st = m.forward_chunk_stacked(P, tok[:, :3], m.init_state_stacked(P, 37))
+        ref2, _ = m.forward_chunk_stacked(P, tok[:, 3:], st)
+        Pf = lstm_fused.prepare_fused(P, num_heads=3)
+        out, st = lstm_fused.forward_chunk_stacked_fused(Pf, tok[:, :3], m.init_state_stacked(P, 37), num_heads=3)
+        out2, _ = lstm_fused.forward_chunk_stacked_fused(Pf, tok[:, 3:], st, num_heads=3)
+    return max(float((ref.float() - out.float()).abs().max()), float((ref2.float() - out2.float()).abs().max()))
 
 
 def resolve_backend(backend: str, device, dtype: torch.dtype) -> str:
@@ -112,5 +137,5 @@ def recurrence(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD, *, backend: str = "torch")
     from models import lstm_fused
     ok, why = lstm_fused.available()
     if not ok:
-        raise ValueError(f"LSTM backend 'fused' is not available here: {why}. Use --lstm_backend torch.")
+        raise ValueError(f"LSTM backend {backend!r} is not available here: {why}. Use --lstm_backend torch.")
     return lstm_fused.recurrence_fused(xg_TNB4D, R_4NDD, b_4ND, h_NBD, c_NBD)

@@ -106,8 +106,137 @@ def _cell_out(pre, bias, c, h_view, hs_t, *, B: int, N: int, hs_k_stride: int, b
                                BLOCK=block, num_warps=4)
 
 
-def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):
-    """Logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each tensor of P).
+# ---------------------------------------------------------------------------------------------
+# Backend `fused`: the recurrent GEMM with the cell as its epilogue (models/_lstm_step_triton.py)
+
+_MAX_BD = 64
+
+
+def step_tiles(D: int) -> tuple[int, int, int]:
+    """(Dk, BD, BK) for head size D: the padded head size Dk and the unit / reduction tile sizes.
+
+    BD is the largest of 64, 32, 16 whose padding stays within 10% of the minimal (multiple of 16)
+    padding; BK is the largest of 64, 32, 16 dividing Dk. E.g. D=20 -> 32, D=300 -> 320, D=850 -> 896."""
+    dk_min = -(-D // 16) * 16
+    for bd in (_MAX_BD, 32, 16):
+        dk = -(-D // bd) * bd
+        if dk <= 1.1 * dk_min or bd == 16:
+            break
+    bk = next(x for x in (64, 32, 16) if dk % x == 0)
+    return dk, bd, bk
+
+
+def default_step_config(B: int, BD: int) -> dict:
+    bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
+    return {"BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3}
+
+
+def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
+               BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3) -> None:
+    """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernel).
+
+    h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk); w [K*N, Dk, 4*Dk]; g [K, V, N, 4*Dk]
+    fp32; tok [B, *] int64; c_in / c_out [K*N, B, Dk] fp32 (may be the same tensor)."""
+    import triton
+    from models._lstm_step_triton import lstm_step_kernel
+    B = c_in.shape[1]
+    V = g.shape[1]
+    for h in (h_in, h_out):
+        assert h.shape == (K, B, N, Dk) and h.stride(-1) == 1 and h.stride(-2) == Dk and h.stride(-3) == N * Dk
+    assert w.is_contiguous() and g.is_contiguous() and c_in.is_contiguous() and c_out.is_contiguous()
+    assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and g.dtype == torch.float32
+    grid = (Dk // BD, triton.cdiv(B, BM), K * N)
+    lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
+                           h_out.stride(0), N * Dk, Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot,
+                           IEEE=(w.dtype == torch.float32), num_warps=num_warps, num_stages=num_stages)
+
+
+def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 28):
+    """G [K, V, N, 4*Dk] fp32 = emb @ W_in + b, per token, in the padded gate layout.
+
+    The input of the LSTM is an embedded token, so its input projection takes only V distinct values
+    per model: computing them once per forward replaces the [B, T, I] x [I, 4H] GEMM by a lookup."""
+    K, V, I = emb.shape
+    G = torch.zeros(K, V, N, 4, Dk, dtype=torch.float32, device=emb.device)
+    per = max(1, chunk_bytes // max(1, I * W_in.shape[-1] * 4))
+    for k0 in range(0, K, per):
+        k1 = min(K, k0 + per)
+        x = torch.bmm(emb[k0:k1].float(), W_in[k0:k1].float())              # [k, V, 4H] as (4, N, D)
+        x = x.view(k1 - k0, V, 4, N, D).add_(b[k0:k1].float().view(k1 - k0, 1, 4, N, D))
+        G[k0:k1, :, :, :, :D] = x.permute(0, 1, 3, 2, 4)
+    return G.view(K, V, N, 4 * Dk)
+
+
+def prepare_fused(P: dict, *, num_heads: int) -> dict:
+    """P plus the per-pass layouts of the fused forward, built once for all chunks of a pass:
+    the input table G = emb @ W_in + b (fp32, [K, V, N, 4*Dk]), the padded recurrent weight
+    [K*N, Dk, 4*Dk] and the padded output weight [K, N*Dk, V]. Valid while P's values are unchanged."""
+    W_in, R, b, W_out = P["W_in"], P["R"], P["b"], P["W_out"]
+    K = W_in.shape[0]
+    N = num_heads
+    D = R.shape[-1]
+    Dk, BD, BK = step_tiles(D)
+    V = W_out.shape[-1]
+    dt, dev = W_in.dtype, W_in.device
+    G = _input_table(P["embedding"], W_in, b, N=N, D=D, Dk=Dk)
+    W = torch.zeros(K, N, Dk, 4, Dk, dtype=dt, device=dev)
+    W[:, :, :D, :, :D] = R.permute(0, 2, 3, 1, 4)                          # [K, N, Din, 4, Dout]
+    Wout = torch.zeros(K, N, Dk, V, dtype=dt, device=dev)
+    Wout[:, :, :D] = W_out.view(K, N, D, V)
+    out = dict(P)
+    out["_fused"] = {"G": G, "W": W.view(K * N, Dk, 4 * Dk), "Wout": Wout.view(K, N * Dk, V),
+                     "K": K, "N": N, "D": D, "Dk": Dk, "BD": BD, "BK": BK}
+    return out
+
+
+def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
+    """Backend `fused`: logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each
+    tensor of P), all on the same tokens; one kernel per time step for all K*N heads.
+
+    P may come from `prepare_fused` (layouts built once per pass) or be the raw parameters (built
+    here). Per step: `lstm_step_kernel` (GEMM + cell). After the chunk: one batched GEMM for the
+    output projection of all its steps. Hidden states live in hs [K, Tc, B, N, Dk], so the working
+    set grows with the chunk, never with T; states pass between chunks without copies.
+
+    state: (h, c) as [K*N, B, D] (e.g. init_state_stacked), or as returned by a previous chunk:
+    h [K, B, N, Dk] in the weight dtype (a view of that chunk's hs) and c [K*N, B, Dk] fp32, both
+    zero-padded. Returns (logits, (h, c)) in the latter form."""
+    if "_fused" not in P:
+        P = prepare_fused(P, num_heads=num_heads)
+    f = P["_fused"]
+    G, W, Wout, K, N, D, Dk, BD, BK = (f[k] for k in ("G", "W", "Wout", "K", "N", "D", "Dk", "BD", "BK"))
+    V = Wout.shape[-1]
+    B, T = tokens_BT.shape
+    dt, dev = W.dtype, W.device
+    h0, c0 = state
+    B_ = h0.shape[-3] if h0.dim() == 4 else h0.shape[1]
+    if B_ != B or h0.shape[-1] not in (D, Dk) or c0.shape[-1] not in (D, Dk):
+        raise ValueError(f"state of shape {tuple(h0.shape)} / {tuple(c0.shape)} does not fit a batch of {B} "
+                         f"rows with head size {D} (padded {Dk})")
+    if h0.dim() == 4 and h0.dtype == dt and h0.stride(-1) == 1 and h0.stride(-2) == Dk and h0.stride(-3) == N * Dk:
+        h_in = h0                                           # a previous chunk's state: no copy
+    else:                                               # [K*N, B, D] (e.g. init_state): pad once
+        h_in = torch.zeros(K, B, N, Dk, dtype=dt, device=dev)
+        h_in[..., :h0.shape[-1]] = h0.reshape(K, N, B, -1).transpose(1, 2)
+    if c0.shape[-1] == Dk and c0.dtype == torch.float32 and c0.is_contiguous():
+        c_in = c0                                           # read only: step 0 writes a new buffer
+    else:
+        c_in = torch.zeros(K * N, B, Dk, dtype=torch.float32, device=dev)
+        c_in[..., :c0.shape[-1]] = c0
+    c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
+    hs = torch.empty(K, T, B, N, Dk, dtype=dt, device=dev)
+    tok = tokens_BT if tokens_BT.dtype == torch.int64 else tokens_BT.long()
+    cfg = dict(default_step_config(B, BD), **(step_config or {}))
+    for t in range(T):
+        lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
+                   K=K, N=N, Dk=Dk, BD=BD, BK=BK, **cfg)
+    logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, N * Dk), Wout)   # [K, T*B, V]
+    logits = logits.view(K, T, B, V).transpose(1, 2)
+    return logits, (hs[:, T - 1], c)
+
+
+def forward_chunk_stacked_bmm(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):
+    """Backend `fused_bmm`: logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each tensor of P).
 
     Per step and head, one GEMM computes the input and recurrent gates together:
         pre[kn] = [x_t | h[kn]] @ [W_in[kn] ; R[kn]]        A = [K*N, B, Ip+Dp], Wcat = [K*N, Ip+Dp, 4*Dp]

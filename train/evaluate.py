@@ -15,8 +15,15 @@ def chunked_accumulator(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor
     state = model.init_state(inputs_BT.shape[0])
     T = inputs_BT.shape[1]
     step = time_chunk if time_chunk > 0 else T
+    # a backend with per-pass weight layouts builds them once, not once per chunk (K = 1 stacked)
+    prep = getattr(model, "prepare_stacked", None)
+    P1 = prep({n: p.unsqueeze(0) for n, p in model.named_parameters()}) if prep is not None else None
     for t0 in range(0, T, step):
-        logits, state = model.forward_chunk(inputs_BT[:, t0:t0 + step], state)
+        if P1 is not None:
+            logits, state = model.forward_chunk_stacked(P1, inputs_BT[:, t0:t0 + step], state)
+            logits = logits[0]
+        else:
+            logits, state = model.forward_chunk(inputs_BT[:, t0:t0 + step], state)
         acc.update(logits, targets_BT[:, t0:t0 + step])
     return acc
 
@@ -53,6 +60,8 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     step = time_chunk if time_chunk > 0 else T
     total, count = None, None
+    prep = getattr(model, "prepare_stacked", None)
+    P = (prep(P) if prep is not None else None) or P      # per-pass layouts, built once for all chunks
     for r0 in range(0, B, mb):
         inp, tgt = batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb]
         state = model.init_state_stacked(P, inp.shape[0])

@@ -1,0 +1,109 @@
+"""Triton kernel of one LSTM time step: the recurrent GEMM with the cell as its epilogue.
+
+Imported lazily by models/lstm_fused.py (needs triton). One program computes, for one head of one
+stacked model and a tile of BM batch rows x BD hidden units, all four gates of those units:
+
+    acc[g] = h_prev[rows, :] @ W[head][:, g*Dk + units]          tensor cores, fp32 accumulation
+    pre[g] = acc[g] + G[model, token[rows, t], head, g, units]   the input projection and bias,
+                                                                 looked up (fp32) per token
+    c      = sig(f) c + sig(i) tanh(z);  h = sig(o) tanh(c)      fp32, c updated in place
+    h      -> h_next[rows, units] in the weight dtype
+
+so the [rows, 4*units] pre-activations never leave registers. Heads are zero-padded to Dk (a
+multiple of BD and BK): padded units see pre-activation 0 on every gate and keep c = h = 0.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact limits +-1 for large |x| (exp overflows to inf, never NaN)
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                     B, N, V, tok_stride_b, t, stride_in_k, stride_out_k, stride_hb,
+                     Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                     ONE_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """Grid (Dk // BD, cdiv(B, BM), K * N).
+
+    h_in / h_out: element (k, b, n, d) at k*stride_{in,out}_k + b*stride_hb + n*Dk + d (weight dtype)
+    w:   [K*N, Dk, 4*Dk]   column g*Dk + d (weight dtype, zero padding)
+    g:   [K, V, N, 4*Dk]   fp32 input projection + bias per token (zero padding)
+    tok: [B, *] int64 tokens, column t is this step's
+    c_in, c_out: [K*N, B, Dk] fp32 (the same buffer for an update in place)"""
+    pid_d = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    k = pid_h // N
+    n = pid_h - k * N
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < B
+    kk = tl.arange(0, BK)
+    e = tl.arange(0, BD)
+    a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_hb
+              + n * Dk + kk[None, :])
+    w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * BD
+    if ONE_DOT:
+        # one [BK, 4*BD] weight tile (four column segments of BD) and one accumulator
+        q = tl.arange(0, 4 * BD)
+        wcol = (q // BD) * Dk + (q % BD)
+        acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
+        for k0 in range(0, Dk, BK):
+            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
+            w = tl.load(w_base + (k0 + kk)[:, None] * (4 * Dk) + wcol[None, :])
+            if IEEE:
+                acc = tl.dot(a, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, w, acc)
+        acc = tl.permute(tl.reshape(acc, (BM, 4, BD)), (0, 2, 1))      # [BM, BD, 4]
+        acc = tl.reshape(acc, (BM, BD, 2, 2))                          # last axes (g // 2, g % 2)
+        even, odd = tl.split(acc)                                      # g % 2 == 0 / 1
+        acc_i, acc_z = tl.split(even)
+        acc_f, acc_o = tl.split(odd)
+    else:
+        acc_i = tl.zeros((BM, BD), dtype=tl.float32)
+        acc_f = tl.zeros((BM, BD), dtype=tl.float32)
+        acc_z = tl.zeros((BM, BD), dtype=tl.float32)
+        acc_o = tl.zeros((BM, BD), dtype=tl.float32)
+        for k0 in range(0, Dk, BK):
+            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
+            wp = w_base + (k0 + kk)[:, None] * (4 * Dk) + e[None, :]
+            w_i = tl.load(wp)
+            w_f = tl.load(wp + Dk)
+            w_z = tl.load(wp + 2 * Dk)
+            w_o = tl.load(wp + 3 * Dk)
+            if IEEE:
+                acc_i = tl.dot(a, w_i, acc_i, input_precision="ieee")
+                acc_f = tl.dot(a, w_f, acc_f, input_precision="ieee")
+                acc_z = tl.dot(a, w_z, acc_z, input_precision="ieee")
+                acc_o = tl.dot(a, w_o, acc_o, input_precision="ieee")
+            else:
+                acc_i = tl.dot(a, w_i, acc_i)
+                acc_f = tl.dot(a, w_f, acc_f)
+                acc_z = tl.dot(a, w_z, acc_z)
+                acc_o = tl.dot(a, w_o, acc_o)
+    # epilogue: input projection + bias by token, the cell, h out
+    tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
+    g_rows = g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk) + pid_d * BD
+    gp = g_rows[:, None] + e[None, :]
+    m2 = rmask[:, None]
+    i = acc_i + tl.load(gp, mask=m2, other=0.0)
+    f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0)
+    z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0)
+    o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0)
+    c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
+    c = tl.load(c_in_ptr + c_off, mask=m2, other=0.0)
+    c_new = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
+    h = _sigmoid(o) * _tanh(c_new)
+    tl.store(c_out_ptr + c_off, c_new, mask=m2)
+    h_ptrs = (h_out_ptr + k.to(tl.int64) * stride_out_k + rows[:, None].to(tl.int64) * stride_hb
+              + n * Dk + pid_d * BD + e[None, :])
+    tl.store(h_ptrs, h.to(h_out_ptr.dtype.element_ty), mask=m2)
