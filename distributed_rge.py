@@ -22,10 +22,15 @@ ranks all-gather the [meta_perturbations x world, 2] loss table; theta is broadc
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 
 from train.cli_args import (add_bool, nonneg_float, nonneg_int, positive_float, positive_int, reject_unimplemented,
                             str2bool)
+
+_T_START = time.time()  # module import: the summary's process time counts from here
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_REPLICA, EXIT_INIT = 2, 3, 4, 5
 
@@ -81,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint_dir", default="rnn_checkpoints", help="rank 0 writes DIR/latest.pt")
     g.add_argument("--load_from_checkpoint", default=None, help="resume from a checkpoint file (or a dir with latest.pt)")
     g.add_argument("--metrics_out", default=None, help="JSON lines, one per step (rank 0)")
+    g.add_argument("--summary_out", default=None, metavar="PATH",
+                   help="every rank writes its end-of-run summary as JSON: final theta checksum (after the last "
+                        "replica check), s/step, this rank's peak memory, start-up timings. '{rank}' in PATH "
+                        "becomes the rank; without it, rank r writes PATH with '.rank<r>' before the extension")
     g.add_argument("--wandb_proj", default=None, help="log to wandb (offline without WANDB_API_KEY)")
     g.add_argument("--wandb_run", default=None, help="wandb run name")
     add_bool(g, "--verbose", True, "a line per step with phase timings and bytes (false: only at --val_iters)")
@@ -183,6 +192,37 @@ def config_from_args(args):
         debug_nan_at_step=args.debug_nan_at_step, debug_nan_rank=args.debug_nan_rank)
 
 
+def summary_path(template: str, rank: int) -> str:
+    """Where rank `rank` writes its --summary_out file."""
+    if "{rank}" in template:
+        return template.replace("{rank}", str(rank))
+    stem, ext = os.path.splitext(template)
+    return f"{stem}.rank{rank}{ext or '.json'}"
+
+
+def write_summary(template: str, summary: dict, *, comm, device, extra: dict) -> str:
+    """One JSON object per rank (written atomically): the trainer's summary plus what a scaling
+    report needs. `checksum_hex` is the exact float64 checksum; ranks agree iff these are equal."""
+    import torch
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        peak, name = int(torch.cuda.max_memory_allocated(dev)), torch.cuda.get_device_name(dev)
+    else:
+        import resource
+        peak, name = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu"
+    rec = {**summary, "rank": comm.rank, "local_rank": getattr(comm, "local_rank", 0), "device": str(dev),
+           "device_name": name, "checksum_hex": float(summary["checksum"]).hex(),
+           # CUDA: allocator peak since the loop started (steps, final replica check, checkpoint); CPU: peak RSS
+           "peak_mem_bytes": peak, **extra}
+    path = summary_path(template, comm.rank)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(rec, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -192,7 +232,7 @@ def main(argv=None) -> int:
     })
     from dataclasses import replace
 
-    from train.distributed import run_distributed
+    from train.distributed import DistributedTrainer
     from train.zo_step import NonFiniteLossError
     from zo.comm import ReplicaMismatchError
     from zo.dist import DistInitError, init_comm
@@ -201,9 +241,21 @@ def main(argv=None) -> int:
     try:
         cfg = config_from_args(args)
         cfg.validate()                       # configuration errors before anyone waits on a rendezvous
+        t_main = time.time()
         comm = init_comm(device_arg=args.device, init_timeout_s=args.init_timeout_s, local_rank_arg=args.local_rank)
         cfg = replace(cfg, device=str(comm.device))
-        run_distributed(cfg, comm)
+        t_comm = time.time()
+        trainer = DistributedTrainer(cfg, comm)   # task, model, engine, theta broadcast, first replica check
+        t_built = time.time()
+        summary = trainer.run()                   # steps, final replica check, final checkpoint
+        t_end = time.time()
+        if args.summary_out:
+            write_summary(args.summary_out, summary, comm=comm, device=comm.device, extra={
+                "models_per_pass": trainer.models_per_pass, "time_chunk": trainer.time_chunk,
+                "theta_broadcast_bytes": trainer.init_bytes,
+                "t_start_unix": _T_START, "t_end_unix": t_end, "process_s": t_end - _T_START,
+                "imports_s": t_main - _T_START, "comm_init_s": t_comm - t_main, "trainer_init_s": t_built - t_comm,
+                "run_s": t_end - t_built})
     except DistInitError as e:
         print(str(e), file=sys.stderr)
         return EXIT_INIT
