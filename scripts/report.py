@@ -31,8 +31,15 @@ Sections are written into the report between ``<!-- BEGIN GENERATED: <id> -->`` 
 outside the markers is kept, a missing section is appended. Plots go to ``figures/`` beside the
 report.
 
+The "Paper scale on H200" section (id ``paper-h200``) renders the time-capped runs of
+``scripts/gpu_batch_reproduce.sh`` from its results folder (``figure1/``, ``table2/``, and its
+``batch_runs.jsonl`` / ``priority.tsv`` for lanes and progress); a run stopped by its wall-clock cap
+(a ``NAME.cut`` file) has status ``cut``. Without runs there, the section says they are pending and
+gives the command.
+
 Usage:
-  python scripts/report.py                       # every results/figure1/* and results/table2/* dir
+  python scripts/report.py                       # every results/figure1/* and results/table2/* dir, and the GPU section
+  python scripts/report.py --gpu results/gpu_runs   # only the "Paper scale on H200" section
   python scripts/report.py --figure1 results/figure1/cpu --tag cpu --report results/REPORT.md
   python scripts/report.py --table2 logs/ --filter _LSTM_ --tag paper
 """
@@ -57,6 +64,10 @@ import collect  # scripts/collect.py: the JSONL loading shared with the collecto
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORT = "results/REPORT.md"
 DEFAULT_THRESHOLD = 0.1
+DEFAULT_GPU_DIR = "results/gpu_runs"
+GPU_TAG = "h200"
+GPU_SECTION_ID = "paper-h200"
+GPU_COMMAND = "scripts/gpu_batch_reproduce.sh --gpus 1,2,3 --budget_s 380"
 SIZE_NAMES = ("mini", "tiny", "small", "medium", "large", "xlarge", "xxlarge")
 
 _f = collect._as_float
@@ -71,6 +82,7 @@ class RunData:
     sources: list[str] = field(default_factory=list)
     failed: bool = False          # a NAME.failed file sits beside the JSON lines
     finished: bool = False        # a NAME.summary.json sits beside the JSON lines
+    cut: bool = False             # a NAME.cut file: stopped by its wall-clock cap (gpu_batch_reproduce.sh)
 
     def first(self, key: str) -> Any:
         return next((r[key] for r in self.records if r.get(key) not in (None, "")), None)
@@ -116,7 +128,9 @@ class RunData:
     def status(self) -> str:
         if self.failed:
             return "failed"
-        return "ok" if self.finished else "unfinished"
+        if self.finished:
+            return "ok"
+        return "cut" if self.cut else "unfinished"
 
 
 def optimizer_from_name(name: str) -> str | None:
@@ -153,6 +167,7 @@ def load(paths: Sequence[Path], filters: Sequence[str] = ()) -> dict[str, RunDat
             stem = str(Path(src).with_suffix(""))     # names hold dots (lr0.01): no with_suffix here
             data.failed |= Path(stem + ".failed").exists()
             data.finished |= Path(stem + ".summary.json").exists()
+            data.cut |= Path(stem + ".cut").exists()
         runs[name] = data
     return runs
 
@@ -333,6 +348,8 @@ def scale_label(tag: str) -> str:
         return "CPU scale, NOT the paper's scale"
     if tag == "paper":
         return "paper scale"
+    if tag == GPU_TAG:
+        return "paper scale on H200, time-capped runs"
     return f"tag {tag}"
 
 
@@ -340,6 +357,11 @@ def scale_note(tag: str) -> list[str]:
     if tag == "cpu":
         note = ("**CPU scale: NOT the paper's scale.** Tiny models, a few hundred steps, scaled-down probe "
                 "counts and learning-rate grids; these numbers prove the pipeline, not the paper's claims.")
+        return [note, ""]
+    if tag == GPU_TAG:
+        note = ("**Paper-scale models, but short runs.** Each run had a wall-clock cap of tens of seconds "
+                "(start-up included); status `cut` = stopped by its cap, `ok` = ended by its stop loss or "
+                "max_iterations. These are the first seconds of each curve, not converged results.")
         return [note, ""]
     return []
 
@@ -382,7 +404,9 @@ def _pyplot():
 
 
 def figure1_plots(runs: dict[str, RunData], best: list[dict[str, Any]], fig_dir: Path, prefix: str,
-                  title: str, threshold: float) -> list[Path]:
+                  title: str, threshold: float, log_steps: bool = False) -> list[Path]:
+    """Train loss against step and against wall clock, one line per optimizer at its best lr;
+    log_steps: a symlog step axis (for runs whose step counts differ by orders of magnitude)."""
     plt = _pyplot()
     if plt is None:
         print("warning: matplotlib is not installed; no plots (pip install matplotlib)", file=sys.stderr)
@@ -407,6 +431,9 @@ def figure1_plots(runs: dict[str, RunData], best: list[dict[str, Any]], fig_dir:
         ax.set_yscale("log")
         if axis == "time":
             ax.set_xscale("log")   # elapsed_s > 0 from the first step on
+        elif log_steps:
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("train loss (one fixed batch)")
         ax.set_title(title, fontsize=10)
@@ -419,17 +446,26 @@ def figure1_plots(runs: dict[str, RunData], best: list[dict[str, Any]], fig_dir:
     return written
 
 
-def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, title: str) -> Path | None:
+def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, title: str,
+                loss_vs_time: bool = False) -> Path | None:
+    """Train loss vs step, validation accuracy vs step and vs wall clock (and, with loss_vs_time,
+    train loss vs wall clock as a fourth panel)."""
     plt = _pyplot()
     if plt is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    n = 4 if loss_vs_time else 3
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4.2))
     for run in best_runs:
         label = f"{run.optimizer} (lr {fmt(run.lr, 'lr')})"
         tr = [(_f(r.get("step")), _f(r.get("train_loss"))) for r in run.records]
         tr = [(s, v) for s, v in tr if s is not None and v is not None and v > 0]
         line, = axes[0].plot([s for s, _ in tr], [v for _, v in tr], label=label, linewidth=1.3)
+        if loss_vs_time:
+            tt = [(t, _f(r.get("train_loss"))) for r, t in zip(run.records, collect.time_axis(run.records))]
+            tt = [(t, v) for t, v in tt if t is not None and t > 0 and v is not None and v > 0]
+            axes[3].plot([t for t, _ in tt], [v for _, v in tt], color=line.get_color(), label=label,
+                         linewidth=1.3)
         vals = val_records(run)
         axes[1].plot([_f(r["step"]) for r in vals], [_f(r["val_accuracy"]) for r in vals],
                      marker="o", markersize=3, color=line.get_color(), label=label, linewidth=1.3)
@@ -437,6 +473,10 @@ def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, titl
         axes[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
                      color=line.get_color(), label=label, linewidth=1.3)
     axes[0].set_yscale("log")
+    if loss_vs_time:   # the GPU runs: step counts differ by orders of magnitude between optimizers
+        for ax in axes[:2]:
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("train loss")
     axes[1].set_xlabel("step")
@@ -444,6 +484,11 @@ def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, titl
     axes[2].set_xlabel("wall-clock time (s)")
     axes[2].set_ylabel("validation token accuracy")
     axes[2].set_xscale("log")
+    if loss_vs_time:
+        axes[3].set_yscale("log")
+        axes[3].set_xscale("log")
+        axes[3].set_xlabel("wall-clock time (s)")
+        axes[3].set_ylabel("train loss")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize="small")
@@ -457,7 +502,7 @@ def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, titl
 
 def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: dict[str, Any] | None,
                     fig_dir: Path, report_dir: Path, threshold: float = DEFAULT_THRESHOLD,
-                    plots: bool = True) -> str:
+                    plots: bool = True, log_steps: bool = False) -> str:
     best = figure1_best(runs, threshold)
     any_run = next(iter(runs.values()))
     ctx = max((int(_f(r.get("context_len")) or 0) for run in runs.values() for r in run.records), default=0)
@@ -505,7 +550,7 @@ def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: di
     lines.append("</details>")
     if plots:
         title = f"Figure 1, {tag}: {any_run.model_type} {fmt(any_run.params, 'int')} params, copy overfit"
-        paths = figure1_plots(runs, best, fig_dir, f"figure1_{tag}", title, threshold)
+        paths = figure1_plots(runs, best, fig_dir, f"figure1_{tag}", title, threshold, log_steps=log_steps)
         if paths:
             lines.append("")
             lines += [f"![{p.stem}]({_rel(p, report_dir)})" for p in paths]
@@ -513,7 +558,7 @@ def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: di
 
 
 def table2_section(runs: dict[str, RunData], *, tag: str, source: str, info: dict[str, Any] | None,
-                   fig_dir: Path, report_dir: Path, plots: bool = True) -> str:
+                   fig_dir: Path, report_dir: Path, plots: bool = True, loss_vs_time: bool = False) -> str:
     lines = [f"### Table 2: validation on longer sequences ({scale_label(tag)})", ""] + scale_note(tag)
     lines += run_info_lines(info, source, len(runs))
     lines.append("Per task and model, the best learning rate per optimizer (highest token accuracy at its "
@@ -540,7 +585,7 @@ def table2_section(runs: dict[str, RunData], *, tag: str, source: str, info: dic
         if plots and g["rows"]:
             slug = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower()
             best_runs = [runs[r["run"]] for r in g["rows"]]
-            p = table2_plot(title, best_runs, fig_dir / f"table2_{tag}_{slug}.png", tag)
+            p = table2_plot(title, best_runs, fig_dir / f"table2_{tag}_{slug}.png", tag, loss_vs_time=loss_vs_time)
             if p:
                 plot_paths.append(p)
     lines.append(md_table(header, body))
@@ -624,6 +669,134 @@ def build_section(kind: str, paths: Sequence[Path], *, tag: str, report: Path, f
                           report_dir=report.parent, plots=plots)
 
 
+# ------------------------------------------------------------ GPU batch --
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _read_priority(path: Path) -> list[dict[str, str]]:
+    """priority.tsv of gpu_batch_reproduce.sh: rank, tier, experiment, run, cap_s."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    return [dict(zip(header, l.split("\t"))) for l in lines[1:] if l.strip()]
+
+
+def gpu_command(gpu_dir_label: str) -> str:
+    return GPU_COMMAND + ("" if gpu_dir_label == DEFAULT_GPU_DIR else f" --out {gpu_dir_label}")
+
+
+def gpu_pending_lines(gpu_dir_label: str) -> list[str]:
+    return [f"**Pending: no GPU runs in `{gpu_dir_label}` yet.** On a machine with GPUs 1, 2 and 3 free, from "
+            "the repository root (about 380 s of wall clock per GPU lane; `--dry-run` prints the plan and "
+            "launches nothing):",
+            "",
+            "```bash",
+            gpu_command(gpu_dir_label),
+            f"python scripts/report.py --gpu {gpu_dir_label}",
+            "```"]
+
+
+def gpu_batch_lines(gpu_dir: Path, label: str) -> list[str]:
+    """Lanes and per-run outcomes from batch_runs.jsonl; progress through priority.tsv."""
+    lines: list[str] = []
+    batch = _read_jsonl(gpu_dir / "batch_runs.jsonl")
+    if batch:
+        lanes: dict[tuple, dict[str, Any]] = {}
+        for r in batch:
+            key = (str(r.get("invocation", "?")), int(_f(r.get("lane")) or 0))
+            lane = lanes.setdefault(key, {"gpu": r.get("gpu", "?"), "runs": 0, "done": 0, "cut": 0,
+                                          "failed": 0, "busy": 0.0})
+            lane["runs"] += 1
+            if r.get("outcome") in ("done", "cut", "failed"):
+                lane[r["outcome"]] += 1
+            lane["busy"] += _f(r.get("wall_s")) or 0.0
+        lines.append(md_table(["invocation", "lane", "GPU", "runs", "done", "cut by cap", "failed", "busy"],
+                              [[f"`{inv}`", str(lane), str(v["gpu"]), str(v["runs"]), str(v["done"]),
+                                str(v["cut"]), str(v["failed"]), fmt(v["busy"], "s")]
+                               for (inv, lane), v in sorted(lanes.items())]))
+        lines.append("")
+        lines.append("<details><summary>Every executed run (lane, cap, outcome)</summary>")
+        lines.append("")
+        lines.append(md_table(["run", "invocation", "lane", "GPU", "tier", "cap", "wall", "outcome",
+                               "JSON lines"],
+                              [[f"`{r.get('run', '?')}`", f"`{r.get('invocation', '?')}`", str(r.get("lane", "?")),
+                                str(r.get("gpu", "?")), str(r.get("tier", "?")), fmt(_f(r.get("cap_s")), "s"),
+                                fmt(_f(r.get("wall_s")), "s"), str(r.get("outcome", "?")),
+                                str(r.get("jsonl_lines", "?"))] for r in batch]))
+        lines.append("")
+        lines.append("</details>")
+        lines.append("")
+    prio = _read_priority(gpu_dir / "priority.tsv")
+    if prio:
+        def has_result(p: dict[str, str]) -> bool:
+            base = gpu_dir / p.get("experiment", "") / p.get("run", "")
+            js = Path(str(base) + ".jsonl")
+            return js.is_file() and js.stat().st_size > 0
+        left = [p for p in prio if not has_result(p)]
+        lines.append(f"Priority list: {len(prio) - len(left)} of {len(prio)} runs have JSON lines; "
+                     f"{len(left)} not run yet" + (":" if left else "."))
+        if left:
+            shown = ", ".join(f"`{p['run']}` (tier {p.get('tier', '?')})" for p in left[:8])
+            more = f", and {len(left) - 8} more" if len(left) > 8 else ""
+            lines.append(f"next in line {shown}{more}. Rerunning `{gpu_command(label)}` continues with them.")
+        lines.append("")
+    return lines
+
+
+def gpu_section(gpu_dir: Path, *, report: Path, threshold: float = DEFAULT_THRESHOLD,
+                plots: bool = True) -> str:
+    """The "Paper scale on H200" section: the runs of scripts/gpu_batch_reproduce.sh (Figure 1 from
+    gpu_dir/figure1, Table 2 from gpu_dir/table2), or a pending note with the command."""
+    label = _source_label([gpu_dir])
+    lines = ["## Paper scale on H200", ""]
+    fig1_dir, t2_dir = gpu_dir / "figure1", gpu_dir / "table2"
+    fig1 = load([fig1_dir]) if fig1_dir.is_dir() else {}
+    t2 = load([t2_dir]) if t2_dir.is_dir() else {}
+    if not fig1 and not t2:
+        return "\n".join(lines + gpu_pending_lines(label))
+    lines.append(f"Runs of `scripts/gpu_batch_reproduce.sh` (results in `{label}`): the paper-scale grids of "
+                 "`reproduce_figure1.sh` and `reproduce_table2.sh` in priority order (first the paper's suggested "
+                 "learning rates: CD-RGE and FD-RGE 0.01, BPTT-SGD 1e-4, BPTT-Adam 1e-3), one lane per GPU, every "
+                 "run under a wall-clock cap (`timeout -s INT`; the JSON lines written until then are kept). "
+                 "Every run had its GPU to itself, and in Table 2 the optimizers of one task and size had equal "
+                 "caps, so equal wall clock compares like with like; `elapsed_s` counts from the start of "
+                 "training (after start-up) and includes the run's own validations.")
+    lines.append("")
+    lines += gpu_batch_lines(gpu_dir, label)
+    fig_dir = report.parent / "figures"
+    if fig1:
+        lines.append(figure1_section(fig1, tag=GPU_TAG, source=_source_label([fig1_dir]),
+                                     info=read_run_info([fig1_dir]), fig_dir=fig_dir, report_dir=report.parent,
+                                     threshold=threshold, plots=plots, log_steps=True))
+    else:
+        lines.append(f"### Figure 1 ({scale_label(GPU_TAG)})\n\nNo Figure 1 runs in `{label}/figure1` yet.")
+    lines.append("")
+    if t2:
+        lines.append(table2_section(t2, tag=GPU_TAG, source=_source_label([t2_dir]), info=read_run_info([t2_dir]),
+                                    fig_dir=fig_dir, report_dir=report.parent, plots=plots, loss_vs_time=True))
+    else:
+        lines.append(f"### Table 2 ({scale_label(GPU_TAG)})\n\nNo Table 2 runs in `{label}/table2` yet.")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Figure 1 / Table 2 tables, plots and report sections from saved "
                                             "JSON lines (no rerun).")
@@ -631,6 +804,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL files or directories of the Figure 1 runs")
     p.add_argument("--table2", nargs="+", type=Path, metavar="PATH",
                    help="JSONL files or directories of the Table 2 runs")
+    p.add_argument("--gpu", nargs="?", type=Path, const=Path(DEFAULT_GPU_DIR), default=None, metavar="DIR",
+                   help=f"the 'Paper scale on H200' section from the results folder of "
+                        f"scripts/gpu_batch_reproduce.sh (default {DEFAULT_GPU_DIR}; a pending note when it "
+                        f"holds no runs); included by default when no --figure1/--table2/--gpu is given")
     p.add_argument("--tag", default=None,
                    help="section tag, e.g. cpu or paper (default: the input directory's name)")
     p.add_argument("--report", type=Path, default=REPO / DEFAULT_REPORT,
@@ -652,18 +829,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths:
             tag = args.tag or (paths[0].name if paths[0].is_dir() else paths[0].parent.name)
             jobs.append((kind, list(paths), tag))
-    if not jobs:   # regenerate every saved experiment under results/
+    gpu_dir = args.gpu
+    if not jobs and gpu_dir is None:   # regenerate every saved experiment under results/
         for kind in ("figure1", "table2"):
             base = REPO / "results" / kind
             for d in sorted(base.iterdir()) if base.is_dir() else []:
                 if d.is_dir() and any(d.glob("*.jsonl")):
                     jobs.append((kind, [d], d.name))
-        if not jobs:
-            print("error: nothing to report: give --figure1/--table2 PATH, or run "
-                  "scripts/reproduce_figure1.sh / reproduce_table2.sh first", file=sys.stderr)
-            return 1
+        gpu_dir = REPO / DEFAULT_GPU_DIR
     report = args.report if args.report.is_absolute() else Path.cwd() / args.report
     status = 0
+    if gpu_dir is not None:
+        gpu_dir = gpu_dir if gpu_dir.is_absolute() else Path.cwd() / gpu_dir
+        body = gpu_section(gpu_dir, report=report, threshold=args.threshold, plots=not args.no_plots)
+        if args.stdout:
+            print(body)
+        else:
+            write_section(report, GPU_SECTION_ID, body)
+            print(f"wrote section {GPU_SECTION_ID} of {report}")
     for kind, paths, tag in jobs:
         body = build_section(kind, paths, tag=tag, report=report, filters=args.filter,
                              threshold=args.threshold, plots=not args.no_plots)

@@ -420,3 +420,263 @@ def test_report_refuses_unmatched_marker(fig1_dir, tmp_path):
 def test_report_with_no_runs_fails(tmp_path):
     assert report.main(["--figure1", str(tmp_path), "--report", str(tmp_path / "R.md"), "--no-plots"]) == 1
     assert not (tmp_path / "R.md").exists()
+
+
+# ------------------------------------------------- GPU batch (gpu_batch_reproduce.sh) --
+
+GPU_BATCH = "gpu_batch_reproduce.sh"
+PLAN_RE = re.compile(r"^# lane (\d+) GPU (\d+) \| t\+(\d+)s \| cap (\d+)s \| tier (\d+) \| (figure1|table2) \| (\S+)$")
+LANE_RE = re.compile(r"^# lane (\d+) GPU (\d+): (\d+) run\(s\), (\d+) s of (\d+) s")
+T2_TIER0 = {f"t2_paper_{task}_{size}_{v}"
+            for task in ("copy", "sort", "reverse", "add") for size in ("tiny", "small")
+            for v in ("cdrge96_lr0.01", "cdrge512_lr0.01", "bptt_adam_lr0.001")}
+FIG1_TIER0 = {"fig1_paper_cdrge512_lr0.01", "fig1_paper_cdrge96_lr0.01", "fig1_paper_fdrge96_lr0.01",
+              "fig1_paper_bptt_sgd_lr0.0001", "fig1_paper_bptt_adam_lr0.001"}
+FIG1_CAPS = {"cdrge512": 90, "cdrge96": 75, "fdrge96": 60, "bptt_sgd": 60, "bptt_adam": 60}
+
+
+def gpu_plan(*args: str, env: dict | None = None) -> tuple[dict, dict, str]:
+    """({run: (lane, gpu, start, cap, tier, experiment, command)}, {lane: (gpu, n, busy)}, stdout) of a dry run."""
+    res = run_sh(GPU_BATCH, "--dry-run", *args, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    plan, lanes = {}, {}
+    for i, line in enumerate(lines):
+        m = PLAN_RE.match(line)
+        if m:
+            lane, gpu, start, cap, tier, exp, name = m.groups()
+            assert name not in plan
+            plan[name] = (int(lane), gpu, int(start), int(cap), int(tier), exp, lines[i + 1])
+        m = LANE_RE.match(line)
+        if m:
+            lanes[int(m.group(1))] = (m.group(2), int(m.group(3)), int(m.group(4)))
+    return plan, lanes, res.stdout
+
+
+def test_gpu_batch_dry_run_plan_covers_lanes_and_priority_runs(tmp_path):
+    out = tmp_path / "gpu_runs"
+    plan, lanes, text = gpu_plan("--gpus", "1,2,3", "--budget_s", "380", "--out", str(out))
+    assert {l: v[0] for l, v in lanes.items()} == {1: "1", 2: "2", 3: "3"}
+    assert all(n >= 1 and busy <= 380 for _, n, busy in lanes.values())
+    # every tier-0 run (the paper's suggested lrs) is scheduled, and nothing below tier 0 before them
+    assert FIG1_TIER0 | T2_TIER0 <= set(plan)
+    assert {n for n, p in plan.items() if p[4] == 0} == FIG1_TIER0 | T2_TIER0
+    for lane in lanes:
+        seq = sorted((p[2], p[4]) for p in plan.values() if p[0] == lane)
+        assert [t for _, t in seq] == sorted(t for _, t in seq)
+        assert sum(p[3] for p in plan.values() if p[0] == lane) == lanes[lane][2]
+    for name, (lane, gpu, start, cap, tier, exp, cmd) in plan.items():
+        assert cmd.startswith(f"CUDA_VISIBLE_DEVICES={gpu} timeout -s INT -k 10 {cap} python rge_series_experiments.py ")
+        assert gpu == lanes[lane][0] and start + cap <= 380
+        assert flag(cmd, "--device") == "cuda" and "--threads" not in cmd
+        assert flag(cmd, "--metrics_out") == f"{out}/{exp}/{name}.jsonl"
+        assert flag(cmd, "--summary_out") == f"{out}/{exp}/{name}.summary.json"
+        assert f"_lr{flag(cmd, '--learning_rate_and_epsilon')}" in name
+        if exp == "figure1":
+            assert name.startswith("fig1_paper_") and flag(cmd, "--model_type") == "DNC"
+            for f, v in [("--hidden_size", "1024"), ("--memory_size", "1024"), ("--head_size", "1024"),
+                         ("--seq_length", "100"), ("--micro_batch_size", "1"), ("--log_interval", "1"),
+                         ("--max_iterations", "1000"), ("--stop_loss", "0.05"),
+                         ("--overfit_to_one_batch_flag", "true")]:
+                assert flag(cmd, f) == v, (f, cmd)
+            v = name[len("fig1_paper_"):].rsplit("_lr", 1)[0]
+            assert cap == FIG1_CAPS[v] and variant(cmd) == v.replace("rge", "")
+        else:
+            assert name.startswith("t2_paper_") and flag(cmd, "--model_type") == "LSTM" and cap == 30
+            size = "tiny" if "_tiny_" in name else "small"
+            assert flag(cmd, "--hidden_size") == {"tiny": "240", "small": "1600"}[size]
+            assert flag(cmd, "--micro_batch_size") == "2048" and flag(cmd, "--seq_length") == "20"
+            assert flag(cmd, "--val_interval") == flag(cmd, "--log_interval")
+            expect_log = {("tiny", "bptt"): "50", ("tiny", "cd96"): "5", ("tiny", "cd512"): "2",
+                          ("small", "bptt"): "25", ("small", "cd96"): "2", ("small", "cd512"): "1"}
+            kind = "bptt" if variant(cmd).startswith("bptt") else variant(cmd)
+            assert flag(cmd, "--log_interval") == expect_log[(size, kind)]
+    m = re.search(r"planned: (\d+) run\(s\); skipped .*: (\d+); not scheduled .*: (\d+)", text)
+    assert m and int(m.group(1)) == len(plan) and int(m.group(2)) == 0
+    assert int(m.group(1)) + int(m.group(3)) == 20 + 128     # the two paper grids
+    assert f"python scripts/report.py --gpu {out}" in text
+
+
+def test_gpu_batch_dry_run_only_budget_and_resume(tmp_path):
+    out = tmp_path / "o"
+    plan, lanes, _ = gpu_plan("--gpus", "4", "--budget_s", "100", "--only", "figure1", "--out", str(out))
+    assert list(lanes) == [1] and lanes[1][0] == "4"
+    # one lane, 100 s: CD-RGE@512 (90 s) first, nothing else fits (the next needs >= 70% of its cap)
+    assert list(plan) == ["fig1_paper_cdrge512_lr0.01"]
+    plan, _, _ = gpu_plan("--gpus", "0,1", "--only", "table2", "--out", str(out), "--cap_pct", "50")
+    assert plan and all(p[5] == "table2" and p[3] == 15 for p in plan.values())
+    # a run cut earlier (non-empty JSON lines + .cut) is skipped; a failed one is retried
+    (out / "figure1").mkdir(parents=True)
+    for name in ("fig1_paper_cdrge512_lr0.01", "fig1_paper_cdrge96_lr0.01"):
+        (out / "figure1" / f"{name}.jsonl").write_text('{"step": 0, "train_loss": 3.0}\n')
+    (out / "figure1" / "fig1_paper_cdrge512_lr0.01.cut").write_text("{}")
+    (out / "figure1" / "fig1_paper_cdrge96_lr0.01.failed").write_text("exit status 1\n")
+    plan, _, text = gpu_plan("--gpus", "1,2,3", "--only", "figure1", "--out", str(out))
+    assert "fig1_paper_cdrge512_lr0.01" not in plan and "fig1_paper_cdrge96_lr0.01" in plan
+    assert "skipped (finished or cut earlier; --force reruns): 1;" in text
+    plan, _, _ = gpu_plan("--gpus", "1,2,3", "--only", "figure1", "--out", str(out), "--force")
+    assert "fig1_paper_cdrge512_lr0.01" in plan
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus", "a,b"], "--gpus needs a comma list"),
+    (["--gpus", "1,1"], "twice"),
+    (["--budget_s", "0"], "--budget_s needs a positive integer"),
+    (["--only", "figure3"], "--only must be"),
+    (["--bogus"], "unknown option"),
+])
+def test_gpu_batch_bad_arguments_exit_2(args, message):
+    res = run_sh(GPU_BATCH, "--dry-run", *args)
+    assert res.returncode == 2 and message in res.stderr and "Usage" in res.stderr
+
+
+FAKE_HARNESS = r'''#!/usr/bin/env python3
+# Stands in for python: the preflight's torch check passes; other -c / stdin code runs in the real
+# python; a harness run writes 3 JSON lines, then (by its name) finishes, fails, or waits to be cut.
+import json, os, sys, time
+a = sys.argv[1:]
+if a[:1] == ["-c"] and "torch" in a[1]:
+    sys.exit(0)
+if a[:1] in (["-c"], ["-"]):
+    os.execv(sys.executable, [sys.executable] + a)
+out, summ = a[a.index("--metrics_out") + 1], a[a.index("--summary_out") + 1]
+with open(out, "w") as f:
+    for s in range(3):
+        f.write(json.dumps({"step": s, "train_loss": 3.0 - s, "elapsed_s": 0.1 * (s + 1),
+                            "lr": float(a[a.index("--learning_rate_and_epsilon") + 1]),
+                            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
+        f.flush()
+    if "bptt_adam" in out:
+        open(summ, "w").write("{}")
+        sys.exit(0)
+    if "fdrge" in out:
+        sys.exit(1)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("stopped by SIGINT", file=sys.stderr)
+        sys.exit(130)
+'''
+
+
+def test_gpu_batch_runs_lanes_caps_and_keeps_cut_lines(tmp_path):
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_HARNESS)
+    fake.chmod(0o755)
+    out = tmp_path / "gpu_runs"
+    # caps at 3% (90 s -> 2 s, 60 s -> 1 s), 4 s per lane, two lanes
+    res = run_sh(GPU_BATCH, "--gpus", "6,7", "--budget_s", "4", "--cap_pct", "3", "--only", "figure1",
+                 "--out", str(out), env=_env(ZORNN_PYTHON=str(fake)), timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    batch = [json.loads(l) for l in (out / "batch_runs.jsonl").read_text().splitlines()]
+    by_run = {r["run"]: r for r in batch}
+    assert {r["lane"] for r in batch} == {1, 2} and {r["gpu"] for r in batch} == {"6", "7"}
+    assert by_run["fig1_paper_cdrge512_lr0.01"]["outcome"] == "cut"
+    assert by_run["fig1_paper_cdrge512_lr0.01"]["cap_s"] == 2
+    assert by_run["fig1_paper_fdrge96_lr0.01"]["outcome"] == "failed"
+    if "fig1_paper_bptt_adam_lr0.001" in by_run:
+        assert by_run["fig1_paper_bptt_adam_lr0.001"]["outcome"] == "done"
+    fig = out / "figure1"
+    for r in batch:
+        recs = [json.loads(l) for l in (fig / f"{r['run']}.jsonl").read_text().splitlines()]
+        assert len(recs) == 3 and {x["gpu"] for x in recs} == {r["gpu"]}   # the lane's GPU, as CUDA_VISIBLE_DEVICES
+        assert (fig / f"{r['run']}.cut").exists() == (r["outcome"] == "cut")
+        assert (fig / f"{r['run']}.failed").exists() == (r["outcome"] == "failed")
+    cut = json.loads((fig / "fig1_paper_cdrge512_lr0.01.cut").read_text())
+    assert cut["cap_s"] == 2 and cut["exit_status"] == 124 and cut["jsonl_lines"] == 3
+    assert "stopped by SIGINT" in (out / "logs" / "fig1_paper_cdrge512_lr0.01.log").read_text()
+    info = json.loads((fig / "run_info.json").read_text())
+    assert info["scale"] == "paper" and info["jobs"] == 2 and info["runs_executed"] == len(batch)
+    assert info["command"].startswith("scripts/gpu_batch_reproduce.sh --gpus 6,7 ")
+    assert "cut by their time cap" in res.stdout and not list(out.glob(".claims-*"))
+    # the report renders the section from these files alone
+    rep = tmp_path / "REPORT.md"
+    assert report.main(["--gpu", str(out), "--report", str(rep), "--no-plots"]) == 0
+    text = rep.read_text()
+    assert "## Paper scale on H200" in text and "| CD-RGE@512 | 0.01 |" in text and "| cut |" in text
+
+
+@pytest.fixture
+def gpu_dir(tmp_path):
+    d = tmp_path / "gpu_runs"
+    (d / "figure1").mkdir(parents=True)
+    (d / "table2").mkdir()
+    fbase = {"task": "copy", "model_type": "DNC", "params": 12774137, "context_len": 202}
+
+    def fig(name, opt, lr, losses, dt, cut=True):
+        write_jsonl(d / "figure1" / f"{name}.jsonl",
+                    [dict(fbase, step=i, train_loss=l, lr=lr, optimizer=opt, step_time_s=dt,
+                          elapsed_s=round((i + 1) * dt, 6)) for i, l in enumerate(losses)])
+        (d / "figure1" / (f"{name}.cut" if cut else f"{name}.summary.json")).write_text("{}")
+
+    fig("fig1_paper_cdrge512_lr0.01", "CD-RGE@512", 0.01, [3.1, 3.0, 2.9], 8.0)
+    fig("fig1_paper_cdrge96_lr0.01", "CD-RGE@96", 0.01, [3.1, 3.05, 3.0, 2.95, 2.9, 2.85], 1.5)
+    fig("fig1_paper_bptt_adam_lr0.001", "BPTT-Adam", 0.001, [3.1, 2.0, 0.5, 0.04], 0.2, cut=False)
+
+    def t2(name, opt, lr, vals, size="tiny", params=150740):
+        # vals: (step, elapsed_s, token acc)
+        write_jsonl(d / "table2" / f"{name}.jsonl",
+                    [{"step": s, "elapsed_s": t, "train_loss": 3.0 - a, "val_loss": 3.2 - a, "val_accuracy": a,
+                      "val_seq_accuracy": 0.0, "lr": lr, "optimizer": opt, "task": "copy", "model_type": "LSTM",
+                      "params": params, "step_time_s": 0.1} for s, t, a in vals])
+        (d / "table2" / f"{name}.cut").write_text("{}")
+
+    # equal steps: S = min(last validated step) = 4 (CD-RGE@512); equal time: W = min(last elapsed) = 20 s
+    t2("t2_paper_copy_tiny_cdrge96_lr0.01", "CD-RGE@96", 0.01, [(0, 1.0, 0.06), (5, 10.0, 0.08), (10, 20.0, 0.1)])
+    t2("t2_paper_copy_tiny_cdrge512_lr0.01", "CD-RGE@512", 0.01, [(0, 2.0, 0.06), (2, 12.0, 0.07), (4, 22.0, 0.09)])
+    t2("t2_paper_copy_tiny_bptt_adam_lr0.001", "BPTT-Adam", 0.001,
+       [(0, 0.5, 0.06), (50, 5.0, 0.2), (100, 10.0, 0.3), (150, 15.0, 0.4), (200, 21.0, 0.5)])
+    inv = "20261128T160000Z-1"
+    write_jsonl(d / "batch_runs.jsonl", [
+        {"invocation": inv, "lane": 1, "gpu": "1", "experiment": "figure1", "run": "fig1_paper_cdrge512_lr0.01",
+         "tier": 0, "cap_s": 90, "start_s": 1, "wall_s": 90, "exit_status": 124, "outcome": "cut", "jsonl_lines": 3},
+        {"invocation": inv, "lane": 2, "gpu": "2", "experiment": "figure1", "run": "fig1_paper_cdrge96_lr0.01",
+         "tier": 0, "cap_s": 75, "start_s": 1, "wall_s": 75, "exit_status": 124, "outcome": "cut", "jsonl_lines": 6},
+        {"invocation": inv, "lane": 3, "gpu": "3", "experiment": "figure1", "run": "fig1_paper_bptt_adam_lr0.001",
+         "tier": 0, "cap_s": 60, "start_s": 1, "wall_s": 12, "exit_status": 0, "outcome": "done", "jsonl_lines": 4},
+    ])
+    (d / "priority.tsv").write_text("rank\ttier\texperiment\trun\tcap_s\n"
+                                    "0\t0\tfigure1\tfig1_paper_cdrge512_lr0.01\t90\n"
+                                    "1\t0\tfigure1\tfig1_paper_cdrge96_lr0.01\t75\n"
+                                    "2\t0\tfigure1\tfig1_paper_fdrge96_lr0.01\t60\n"
+                                    "3\t0\tfigure1\tfig1_paper_bptt_adam_lr0.001\t60\n")
+    return d
+
+
+def test_report_gpu_section_from_jsonl(gpu_dir, tmp_path):
+    rep = tmp_path / "rep" / "REPORT.md"
+    rep.parent.mkdir()
+    rep.write_text("# Mine\n\nhand-written\n")
+    assert report.main(["--gpu", str(gpu_dir), "--report", str(rep)]) == 0
+    text = rep.read_text()
+    assert text.startswith("# Mine\n\nhand-written\n") and "BEGIN GENERATED: paper-h200" in text
+    assert "## Paper scale on H200" in text and "paper scale on H200, time-capped runs" in text
+    assert "| `20261128T160000Z-1` | 1 | 1 | 1 | 0 | 1 | 0 | 90 s |" in text        # lanes table
+    assert "Priority list: 3 of 4 runs have JSON lines; 1 not run yet:" in text
+    assert "`fig1_paper_fdrge96_lr0.01` (tier 0)" in text
+    # Figure 1: BPTT-Adam reached < 0.1 at step 3 (0.8 s); the ZO runs were cut
+    assert "| CD-RGE@512 | 0.01 | 0.01 | 3.1 | 2.9 | – | – | 8 s | 3 | cut |" in text
+    assert "| BPTT-Adam | 0.001 | 0.001 | 3.1 | 0.04 | 3 | 0.8 s | 0.2 s | 4 | ok |" in text
+    # Table 2: S = 4, W = 20 s
+    assert ("| copy / LSTM tiny (150,740 params) | CD-RGE@512 | 0.01 | 0.01 | 4 | 9.0% | 0.0% | 20 s | 2 "
+            "| 7.0% |") in text
+    assert "|  | CD-RGE@96 | 0.01 | 0.01 | 4 | 6.0% | 0.0% | 20 s | 10 | 10.0% |" in text
+    assert "|  | BPTT-Adam | 0.001 | 0.001 | 4 | 6.0% | 0.0% | 20 s | 150 | 40.0% |" in text
+    again = text
+    assert report.main(["--gpu", str(gpu_dir), "--report", str(rep)]) == 0
+    assert rep.read_text() == again                                                 # idempotent
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed")
+    for name in ["figure1_h200_loss_vs_step.png", "figure1_h200_loss_vs_time.png",
+                 "table2_h200_copy_lstm_tiny_150_740_params.png"]:
+        assert (rep.parent / "figures" / name).read_bytes().startswith(b"\x89PNG")
+        assert f"](figures/{name})" in text
+
+
+def test_report_gpu_section_pending(tmp_path):
+    rep = tmp_path / "REPORT.md"
+    assert report.main(["--gpu", str(tmp_path / "absent"), "--report", str(rep), "--no-plots"]) == 0
+    text = rep.read_text()
+    assert "## Paper scale on H200" in text and "**Pending: no GPU runs in" in text
+    assert (f"scripts/gpu_batch_reproduce.sh --gpus 1,2,3 --budget_s 380 --out {tmp_path / 'absent'}" in text)
+    assert f"python scripts/report.py --gpu {tmp_path / 'absent'}" in text
