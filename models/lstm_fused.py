@@ -18,6 +18,7 @@ with Triton, or the Triton interpreter with TRITON_INTERPRET=1 on CPU tensors fo
 """
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -126,9 +127,40 @@ def step_tiles(D: int) -> tuple[int, int, int]:
     return dk, bd, bk
 
 
-def default_step_config(B: int, BD: int) -> dict:
+_TUNING: dict | None = None
+_TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_tuning.json")
+
+
+def tuning_key(gpu: str, Dk: int, B: int, heads: int) -> str:
+    """Key of a measured best config (bench/step_kernel_sweep.py): GPU name, padded head size, batch class."""
+    del heads  # the measured best depends little on the number of heads at these sizes
+    return f"{gpu}|Dk={Dk}|B{'>=256' if B >= 256 else '<256'}"
+
+
+def _tuning() -> dict:
+    """Measured best configs: ZO_STEP_TUNING (a json file) if set, else models/step_tuning.json."""
+    global _TUNING
+    if _TUNING is None:
+        path = os.environ.get("ZO_STEP_TUNING") or _TUNING_FILE
+        try:
+            with open(path) as f:
+                _TUNING = json.load(f)
+        except FileNotFoundError:
+            _TUNING = {}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"step tuning file {path} is unreadable ({e}); fix or delete it, or unset ZO_STEP_TUNING")
+    return _TUNING
+
+
+def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=None) -> dict:
+    """Kernel launch config: the measured best for this GPU and shape when there is one, else a
+    heuristic (128-row tiles, 8 warps when the tile is large)."""
+    if device is not None and torch.device(device).type == "cuda":
+        hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
+        if hit:
+            return dict(hit)
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
-    return {"BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3}
+    return {"BD": BD, "BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3}
 
 
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
@@ -226,10 +258,11 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
     hs = torch.empty(K, T, B, N, Dk, dtype=dt, device=dev)
     tok = tokens_BT if tokens_BT.dtype == torch.int64 else tokens_BT.long()
-    cfg = dict(default_step_config(B, BD), **(step_config or {}))
+    cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
+    bd = cfg.pop("BD", BD)
     for t in range(T):
         lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
-                   K=K, N=N, Dk=Dk, BD=BD, BK=BK, **cfg)
+                   K=K, N=N, Dk=Dk, BD=bd, BK=BK, **cfg)
     logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, N * Dk), Wout)   # [K, T*B, V]
     logits = logits.view(K, T, B, V).transpose(1, 2)
     return logits, (hs[:, T - 1], c)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models import (ModelConfig, apply_scale, auto_models_per_pass, build_model, check_fits, param_count,
+from models import (ModelConfig, apply_scale, auto_models_per_pass, auto_time_chunk, build_model, check_fits, param_count,
                     supports_stacked)
 from tasks import LM_TASKS, build_lm_task, build_task, sample_predictions
 from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
@@ -351,6 +351,10 @@ class DistributedTrainer:
             self._load_model_state(ckpt)
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
         self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
+        if not cfg.time_chunk and self.device.type == "cuda":
+            # the forward's working set per chunk, sized for the models evaluated per pass (flat in T)
+            self.time_chunk = auto_time_chunk(self.mcfg, device=self.device, batch_size=min(mb, cfg.batch_size),
+                                              models=self.models_per_pass, T=64)
         if ckpt is not None:
             self._load_run_state(ckpt)
         # theta is broadcast once; afterwards the replicas only exchange loss tables.

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One device call that uses every GPU of the machine: GPU 0 runs the kernel sweep, the correctness
+# checks and the step bench (in that order, with the sweep's best configs); GPUs 1.. run the
+# paper-scale reproduction lanes (scripts/gpu_batch_reproduce.sh); optionally the scaling bench
+# runs after both, on all GPUs.
+#
+#   bash bench/gpu_session.sh [--bench-budget S] [--repro-budget S] [--scaling] [--no-repro] [--flashrnn]
+#
+# Logs and results go under $OUT (the device tool's output folder; default bench/results/session).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/session}
+BENCH_BUDGET=220 REPRO_BUDGET=380 SWEEP_BUDGET=150 SCALING=0 REPRO=1 FLASHRNN=0
+BENCH_ARGS="--probes 12,64 --sizes tiny,small,medium,large,xlarge --sections peak,zo,breakdown"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bench-budget) BENCH_BUDGET=$2; shift 2 ;;
+        --sweep-budget) SWEEP_BUDGET=$2; shift 2 ;;
+        --repro-budget) REPRO_BUDGET=$2; shift 2 ;;
+        --bench-args) BENCH_ARGS=$2; shift 2 ;;
+        --scaling) SCALING=1; shift ;;
+        --no-repro) REPRO=0; shift ;;
+        --flashrnn) FLASHRNN=1; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+mkdir -p "$OUT"
+NG=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+echo "[session] $(date -u +%FT%TZ) $NG GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+
+lane0() {
+    export CUDA_VISIBLE_DEVICES=0
+    python3 bench/step_kernel_sweep.py --time_budget_s "$SWEEP_BUDGET" --out "$OUT" > "$OUT/sweep.log" 2>&1
+    echo "[lane0] sweep rc=$?"
+    [ -s "$OUT/step_tuning.json" ] && export ZO_STEP_TUNING="$OUT/step_tuning.json"
+    python3 bench/gpu_checks.py --out "$OUT/gpu_checks.md" > "$OUT/gpu_checks.log" 2>&1
+    echo "[lane0] gpu_checks rc=$?"
+    # shellcheck disable=SC2086
+    python3 bench/bench_step.py $BENCH_ARGS --time_budget_s "$BENCH_BUDGET" --out "$OUT" > "$OUT/bench.log" 2>&1
+    echo "[lane0] bench rc=$?"
+    if [ "$FLASHRNN" = 1 ]; then
+        python3 bench/flashrnn_checks.py --out "$OUT/flashrnn_checks.md" > "$OUT/flashrnn.log" 2>&1
+        echo "[lane0] flashrnn rc=$?"
+    fi
+}
+
+lane0 & P0=$!
+if [ "$REPRO" = 1 ] && [ "$NG" -ge 2 ]; then
+    GPUS=$(seq -s, 1 $((NG - 1)))
+    scripts/gpu_batch_reproduce.sh --gpus "$GPUS" --budget_s "$REPRO_BUDGET" > "$OUT/repro.log" 2>&1
+    echo "[repro] rc=$?"
+    cp -r results/gpu_runs "$OUT/" 2>/dev/null
+fi
+wait $P0
+if [ "$SCALING" = 1 ]; then
+    bash bench/run_scaling.sh --gpus "$NG" --sizes large,xlarge --worlds 1,4,2 --warmup 3,xlarge=1 --iters 5,xlarge=3 \
+        --budget-s 140 --out "$OUT" > "$OUT/scaling.log" 2>&1
+    echo "[scaling] rc=$?"
+fi
+tail -5 "$OUT"/sweep.log "$OUT"/gpu_checks.log "$OUT"/bench.log 2>/dev/null
+echo "[session] done $(date -u +%FT%TZ)"

@@ -1,0 +1,201 @@
+"""The fused LSTM step kernel (recurrent GEMM + cell epilogue) at each preset's head shape, on a GPU.
+
+    python bench/step_kernel_sweep.py --out $OUT            # all presets, the default config grid
+
+Per preset (heads N, head size D, padded Dk, B = 1024, K stacked models as the trainer picks them):
+- correctness of every config against an fp32 torch step on the same tensors (max abs error of h, c);
+- time per step (median of CUDA-event timed reps) and executed TFLOP/s (2*K*N*B*Dk*4Dk, padding
+  included) for each config of the grid;
+- the ceilings it is compared with: cuBLAS `bmm` of the same GEMM alone (no epilogue), the unfused
+  step (cuBLAS bmm + our cell kernel) and the dense bf16 peak (8192^3 mm) measured in this run.
+Writes `step_kernel_sweep_<date>.md/.json` and `step_tuning.json` (the best config per shape, the
+format `models/lstm_fused.py` reads from ZO_STEP_TUNING or models/step_tuning.json).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models import SIZE_PRESETS  # noqa: E402
+from models.lstm_fused import lstm_cell_, lstm_step_, step_tiles, tuning_key  # noqa: E402
+
+# K stacked models per pass at B = 1024, T = 11, 12 probes (models.auto_models_per_pass on an H200)
+DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
+
+
+def cuda_time(fn, *, reps: int, warm: int = 2) -> float:
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def peak_tflops(dev) -> float:
+    n = 8192
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    t = cuda_time(lambda: torch.mm(a, b), reps=20, warm=3)
+    return 2 * n ** 3 / t / 1e12
+
+
+def make_case(size: str, K: int, B: int, V: int, dev, seed: int = 0):
+    H, N = SIZE_PRESETS[size]
+    D = H // N
+    Dk, BD, BK = step_tiles(D)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    W = torch.zeros(K * N, Dk, 4, Dk, device=dev, dtype=torch.bfloat16)
+    W[:, :D, :, :D] = (torch.randn(K * N, D, 4, D, device=dev, generator=g) / D ** 0.5).to(torch.bfloat16)
+    W = W.view(K * N, Dk, 4 * Dk)
+    G = torch.zeros(K, V, N, 4, Dk, device=dev)
+    G[..., :D] = torch.randn(K, V, N, 4, D, device=dev, generator=g) * 0.5
+    G = G.view(K, V, N, 4 * Dk)
+    h = torch.zeros(K, B, N, Dk, device=dev, dtype=torch.bfloat16)
+    h[..., :D] = (torch.rand(K, B, N, D, device=dev, generator=g) - 0.5).to(torch.bfloat16)
+    c = torch.zeros(K * N, B, Dk, device=dev)
+    c[..., :D] = torch.randn(K * N, B, D, device=dev, generator=g) * 0.3
+    tok = torch.randint(0, V, (B, 3), device=dev, generator=g)
+    return dict(size=size, K=K, N=N, D=D, Dk=Dk, BD=BD, BK=BK, B=B, W=W, G=G, h=h, c=c, tok=tok)
+
+
+def reference_step(cs, t: int = 1):
+    """fp32 torch step on the same (bf16) tensors: h, c of [K*N, B, Dk]."""
+    K, N, B, Dk = cs["K"], cs["N"], cs["B"], cs["Dk"]
+    A = cs["h"].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
+    pre = torch.bmm(A, cs["W"].float()).view(K, N, B, 4 * Dk)
+    gx = cs["G"][:, cs["tok"][:, t]]                             # [K, B, N, 4Dk]
+    pre = (pre + gx.permute(0, 2, 1, 3)).view(K * N, B, 4, Dk)
+    i, f, z, o = pre.unbind(2)
+    c = torch.sigmoid(f) * cs["c"] + torch.sigmoid(i) * torch.tanh(z)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def run_kernel(cs, cfg, h_out, c_out, t: int = 1):
+    lstm_step_(cs["h"], h_out, cs["W"], cs["G"], cs["tok"], t, cs["c"], c_out, K=cs["K"], N=cs["N"], Dk=cs["Dk"],
+               BD=cfg.get("BD", cs["BD"]), BK=cs["BK"], **{k: v for k, v in cfg.items() if k != "BD"})
+
+
+def grid_configs(cs, quick: bool):
+    """The config grid; small shapes (under 50 GFLOP a step) always get the quick grid."""
+    quick = quick or 2.0 * cs["K"] * cs["N"] * cs["B"] * cs["Dk"] * 4 * cs["Dk"] < 50e9
+    out = []
+    bds = [cs["BD"]] + ([32] if cs["BD"] == 64 and not quick else [])
+    for bd, bm, one, (warps, stages) in itertools.product(bds, (64, 128), (False, True),
+                                                           ((4, 3), (8, 3), (8, 4))):
+        if quick and (warps, stages) not in ((4, 3), (8, 3)):
+            continue
+        out.append({"BD": bd, "BM": bm, "one_dot": one, "num_warps": warps, "num_stages": stages})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="large,xlarge,medium,small,tiny")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="a smaller config grid")
+    ap.add_argument("--time_budget_s", type=float, default=240.0)
+    ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("step_kernel_sweep.py needs a CUDA device")
+    dev = torch.device("cuda")
+    t_start = time.time()
+    gpu = torch.cuda.get_device_name(dev)
+    peak = peak_tflops(dev)
+    print(f"{gpu}: dense bf16 peak {peak:.0f} TFLOP/s", flush=True)
+    rows, tuning = [], {}
+    for size in a.sizes.split(","):
+        K = DEFAULT_K[size]
+        cs = make_case(size, K, a.batch, a.vocab, dev)
+        K, N, B, Dk, D = cs["K"], cs["N"], cs["B"], cs["Dk"], cs["D"]
+        flops = 2.0 * K * N * B * Dk * 4 * Dk
+        useful = 2.0 * K * N * B * D * 4 * D
+        href, cref = reference_step(cs)
+        A = cs["h"].permute(0, 2, 1, 3).reshape(K * N, B, Dk).contiguous()
+        t_bmm = cuda_time(lambda: torch.bmm(A, cs["W"]), reps=20)
+        pre = torch.bmm(A, cs["W"])
+        c2 = cs["c"].clone()
+        h2 = torch.empty(K * N, B, Dk, device=dev, dtype=torch.bfloat16)
+        t_unfused = cuda_time(lambda: (torch.bmm(A, cs["W"], out=pre), lstm_cell_(pre, c2, h2)), reps=20)
+        base = {"size": size, "K": K, "N": N, "D": D, "Dk": Dk, "B": B, "gflop": flops / 1e9,
+                "cublas_bmm_s": t_bmm, "cublas_bmm_tflops": flops / t_bmm / 1e12,
+                "unfused_s": t_unfused, "unfused_tflops": flops / t_unfused / 1e12}
+        print(f"{size}: K={K} N={N} D={D}->{Dk} B={B}: {flops / 1e9:.1f} GFLOP/step; cuBLAS bmm alone "
+              f"{t_bmm * 1e3:.3f} ms ({base['cublas_bmm_tflops']:.0f} TF/s), bmm+cell {t_unfused * 1e3:.3f} ms",
+              flush=True)
+        best = None
+        h_out = torch.empty_like(cs["h"])
+        c_out = torch.empty_like(cs["c"])
+        for cfg in grid_configs(cs, a.quick):
+            if time.time() - t_start > a.time_budget_s:
+                print("  time budget reached; remaining configs skipped", flush=True)
+                break
+            row = dict(base, **cfg)
+            try:
+                run_kernel(cs, cfg, h_out, c_out)
+                torch.cuda.synchronize()
+                hk = h_out.float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
+                row["err_h"] = float((hk - href).abs().max())
+                row["err_c"] = float((c_out - cref).abs().max())
+                t = cuda_time(lambda: run_kernel(cs, cfg, h_out, c_out), reps=20)
+                row.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
+                row["ok"] = row["err_h"] < 2e-2 and row["err_c"] < 2e-2
+            except Exception as e:  # noqa: BLE001  (a config that does not compile is a result too)
+                row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
+            rows.append(row)
+            print(f"  {cfg}: " + (f"{row['s'] * 1e3:.3f} ms {row['tflops']:.0f} TF/s err h {row['err_h']:.1e} "
+                                  f"c {row['err_c']:.1e}" if "s" in row else row.get("error", "")), flush=True)
+            if row.get("ok") and (best is None or row["s"] < best["s"]):
+                best = row
+        if best is not None:
+            key = tuning_key(gpu, Dk, B, K * N)
+            tuning[key] = {k: best[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages")}
+            print(f"  best {size}: {tuning[key]} {best['s'] * 1e3:.3f} ms, {best['tflops']:.0f} TF/s "
+                  f"({best['peak_frac'] * 100:.0f}% of peak), {t_unfused / best['s']:.2f}x the unfused step", flush=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"date_utc": stamp, "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "peak_tflops": peak, "command": "python bench/step_kernel_sweep.py " + " ".join(argv or sys.argv[1:])}
+    (out / f"step_kernel_sweep_{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "step_tuning.json").write_text(json.dumps(tuning, indent=1, sort_keys=True))
+    lines = [f"# Fused LSTM step kernel sweep ({stamp} UTC, {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda})",
+             "", f"Command: `{meta['command']}`. Dense bf16 peak measured in this run: {peak:.0f} TFLOP/s.",
+             "TF/s counts the executed GEMM (padded heads, 2·K·N·B·Dk·4Dk per step); 'useful' counts the unpadded D.",
+             "", "| size | K | N | D→Dk | config | ms/step | TF/s | useful TF/s | % peak | cuBLAS bmm alone | bmm + cell | err h | err c |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "s" not in r:
+            continue
+        cfg = f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'} w{r['num_warps']} s{r['num_stages']}"
+        lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "
+                     f"{r['tflops']:.0f} | {r['useful_tflops']:.0f} | {r['peak_frac'] * 100:.0f}% | "
+                     f"{r['cublas_bmm_s'] * 1e3:.3f} ms ({r['cublas_bmm_tflops']:.0f} TF/s) | {r['unfused_s'] * 1e3:.3f} ms | "
+                     f"{r['err_h']:.1e} | {r['err_c']:.1e} |")
+    (out / f"step_kernel_sweep_{stamp}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}/step_kernel_sweep_{stamp}.md and step_tuning.json", flush=True)
+
+
+if __name__ == "__main__":
+    main()
