@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/session}
 BENCH_BUDGET=220 REPRO_BUDGET=380 SWEEP_BUDGET=150 SCALING=0 REPRO=1 FLASHRNN=0
-BENCH_ARGS="--probes 12,64 --sizes tiny,small,medium,large,xlarge --sections peak,zo,breakdown"
+BENCH_ARGS="--probes 12,64 --sizes tiny,small,medium,large,xlarge --sections peak,zo,breakdown,sweep --sweep_T 10,100,1000,10000"
 while [ $# -gt 0 ]; do
     case "$1" in
         --bench-budget) BENCH_BUDGET=$2; shift 2 ;;
@@ -59,4 +59,10 @@ if [ "$SCALING" = 1 ]; then
     echo "[scaling] rc=$?"
 fi
 tail -5 "$OUT"/sweep.log "$OUT"/gpu_checks.log "$OUT"/bench.log 2>/dev/null
+grep -h "best\|cuBLAS" "$OUT"/sweep.log 2>/dev/null
+# the device tool returns at most 8 files: everything goes into one archive, the key reports beside it
+(cd "$OUT" && tar czf ../session_all.tgz . && mkdir -p keep && mv ../session_all.tgz keep/ \
+    && find . -maxdepth 1 -type f ! -name 'bench_step_*.md' ! -name 'scaling_*.md' -delete \
+    && find . -mindepth 1 -maxdepth 1 -type d ! -name keep -exec rm -rf {} + && mv keep/session_all.tgz . && rmdir keep)
+ls -la "$OUT"
 echo "[session] done $(date -u +%FT%TZ)"

@@ -29,16 +29,19 @@ def _tanh(x):
 
 @triton.jit
 def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
-                     B, N, V, tok_stride_b, t, stride_in_k, stride_out_k, stride_hb,
+                     B, N, V, tok_stride_b, t, stride_in_k, stride_in_b, stride_out_k, stride_hb,
+                     stride_cin_h, stride_cin_b,
                      Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
                      ONE_DOT: tl.constexpr, IEEE: tl.constexpr):
     """Grid (Dk // BD, cdiv(B, BM), K * N).
 
-    h_in / h_out: element (k, b, n, d) at k*stride_{in,out}_k + b*stride_hb + n*Dk + d (weight dtype)
+    h_in:  element (k, b, n, d) at k*stride_in_k + b*stride_in_b + n*Dk + d (stride_in_b 0: broadcast)
+    h_out: element (k, b, n, d) at k*stride_out_k + b*stride_hb + n*Dk + d (weight dtype)
     w:   [K*N, Dk, 4*Dk]   column g*Dk + d (weight dtype, zero padding)
-    g:   [K, V, N, 4*Dk]   fp32 input projection + bias per token (zero padding)
+    g:   [K, V, N, 4*Dk]   input projection + bias per token (zero padding; any float dtype)
     tok: [B, *] int64 tokens, column t is this step's
-    c_in, c_out: [K*N, B, Dk] fp32 (the same buffer for an update in place)"""
+    c_in:  element (head, b, d) at head*stride_cin_h + b*stride_cin_b + d, fp32 (stride_cin_b 0: broadcast)
+    c_out: [K*N, B, Dk] fp32 (may be c_in itself: each program reads and writes only its own tile)"""
     pid_d = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_h = tl.program_id(2)
@@ -48,7 +51,7 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     rmask = rows < B
     kk = tl.arange(0, BK)
     e = tl.arange(0, BD)
-    a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_hb
+    a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
               + n * Dk + kk[None, :])
     w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * BD
     if ONE_DOT:
@@ -95,12 +98,13 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     g_rows = g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk) + pid_d * BD
     gp = g_rows[:, None] + e[None, :]
     m2 = rmask[:, None]
-    i = acc_i + tl.load(gp, mask=m2, other=0.0)
-    f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0)
-    z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0)
-    o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0)
+    i = acc_i + tl.load(gp, mask=m2, other=0.0).to(tl.float32)
+    f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32)
+    z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32)
+    o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32)
     c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
-    c = tl.load(c_in_ptr + c_off, mask=m2, other=0.0)
+    c = tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
+                + pid_d * BD + e[None, :], mask=m2, other=0.0)
     c_new = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
     h = _sigmoid(o) * _tanh(c_new)
     tl.store(c_out_ptr + c_off, c_new, mask=m2)

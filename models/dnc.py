@@ -120,6 +120,7 @@ class DNCModel(nn.Module):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         h, c = self.controller.init_state(batch_size)
+        h, c = h.contiguous(), c.contiguous()          # the controller's own recurrence owns these
         sdt = state_dtype(self.W_iface.dtype)
         mem = self.mem_init.to(sdt).unsqueeze(0).expand(batch_size, self.N, self.W).contiguous()
         reads = torch.zeros(batch_size, self.R, self.W, dtype=sdt, device=mem.device)
@@ -183,6 +184,7 @@ class DNCModel(nn.Module):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         K = P["W_iface"].shape[0]
         h, c = self.controller.init_state_stacked(self._controller_params(P), batch_size)
+        h, c = h.contiguous(), c.contiguous()
         sdt = state_dtype(P["W_iface"].dtype)
         mem = self.mem_init.to(sdt).unsqueeze(0).expand(K * batch_size, self.N, self.W).contiguous()
         reads = torch.zeros(K * batch_size, self.R, self.W, dtype=sdt, device=mem.device)

@@ -46,9 +46,11 @@ class LSTMModel(nn.Module):
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int):
         N, D, sdt = self.N, self.D, state_dtype(self.h0.dtype)
-        h = self.h0.to(sdt).view(N, 1, D).expand(N, batch_size, D).contiguous()
-        c = self.c0.to(sdt).view(N, 1, D).expand(N, batch_size, D).contiguous()
-        return h, c
+        h = self.h0.to(sdt).view(N, 1, D).expand(N, batch_size, D)
+        c = self.c0.to(sdt).view(N, 1, D).expand(N, batch_size, D)
+        if self._fused() == "fused":      # the fused forward reads a broadcast state without copying it
+            return h, c
+        return h.contiguous(), c.contiguous()
 
     # ------------------------------------------------------------------ pieces (shared with the DNC)
     def input_gates(self, x_BTI: torch.Tensor) -> torch.Tensor:
@@ -93,9 +95,11 @@ class LSTMModel(nn.Module):
         """Initial (h, c) of K stacked models, heads folded as [K*N, B, D]."""
         K = P["h0"].shape[0]
         N, D, sdt = self.N, self.D, state_dtype(P["h0"].dtype)
-        h = P["h0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D).contiguous()
-        c = P["c0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D).contiguous()
-        return h, c
+        h = P["h0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D)
+        c = P["c0"].to(sdt).view(K * N, 1, D).expand(K * N, batch_size, D)
+        if self._fused() == "fused":      # the fused forward reads a broadcast state without copying it
+            return h, c
+        return h.contiguous(), c.contiguous()
 
     def prepare_stacked(self, P: dict) -> dict | None:
         """P with the per-pass weight layouts of the fused forward built once (reuse it for every

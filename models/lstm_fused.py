@@ -167,35 +167,44 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3) -> None:
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernel).
 
-    h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk); w [K*N, Dk, 4*Dk]; g [K, V, N, 4*Dk]
-    fp32; tok [B, *] int64; c_in / c_out [K*N, B, Dk] fp32 (may be the same tensor)."""
+    h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk; h_in may broadcast over B, stride 0);
+    w [K*N, Dk, 4*Dk]; g [K, V, N, 4*Dk]; tok [B, *] int64; c_in [K*N, B, Dk] fp32 (may broadcast
+    over B); c_out [K*N, B, Dk] fp32 contiguous (may be c_in)."""
     import triton
     from models._lstm_step_triton import lstm_step_kernel
-    B = c_in.shape[1]
+    B = c_out.shape[1]
     V = g.shape[1]
     for h in (h_in, h_out):
-        assert h.shape == (K, B, N, Dk) and h.stride(-1) == 1 and h.stride(-2) == Dk and h.stride(-3) == N * Dk
-    assert w.is_contiguous() and g.is_contiguous() and c_in.is_contiguous() and c_out.is_contiguous()
-    assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and g.dtype == torch.float32
+        assert h.shape == (K, B, N, Dk) and h.stride(-1) == 1 and h.stride(-2) == Dk
+    assert h_out.stride(-3) == N * Dk and h_in.stride(-3) in (0, N * Dk)
+    assert c_in.shape == c_out.shape and c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk)
+    assert w.is_contiguous() and g.is_contiguous() and c_out.is_contiguous()
+    assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and c_out.dtype == torch.float32
     grid = (Dk // BD, triton.cdiv(B, BM), K * N)
     lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
-                           h_out.stride(0), N * Dk, Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot,
+                           h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
+                           Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot,
                            IEEE=(w.dtype == torch.float32), num_warps=num_warps, num_stages=num_stages)
 
 
-def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 28):
-    """G [K, V, N, 4*Dk] fp32 = emb @ W_in + b, per token, in the padded gate layout.
+def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 26):
+    """G [K, V, N, 4*Dk] (weight dtype) = emb @ W_in + b per token, in the padded gate layout.
 
     The input of the LSTM is an embedded token, so its input projection takes only V distinct values
-    per model: computing them once per forward replaces the [B, T, I] x [I, 4H] GEMM by a lookup."""
+    per model: computing them once per pass replaces the [B, T, I] x [I, 4H] GEMM by a lookup. The
+    products are summed in fp32 and rounded once, as a bf16 GEMM would; the work is done a few heads
+    at a time so no fp32 copy of W_in exists."""
     K, V, I = emb.shape
-    G = torch.zeros(K, V, N, 4, Dk, dtype=torch.float32, device=emb.device)
-    per = max(1, chunk_bytes // max(1, I * W_in.shape[-1] * 4))
-    for k0 in range(0, K, per):
-        k1 = min(K, k0 + per)
-        x = torch.bmm(emb[k0:k1].float(), W_in[k0:k1].float())              # [k, V, 4H] as (4, N, D)
-        x = x.view(k1 - k0, V, 4, N, D).add_(b[k0:k1].float().view(k1 - k0, 1, 4, N, D))
-        G[k0:k1, :, :, :, :D] = x.permute(0, 1, 3, 2, 4)
+    G = torch.zeros(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
+    Wv = W_in.view(K, I, 4, N, D)
+    bv = b.view(K, 4, N, D)
+    e32 = emb.float()
+    per = max(1, chunk_bytes // max(1, K * I * 4 * D * 4))
+    for n0 in range(0, N, per):
+        n1 = min(N, n0 + per)
+        w = Wv[:, :, :, n0:n1].float().reshape(K, I, 4 * (n1 - n0) * D)
+        x = torch.bmm(e32, w).view(K, V, 4, n1 - n0, D) + bv[:, :, n0:n1].float().unsqueeze(1)
+        G[:, :, n0:n1, :, :D] = x.permute(0, 1, 3, 2, 4)
     return G.view(K, V, N, 4 * Dk)
 
 
@@ -230,9 +239,10 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     output projection of all its steps. Hidden states live in hs [K, Tc, B, N, Dk], so the working
     set grows with the chunk, never with T; states pass between chunks without copies.
 
-    state: (h, c) as [K*N, B, D] (e.g. init_state_stacked), or as returned by a previous chunk:
-    h [K, B, N, Dk] in the weight dtype (a view of that chunk's hs) and c [K*N, B, Dk] fp32, both
-    zero-padded. Returns (logits, (h, c)) in the latter form."""
+    state: (h, c) as [K*N, B, D] (e.g. init_state_stacked; a view broadcast over B costs no copy),
+    or as returned by a previous chunk: h [K, B, N, Dk] in the weight dtype (a view of that chunk's
+    hs) and c [K*N, B, Dk] fp32, both zero-padded. Returns (logits, (h, c)) in the latter form.
+    A returned state is meant for the next chunk: that chunk updates its c in place."""
     if "_fused" not in P:
         P = prepare_fused(P, num_heads=num_heads)
     f = P["_fused"]
@@ -246,16 +256,25 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
         raise ValueError(f"state of shape {tuple(h0.shape)} / {tuple(c0.shape)} does not fit a batch of {B} "
                          f"rows with head size {D} (padded {Dk})")
     if h0.dim() == 4 and h0.dtype == dt and h0.stride(-1) == 1 and h0.stride(-2) == Dk and h0.stride(-3) == N * Dk:
-        h_in = h0                                           # a previous chunk's state: no copy
-    else:                                               # [K*N, B, D] (e.g. init_state): pad once
+        h_in = h0                                               # a previous chunk's state: no copy
+    elif h0.stride(1) == 0:                                     # [K*N, B, D] broadcast over B (init_state)
+        h_in = torch.zeros(K, 1, N, Dk, dtype=dt, device=dev)
+        h_in[..., :h0.shape[-1]] = h0[:, :1].reshape(K, 1, N, -1)
+        h_in = h_in.expand(K, B, N, Dk)
+    else:                                                       # [K*N, B, D]: pad once
         h_in = torch.zeros(K, B, N, Dk, dtype=dt, device=dev)
         h_in[..., :h0.shape[-1]] = h0.reshape(K, N, B, -1).transpose(1, 2)
     if c0.shape[-1] == Dk and c0.dtype == torch.float32 and c0.is_contiguous():
-        c_in = c0                                           # read only: step 0 writes a new buffer
+        c_in = c = c0                                           # a previous chunk's state: updated in place
     else:
-        c_in = torch.zeros(K * N, B, Dk, dtype=torch.float32, device=dev)
-        c_in[..., :c0.shape[-1]] = c0
-    c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
+        if c0.stride(1) == 0:
+            c_in = torch.zeros(K * N, 1, Dk, dtype=torch.float32, device=dev)
+            c_in[..., :c0.shape[-1]] = c0[:, :1]
+            c_in = c_in.expand(K * N, B, Dk)
+        else:
+            c_in = torch.zeros(K * N, B, Dk, dtype=torch.float32, device=dev)
+            c_in[..., :c0.shape[-1]] = c0
+        c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
     hs = torch.empty(K, T, B, N, Dk, dtype=dt, device=dev)
     tok = tokens_BT if tokens_BT.dtype == torch.int64 else tokens_BT.long()
     cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
