@@ -799,8 +799,9 @@ def run_sweep(b: Bench) -> None:
         b.free()
         b.reset_peak()
         cfg = preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype, backend=a.backend)
-        # one M for every T, so that memory compares like with like: the M of the chunked regime
-        tc = a.time_chunk if a.time_chunk > 0 else max(Ts)
+        # one M and one time chunk for every T, so that memory compares like with like (the chunk the
+        # trainer would pick for a 64-step sequence when --time_chunk is 0)
+        tc = a.time_chunk if a.time_chunk > 0 else auto_time_chunk(cfg, device=b.dev, batch_size=B, models=1, T=64)
         b.log(f"sweep {size} probes={probes}: building")
         s = ZOSetup(b, size, probes, B=B, T=min(Ts), time_chunk=a.time_chunk, mpp=0, cfg=cfg)
         s.tc = tc
