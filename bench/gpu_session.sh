@@ -4,13 +4,15 @@
 # paper-scale reproduction lanes (scripts/gpu_batch_reproduce.sh); optionally the scaling bench
 # runs after both, on all GPUs.
 #
-#   bash bench/gpu_session.sh [--bench-budget S] [--repro-budget S] [--scaling] [--no-repro] [--flashrnn]
+#   bash bench/gpu_session.sh [--bench-budget S] [--sweep-budget S] [--sweep-sizes L] [--repro-budget S]
+#                             [--bench-args "..."] [--scaling [--scaling-args "..."]] [--no-repro] [--flashrnn]
 #
 # Logs and results go under $OUT (the device tool's output folder; default bench/results/session).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/session}
-BENCH_BUDGET=220 REPRO_BUDGET=380 SWEEP_BUDGET=150 SCALING=0 REPRO=1 FLASHRNN=0
+BENCH_BUDGET=220 REPRO_BUDGET=380 SWEEP_BUDGET=150 SCALING=0 REPRO=1 FLASHRNN=0 SWEEP_SIZES=large,xlarge,medium,small,tiny
+SCALING_ARGS="--sizes large,xlarge --worlds 1,4,2 --warmup 3,xlarge=1 --iters 5,xlarge=3 --budget-s 140"
 BENCH_ARGS="--probes 12,64 --sizes tiny,small,medium,large,xlarge --sections peak,zo,breakdown,sweep --sweep_T 10,100,1000,10000"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -18,6 +20,8 @@ while [ $# -gt 0 ]; do
         --sweep-budget) SWEEP_BUDGET=$2; shift 2 ;;
         --repro-budget) REPRO_BUDGET=$2; shift 2 ;;
         --bench-args) BENCH_ARGS=$2; shift 2 ;;
+        --sweep-sizes) SWEEP_SIZES=$2; shift 2 ;;
+        --scaling-args) SCALING_ARGS=$2; shift 2 ;;
         --scaling) SCALING=1; shift ;;
         --no-repro) REPRO=0; shift ;;
         --flashrnn) FLASHRNN=1; shift ;;
@@ -31,7 +35,7 @@ echo "[session] $(date -u +%FT%TZ) $NG GPU(s): $(nvidia-smi --query-gpu=name --f
 
 lane0() {
     export CUDA_VISIBLE_DEVICES=0
-    python3 bench/step_kernel_sweep.py --time_budget_s "$SWEEP_BUDGET" --out "$OUT" > "$OUT/sweep.log" 2>&1
+    python3 bench/step_kernel_sweep.py --sizes "$SWEEP_SIZES" --time_budget_s "$SWEEP_BUDGET" --out "$OUT" > "$OUT/sweep.log" 2>&1
     echo "[lane0] sweep rc=$?"
     [ -s "$OUT/step_tuning.json" ] && export ZO_STEP_TUNING="$OUT/step_tuning.json"
     python3 bench/gpu_checks.py --out "$OUT/gpu_checks.md" > "$OUT/gpu_checks.log" 2>&1
@@ -54,8 +58,8 @@ if [ "$REPRO" = 1 ] && [ "$NG" -ge 2 ]; then
 fi
 wait $P0
 if [ "$SCALING" = 1 ]; then
-    bash bench/run_scaling.sh --gpus "$NG" --sizes large,xlarge --worlds 1,4,2 --warmup 3,xlarge=1 --iters 5,xlarge=3 \
-        --budget-s 140 --out "$OUT" > "$OUT/scaling.log" 2>&1
+    # shellcheck disable=SC2086
+    bash bench/run_scaling.sh --gpus "$NG" $SCALING_ARGS --out "$OUT" > "$OUT/scaling.log" 2>&1
     echo "[scaling] rc=$?"
 fi
 tail -5 "$OUT"/sweep.log "$OUT"/gpu_checks.log "$OUT"/bench.log 2>/dev/null
