@@ -104,8 +104,11 @@ def auto_models_per_pass(cfg: ModelConfig, *, device, batch_size: int, time_chun
     fit = int(budget_fraction * available_memory_bytes(device) // max(one, 1))
     enough = -(-int(work_flops) // max(1, int(forward_flops(cfg, batch_size=batch_size, T=time_chunk))))
     m = max(1, min(wanted, fit, enough))
-    if 1 < m < wanted and m % 2:
-        m = m + 1 if m + 1 <= min(wanted, fit) else m - 1
+    if m < wanted:
+        passes = -(-wanted // m)
+        m = -(-wanted // passes)                # the same number of passes, filled evenly
+        if m > 1 and m % 2:
+            m = m + 1 if m + 1 <= min(wanted, fit) else m - 1
     return m
 
 

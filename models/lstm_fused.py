@@ -1,20 +1,30 @@
-"""The `fused` LSTM recurrence backend: one cuBLAS batched GEMM and one Triton kernel per step.
+"""The fused LSTM backends: Triton kernels for the recurrence, heads zero-padded for tensor cores.
 
-Per time step t, for all heads (and all stacked probe models, folded into the head axis):
+Backend `fused` (the chunk forward of the LSTM model, `forward_chunk_stacked_fused`): per time step
+ONE kernel (models/_lstm_step_triton.py) for all heads of all K stacked probe models:
 
-    pre_NB(4Dp) = xgb[t] + h_NBDp @ Rp_ND(4Dp)        torch.baddbmm: the input gates and bias ride
-                                                     in the GEMM's C operand (no separate add)
-    c, h        = lstm_cell(pre, c)                  one Triton kernel: gates, c and h in fp32 regs,
-                                                     h written in the weight dtype straight into hs[t]
+    pre = h_prev @ W_rec + G[token]      recurrent GEMM on tensor cores, fp32 accumulation; the input
+                                         projection and bias come from a per-token table G = emb @ W_in + b
+    c, h = lstm_cell(pre, c)             the cell as the GEMM's epilogue: pre never leaves registers
 
-Padded heads: head size D is padded to Dp (a multiple of `pad_to`, 8 by default) so the GEMM runs
-on tensor-core-friendly shapes. The padding is zero in the recurrent weight, the input gates, the
-bias and the initial state, so every padded unit sees pre-activation 0 on every gate and keeps
-c = 0.5*c + 0.5*tanh(0) = 0 and h = 0.5*tanh(0) = 0 exactly: the model is still the paper's model
-and the padding never appears among the parameters (nothing to perturb or update).
+Per pass (`prepare_fused`, once for all chunks): the table G [K, V, N, 4*Dk], the padded recurrent
+weight [K*N, Dk, 4*Dk] and the padded output weight. After each chunk: one batched GEMM for the
+output projection. Launch configs come from models/step_tuning.json (measured per GPU and shape by
+bench/step_kernel_sweep.py; ZO_STEP_TUNING points elsewhere), else a heuristic.
 
-Triton is imported lazily; `available()` says whether this backend can run here (a CUDA device
-with Triton, or the Triton interpreter with TRITON_INTERPRET=1 on CPU tensors for tests).
+Backend `fused_bmm` (kept for comparison) and the bare recurrence (`recurrence_fused`, used with
+precomputed input gates, e.g. by the DNC controller): one cuBLAS batched GEMM plus one Triton cell
+kernel per step.
+
+Padded heads: head size D is padded to Dk (fused: a multiple of the kernel's tiles; bmm: of 8). The
+padding is zero in the recurrent weight, the input gates, the bias and the initial state, so every
+padded unit sees pre-activation 0 on every gate and keeps c = 0.5*c + 0.5*tanh(0) = 0 and
+h = 0.5*tanh(0) = 0 exactly: the model is still the paper's model and the padding never appears among
+the parameters (nothing to perturb or update).
+
+Triton is imported lazily; `available()` says whether these backends can run here (a CUDA device
+with Triton, or the Triton interpreter with TRITON_INTERPRET=1 on CPU tensors for tests; the
+interpreter computes bf16 wrongly, so CPU tests use fp32).
 """
 from __future__ import annotations
 
