@@ -37,9 +37,17 @@ The "Paper scale on H200" section (id ``paper-h200``) renders the time-capped ru
 (a ``NAME.cut`` file) has status ``cut``. Without runs there, the section says they are pending and
 gives the command.
 
+The timing/VRAM section (id ``timing-h200``, issue 6 part 4) renders the newest
+``bench/results/bench_step_*.json`` of ``bench/bench_step.py`` (newest by the timestamp in its name):
+date, GPU and command, our seconds per CD-RGE step and peak memory per preset beside the paper's code
+measured at the same per-GPU load on the same GPU (the rows' ``paper_s`` / ``paper_gib``) and the
+paper's README figures (A40; ``PAPER_README_A40_S``, copied from the README), the context sweep, and a
+summary of the ``scaling_*.json`` of ``bench/run_scaling.sh`` beside it.
+
 Usage:
-  python scripts/report.py                       # every results/figure1/* and results/table2/* dir, and the GPU section
+  python scripts/report.py                       # every results/figure1/* and results/table2/* dir, the GPU and timing sections
   python scripts/report.py --gpu results/gpu_runs   # only the "Paper scale on H200" section
+  python scripts/report.py --timing              # only the timing/VRAM table (newest bench/results/bench_step_*.json)
   python scripts/report.py --figure1 results/figure1/cpu --tag cpu --report results/REPORT.md
   python scripts/report.py --table2 logs/ --filter _LSTM_ --tag paper
 """
@@ -125,6 +133,12 @@ class RunData:
                 [t for _, t in times if t is not None]
         return statistics.median(times) if times else None
 
+    def peak_gib(self) -> float | None:
+        """The largest peak_mem_bytes of the records (the device allocator's peak on a GPU), in GiB."""
+        vals = [_f(r.get("peak_mem_bytes")) for r in self.records]
+        vals = [v for v in vals if v is not None]
+        return max(vals) / 2**30 if vals else None
+
     def status(self) -> str:
         if self.failed:
             return "failed"
@@ -205,7 +219,7 @@ def figure1_run_row(run: RunData, threshold: float) -> dict[str, Any]:
         "last_loss": losses[-1] if losses else None,
         "steps_to_threshold": step, "seconds_to_threshold": secs,
         "s_per_step": run.seconds_per_step(), "last_step": run.last_step(),
-        "status": run.status(),
+        "peak_gib": run.peak_gib(), "status": run.status(),
     }
 
 
@@ -302,7 +316,7 @@ def table2_group(runs: Sequence[RunData]) -> dict[str, Any]:
             "final_acc": _f(last.get("val_accuracy")), "final_seq_acc": _f(last.get("val_seq_accuracy")),
             "final_step": int(_f(last["step"])),
             "final_train_loss": _f(last.get("train_loss")),
-            "s_per_step": run.seconds_per_step(), "status": run.status(),
+            "s_per_step": run.seconds_per_step(), "peak_gib": run.peak_gib(), "status": run.status(),
         })
     return {"rows": rows, "equal_step": equal_step, "equal_time": equal_time}
 
@@ -337,6 +351,10 @@ def fmt(v: Any, kind: str = "g") -> str:
     return str(v)
 
 
+def fmt_gib(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -361,7 +379,8 @@ def scale_note(tag: str) -> list[str]:
     if tag == GPU_TAG:
         note = ("**Paper-scale models, but short runs.** Each run had a wall-clock cap of tens of seconds "
                 "(start-up included); status `cut` = stopped by its cap, `ok` = ended by its stop loss or "
-                "max_iterations. These are the first seconds of each curve, not converged results.")
+                "max_iterations. These are the first seconds of each curve, not converged results. Peak GiB: "
+                "the largest `peak_mem_bytes` a run logged (`torch.cuda.max_memory_allocated`).")
         return [note, ""]
     return []
 
@@ -413,6 +432,8 @@ def figure1_plots(runs: dict[str, RunData], best: list[dict[str, Any]], fig_dir:
         return []
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    # the threshold line only when some run came near it: otherwise it squeezes every curve (log y) into a sliver
+    lowest = min((r["best_loss"] for r in best if r["best_loss"] is not None), default=math.inf)
     for axis, xlabel, suffix in (("step", "step", "loss_vs_step"),
                                  ("time", "wall-clock time (s)", "loss_vs_time")):
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -427,7 +448,8 @@ def figure1_plots(runs: dict[str, RunData], best: list[dict[str, Any]], fig_dir:
                     ys.append(loss)
             if xs:
                 ax.plot(xs, ys, label=f"{row['optimizer']} (lr {fmt(row['lr'], 'lr')})", linewidth=1.4)
-        ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+        if lowest <= 3 * threshold:
+            ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
         ax.set_yscale("log")
         if axis == "time":
             ax.set_xscale("log")   # elapsed_s > 0 from the first step on
@@ -493,6 +515,8 @@ def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, titl
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize="small")
     fig.suptitle(f"{group_title}: {title}", fontsize=10)
+    if loss_vs_time:
+        fig.subplots_adjust(wspace=0.3)   # room for the fourth panel's y label
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -502,8 +526,14 @@ def table2_plot(group_title: str, best_runs: Sequence[RunData], path: Path, titl
 
 def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: dict[str, Any] | None,
                     fig_dir: Path, report_dir: Path, threshold: float = DEFAULT_THRESHOLD,
-                    plots: bool = True, log_steps: bool = False) -> str:
+                    plots: bool = True, log_steps: bool = False, show_mem: bool = False) -> str:
+    """show_mem: a column with each run's peak device memory (peak_mem_bytes; the GPU runs)."""
     best = figure1_best(runs, threshold)
+    mem_h = ["peak GiB"] if show_mem else []
+
+    def mem(r: dict[str, Any]) -> list[str]:
+        return [fmt_gib(r["peak_gib"])] if show_mem else []
+
     any_run = next(iter(runs.values()))
     ctx = max((int(_f(r.get("context_len")) or 0) for run in runs.values() for r in run.records), default=0)
     lines = [f"### Figure 1: DNC copy, overfitting one batch ({scale_label(tag)})", ""] + scale_note(tag)
@@ -515,11 +545,12 @@ def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: di
     thr = f"{threshold:g}"
     lines.append(md_table(
         ["optimizer", "best lr", "lrs tried", "first loss", "best loss", f"steps to < {thr}",
-         f"wall clock to < {thr}", "s/step (median)", "steps run", "status"],
+         f"wall clock to < {thr}", "s/step (median)", "steps run"] + mem_h + ["status"],
         [[r["optimizer"], fmt(r["lr"], "lr"), ", ".join(fmt(x, "lr") for x in r["lrs_tried"]),
           fmt(r["first_loss"]), fmt(r["best_loss"]), fmt(r["steps_to_threshold"], "int"),
           fmt(r["seconds_to_threshold"], "s"), fmt(r["s_per_step"], "s"),
-          fmt(None if r["last_step"] is None else r["last_step"] + 1, "int"), r["status"]] for r in best]))
+          fmt(None if r["last_step"] is None else r["last_step"] + 1, "int")] + mem(r) + [r["status"]]
+         for r in best]))
     lines.append("")
     reached = [r for r in best if r["steps_to_threshold"] is not None]
     zo = [r for r in reached if "RGE" in r["optimizer"]]
@@ -540,12 +571,12 @@ def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: di
     lines.append("<details><summary>Every run</summary>")
     lines.append("")
     lines.append(md_table(["run", "optimizer", "lr", "first loss", "best loss", "last loss",
-                           f"steps to < {thr}", "s/step", "steps run", "status"],
+                           f"steps to < {thr}", "s/step", "steps run"] + mem_h + ["status"],
                           [[f"`{r['run']}`", r["optimizer"], fmt(r["lr"], "lr"), fmt(r["first_loss"]),
                             fmt(r["best_loss"]), fmt(r["last_loss"]), fmt(r["steps_to_threshold"], "int"),
                             fmt(r["s_per_step"], "s"),
-                            fmt(None if r["last_step"] is None else r["last_step"] + 1, "int"), r["status"]]
-                           for r in rows]))
+                            fmt(None if r["last_step"] is None else r["last_step"] + 1, "int")] + mem(r) +
+                           [r["status"]] for r in rows]))
     lines.append("")
     lines.append("</details>")
     if plots:
@@ -558,7 +589,9 @@ def figure1_section(runs: dict[str, RunData], *, tag: str, source: str, info: di
 
 
 def table2_section(runs: dict[str, RunData], *, tag: str, source: str, info: dict[str, Any] | None,
-                   fig_dir: Path, report_dir: Path, plots: bool = True, loss_vs_time: bool = False) -> str:
+                   fig_dir: Path, report_dir: Path, plots: bool = True, loss_vs_time: bool = False,
+                   show_mem: bool = False) -> str:
+    """loss_vs_time: a train-loss-against-wall-clock panel; show_mem: a peak device memory column."""
     lines = [f"### Table 2: validation on longer sequences ({scale_label(tag)})", ""] + scale_note(tag)
     lines += run_info_lines(info, source, len(runs))
     lines.append("Per task and model, the best learning rate per optimizer (highest token accuracy at its "
@@ -570,7 +603,8 @@ def table2_section(runs: dict[str, RunData], *, tag: str, source: str, info: dic
                  "sequence accuracy = share of validation sequences with every scored token right.")
     lines.append("")
     header = ["task / model", "optimizer", "best lr", "lrs tried", "S", "tok acc @S", "seq acc @S",
-              "W", "step @W", "tok acc @W", "seq acc @W", "final train loss", "s/step", "status"]
+              "W", "step @W", "tok acc @W", "seq acc @W", "final train loss", "s/step"] + \
+             (["peak GiB"] if show_mem else []) + ["status"]
     body = []
     plot_paths = []
     for title, group in table2_groups(runs):
@@ -580,8 +614,8 @@ def table2_section(runs: dict[str, RunData], *, tag: str, source: str, info: dic
                          ", ".join(fmt(x, "lr") for x in r["lrs_tried"]),
                          fmt(g["equal_step"], "int"), fmt(r["step_acc"], "pct"), fmt(r["step_seq_acc"], "pct"),
                          fmt(g["equal_time"], "s"), fmt(r["time_step"], "int"), fmt(r["time_acc"], "pct"),
-                         fmt(r["time_seq_acc"], "pct"), fmt(r["final_train_loss"]), fmt(r["s_per_step"], "s"),
-                         r["status"]])
+                         fmt(r["time_seq_acc"], "pct"), fmt(r["final_train_loss"]), fmt(r["s_per_step"], "s")] +
+                        ([fmt_gib(r["peak_gib"])] if show_mem else []) + [r["status"]])
         if plots and g["rows"]:
             slug = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower()
             best_runs = [runs[r["run"]] for r in g["rows"]]
@@ -785,15 +819,247 @@ def gpu_section(gpu_dir: Path, *, report: Path, threshold: float = DEFAULT_THRES
     if fig1:
         lines.append(figure1_section(fig1, tag=GPU_TAG, source=_source_label([fig1_dir]),
                                      info=read_run_info([fig1_dir]), fig_dir=fig_dir, report_dir=report.parent,
-                                     threshold=threshold, plots=plots, log_steps=True))
+                                     threshold=threshold, plots=plots, log_steps=True, show_mem=True))
     else:
         lines.append(f"### Figure 1 ({scale_label(GPU_TAG)})\n\nNo Figure 1 runs in `{label}/figure1` yet.")
     lines.append("")
     if t2:
         lines.append(table2_section(t2, tag=GPU_TAG, source=_source_label([t2_dir]), info=read_run_info([t2_dir]),
-                                    fig_dir=fig_dir, report_dir=report.parent, plots=plots, loss_vs_time=True))
+                                    fig_dir=fig_dir, report_dir=report.parent, plots=plots, loss_vs_time=True,
+                                    show_mem=True))
     else:
         lines.append(f"### Table 2 ({scale_label(GPU_TAG)})\n\nNo Table 2 runs in `{label}/table2` yet.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------- timing / VRAM bench --
+
+# The paper's README table: seconds per training step on A40 GPUs ("dist × 8" = 8 GPUs), copied from the
+# README of the paper's code. Columns: the README's parameter counts, which are our presets' sizes.
+PAPER_README_SIZES = {"tiny": "100 k", "small": "1 M", "medium": "10 M", "large": "100 M", "xlarge": "1.1 B"}
+PAPER_README_A40_S = {
+    "BPTT (series)": {"tiny": 0.10, "small": 0.17, "medium": 33.7},
+    "96·CD-RGE (series)": {"tiny": 5.7, "small": 6.0, "medium": 7.8, "large": 24.3, "xlarge": 145.0},
+    "512·CD-RGE (series)": {"tiny": 30.0, "small": 31.1, "medium": 40.7, "large": 132.0, "xlarge": 777.0},
+    "96·CD-RGE (dist × 8)": {"tiny": 0.05, "small": 0.06, "medium": 0.07, "large": 0.40, "xlarge": 4.4},
+    "512·CD-RGE (dist × 8)": {"tiny": 0.25, "small": 0.29, "medium": 0.29, "large": 1.87, "xlarge": 19.3},
+}
+# One GPU of the README's "dist × 8" rows evaluates 1/8 of the probes: 12 of 96, 64 of 512.
+PAPER_README_ROW_PER_GPU_PROBES = {12: "96·CD-RGE (dist × 8)", 64: "512·CD-RGE (dist × 8)"}
+DEFAULT_BENCH_DIR = "bench/results"
+TIMING_SECTION_ID = "timing-h200"
+
+
+def fmt_dur(v: float | None) -> str:
+    """Seconds as '6.33 ms' / '2.14 s' / '39.4 s'."""
+    if v is None:
+        return "–"
+    if v < 1.0:
+        return f"{1000 * v:.3g} ms"
+    return f"{v:.3g} s" if v < 100 else f"{v:.0f} s"
+
+
+def bench_step_files(path: Path) -> list[Path]:
+    """bench_step_*.json under path (or path itself), newest first: the name carries the
+    timestamp (bench_step_YYYY-MM-DD_HHMMSS.json), so the name orders them, not the file time."""
+    if path.is_file():
+        return [path]
+    return sorted(path.glob("bench_step_*.json"), key=lambda p: p.name, reverse=True) if path.is_dir() else []
+
+
+def newest_bench(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest bench_step JSON that parses and holds ZO step rows."""
+    for f in bench_step_files(path):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("zo_steps"):
+            return f, data
+    return None
+
+
+def scaling_files(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """scaling_*.json of bench/run_scaling.sh beside the bench JSON, oldest first."""
+    d = path if path.is_dir() else path.parent
+    out = []
+    for f in sorted(d.glob("scaling_*.json"), key=lambda p: p.name):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("rows"), list):
+            out.append((f, data))
+    return out
+
+
+def _size_order(size: str) -> int:
+    return SIZE_NAMES.index(size) if size in SIZE_NAMES else len(SIZE_NAMES)
+
+
+def timing_zo_table(rows: list[dict[str, Any]]) -> str:
+    header = ["size", "params", "probes (one GPU)", "models/pass", "s/step, ours", "TFLOP/s (% of peak)",
+              "peak GiB, ours", "s/step, paper's code (same H200)", "peak GiB, paper's code", "speed-up",
+              "paper README, A40 dist × 8 (row)"]
+    body = []
+    for r in sorted(rows, key=lambda r: (int(r.get("probes") or 0), _size_order(str(r.get("size"))),
+                                         r.get("label") is not None)):
+        size = str(r.get("size", "?"))
+        probes = int(r.get("probes") or 0)
+        readme_row = PAPER_README_ROW_PER_GPU_PROBES.get(probes)
+        readme = PAPER_README_A40_S.get(readme_row or "", {}).get(size)
+        ok = r.get("status") == "ok"
+        s = _f(r.get("s_step")) if ok else None
+        tf, frac = _f(r.get("tflops")), _f(r.get("peak_frac"))
+        paper_s = _f(r.get("paper_s"))
+        body.append([
+            size + (f" ({r['label']})" if r.get("label") else ""),
+            fmt(_f(r.get("params")), "int"), str(probes), fmt(_f(r.get("models_per_pass")), "int"),
+            fmt_dur(s) if ok else str(r.get("status", "?")),
+            f"{tf:.1f} ({100 * frac:.1f}%)" if ok and tf is not None and frac is not None else "–",
+            fmt_gib(_f(r.get("peak_alloc_gib")) if ok else None),
+            fmt_dur(paper_s), fmt_gib(_f(r.get("paper_gib"))),
+            f"{paper_s / s:.1f}x" if paper_s and s else "–",
+            f"{readme:g} s ({readme_row.split(' (')[0]})" if readme is not None and readme_row else "–",
+        ])
+    return md_table(header, body)
+
+
+def timing_sweep_lines(sw: dict[str, Any]) -> list[str]:
+    rows = [r for r in sw.get("rows") or [] if r.get("status") == "ok"]
+    if not rows:
+        return []
+    lines = [f"**Memory against context length** ({sw.get('size', '?')}, {sw.get('probes', '?')} probes, "
+             f"B={sw.get('B', '?')}): peak memory should not grow with T once T exceeds the time chunk "
+             "(the forward keeps one chunk of states, not all T).", ""]
+    lines.append(md_table(
+        ["T", "time chunk", "s/step, ours", "how timed", "peak GiB, ours", "s/step, paper's code", "peak GiB, paper's code"],
+        [[fmt(_f(r.get("T")), "int"), fmt(_f(r.get("time_chunk")), "int"), fmt_dur(_f(r.get("s_step"))),
+          str(r.get("method", "?")), fmt_gib(_f(r.get("peak_alloc_gib"))), fmt_dur(_f(r.get("paper_s"))),
+          fmt_gib(_f(r.get("paper_gib")))] for r in rows]))
+    lines.append("")
+    peaks = {int(_f(r["T"])): _f(r.get("peak_alloc_gib")) for r in rows if _f(r.get("peak_alloc_gib"))}
+    if len(peaks) >= 2:
+        ratio = max(peaks.values()) / min(peaks.values())
+        text = (f"Peak memory from T = {min(peaks):,} to {max(peaks):,}: max/min {ratio:.3f} "
+                f"({'flat within 5%' if ratio <= 1.05 else 'NOT flat within 5%'})")
+        chunk = max(int(_f(r.get("time_chunk")) or 0) for r in rows)
+        above = {t: v for t, v in peaks.items() if t >= chunk}
+        if chunk and 2 <= len(above) < len(peaks):
+            r2 = max(above.values()) / min(above.values())
+            text += (f"; over T >= {chunk:,} (the largest time chunk of the sweep, so the chunked forward holds "
+                     f"one {chunk}-step chunk at every such T): max/min {r2:.3f} "
+                     f"({'flat within 5%' if r2 <= 1.05 else 'NOT flat within 5%'})")
+        lines.append(text + ".")
+        lines.append("")
+    return lines
+
+
+def timing_scaling_lines(bench_path: Path, report_dir: Path) -> list[str]:
+    files = scaling_files(bench_path)
+    if not files:
+        return ["Multi-GPU scaling: no `scaling_*.json` (from `bench/run_scaling.sh`) beside the bench JSON yet."]
+    links = ", ".join(f"[`{f.with_suffix('.md').name}`]({_rel(f.with_suffix('.md'), report_dir)})"
+                      if f.with_suffix(".md").is_file() else f"`{f.name}`" for f, _ in files)
+    lines = [f"**Multi-GPU scaling** (weak scaling: 12 probes per GPU, so N GPUs evaluate N times the probes in "
+             f"a step; speed-up = N·T₁/T_N, ideal N). Full tables, per-phase times and commands: {links}.", ""]
+    body = []
+    for f, data in files:
+        env = data.get("env") or {}
+        for r in data["rows"]:
+            ok = r.get("status") == "ok"
+            body.append([f"`{f.stem}`", str(r.get("size", "?")), fmt(_f(r.get("params")), "int"),
+                         str(r.get("world", "?")), fmt(_f(r.get("probes_total")), "int"),
+                         fmt_dur(_f(r.get("s_per_step"))) if ok else "–",
+                         f"{_f(r.get('speedup')):.3f}x" if ok and _f(r.get("speedup")) is not None else "–",
+                         fmt(_f(r.get("bytes_per_step")), "int") if ok else "–",
+                         "ok" if ok else f"{r.get('status', '?')}: {r.get('reason') or ''}".rstrip(": "),
+                         str(env.get("date", "?"))])
+    lines.append(md_table(["file", "size", "params", "GPUs", "probes/step", "s/step", "speed-up", "bytes/step",
+                           "status", "date"], body))
+    return lines
+
+
+def timing_section(bench_path: Path, *, report: Path) -> str:
+    """The timing/VRAM table (issue 6, part 4): the newest bench_step_*.json of bench/bench_step.py beside
+    the paper's code measured on the same GPU (the rows' paper_s / paper_gib) and the paper's README table."""
+    lines = ["## Timing and memory: ours beside the paper's", ""]
+    found = newest_bench(bench_path)
+    label = _source_label([bench_path])
+    if found is None:
+        lines.append(f"**Pending: no `bench_step_*.json` in `{label}` yet.** On a GPU, from the repository root:")
+        lines += ["", "```bash", "python bench/bench_step.py --probes 12,64 --sizes tiny,small,medium,large,xlarge "
+                  "--sections peak,zo,breakdown,sweep --sweep_T 10,100,1000,10000", "```"]
+        return "\n".join(lines)
+    path, data = found
+    meta = data.get("meta") or {}
+    st = meta.get("settings") or {}
+    peak = data.get("peak") or {}
+    lines.append(f"Source: [`{_source_label([path])}`]({_rel(path, report.parent)}), the newest "
+                 f"`bench_step_*.json` in `{label}` ({len(bench_step_files(bench_path))} there).")
+    gpu = f"{meta.get('gpu', '?')}"
+    if _f(meta.get("gpu_memory_gib")):
+        gpu += f" ({_f(meta['gpu_memory_gib']):.1f} GiB, driver {meta.get('driver', '?')})"
+    lines.append(f"Measured {meta.get('date', '?')} on one {gpu}; torch {meta.get('torch', '?')}, CUDA "
+                 f"{meta.get('cuda', '?')}, commit {meta.get('git', '?')}"
+                 + ("" if meta.get("finished", True) else "; **the bench did not finish**") + ". Command:")
+    lines += ["", "```bash", str(meta.get("command", "?")), "```", ""]
+    lines.append(f"Shapes: LSTM presets, batch {st.get('batch', '?')}, T = {st.get('T', '?')}, vocabulary "
+                 f"{st.get('vocab', '?')}, {st.get('dtype', '?')} weights with a {st.get('master_dtype', '?')} "
+                 f"master copy; one CD-RGE step (`train.zo_step.zo_step`), median of {st.get('steps', '?')} timed "
+                 f"steps after {st.get('warmup', '?')} warm-up steps; peak GiB = `torch.cuda.max_memory_allocated` "
+                 "over the timed steps."
+                 + (f" Dense bf16 GEMM peak measured in the same run: {_f(peak['tflops']):.1f} TFLOP/s."
+                    if _f(peak.get("tflops")) else ""))
+    lines.append("")
+    lines.append("Columns: *paper's code (same H200)* is the paper's `distributed_rge.py` run by us at the same "
+                 "per-GPU load on an H200 (the `paper_s` / `paper_gib` of the JSON rows, from `PAPER_ZO` in "
+                 "`bench/bench_step.py`; blank where it was not measured); *paper README, A40 "
+                 "dist × 8* is the paper's own figure for a whole 8-GPU step on A40s, whose per-GPU load is "
+                 "12 probes (96·CD-RGE) or 64 probes (512·CD-RGE). That last column is not like for like: "
+                 "one H200 doing one GPU's share against eight A40s.")
+    lines.append("")
+    lines.append(timing_zo_table(data["zo_steps"]))
+    lines.append("")
+    lines += timing_sweep_lines(data.get("context_sweep") or {})
+    bptt = [r for r in data.get("bptt") or [] if r.get("status") == "ok"]
+    if bptt:
+        lines.append("BPTT rows (autograd forward + backward + SGD, same shapes):")
+        lines.append("")
+        lines.append(md_table(["kind", "size", "params", "s/step", "peak GiB", "paper README, A40 BPTT (series)"],
+                              [[str(r.get("kind", "?")), str(r.get("size", "?")), fmt(_f(r.get("params")), "int"),
+                                fmt_dur(_f(r.get("s_step"))), fmt_gib(_f(r.get("peak_alloc_gib"))),
+                                fmt_dur(PAPER_README_A40_S["BPTT (series)"].get(str(r.get("size"))))]
+                               for r in bptt]))
+        lines.append("")
+    else:
+        lines.append("Not in this bench: the README's series rows (BPTT, 96·CD-RGE and 512·CD-RGE on one GPU, "
+                     "`--sections bptt` and `python rge_series_experiments.py --unittest --device cuda`).")
+        lines.append("")
+    targets = data.get("targets") or []
+    if targets:
+        counts: dict[str, int] = {}
+        for t in targets:
+            counts[str(t.get("status", "?"))] = counts.get(str(t.get("status", "?")), 0) + 1
+        tally = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: (kv[0] != "met", kv[0])))
+        lines.append(f"<details><summary>Issue 4's targets, as the bench checked them: {tally}</summary>")
+        lines.append("")
+        lines.append(md_table(["target", "measured", "status", "note"],
+                              [[str(t.get("target", "?")), str(t.get("measured", "?")), str(t.get("status", "?")),
+                                str(t.get("note", ""))] for t in targets]))
+        lines.append("")
+        lines.append("</details>")
+        lines.append("")
+    lines.append("<details><summary>The paper's README table (A40, seconds per step; its 100 k … 1.1 B columns are "
+                 "our tiny … xlarge presets), as published</summary>")
+    lines.append("")
+    lines.append(md_table(["# params"] + [PAPER_README_SIZES[s] for s in PAPER_README_SIZES],
+                          [[row] + [f"{v[s]:g}" if s in v else "–" for s in PAPER_README_SIZES]
+                           for row, v in PAPER_README_A40_S.items()]))
+    lines.append("")
+    lines.append("</details>")
+    lines.append("")
+    lines += timing_scaling_lines(bench_path, report.parent)
     return "\n".join(lines)
 
 
@@ -808,6 +1074,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the 'Paper scale on H200' section from the results folder of "
                         f"scripts/gpu_batch_reproduce.sh (default {DEFAULT_GPU_DIR}; a pending note when it "
                         f"holds no runs); included by default when no --figure1/--table2/--gpu is given")
+    p.add_argument("--timing", nargs="?", type=Path, const=Path(DEFAULT_BENCH_DIR), default=None, metavar="PATH",
+                   help=f"the timing/VRAM table from the newest bench_step_*.json in PATH (a folder, default "
+                        f"{DEFAULT_BENCH_DIR}, or one JSON file), with the scaling_*.json beside it; included by "
+                        f"default when no --figure1/--table2/--gpu/--timing is given")
     p.add_argument("--tag", default=None,
                    help="section tag, e.g. cpu or paper (default: the input directory's name)")
     p.add_argument("--report", type=Path, default=REPO / DEFAULT_REPORT,
@@ -829,16 +1099,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths:
             tag = args.tag or (paths[0].name if paths[0].is_dir() else paths[0].parent.name)
             jobs.append((kind, list(paths), tag))
-    gpu_dir = args.gpu
-    if not jobs and gpu_dir is None:   # regenerate every saved experiment under results/
+    gpu_dir, bench = args.gpu, args.timing
+    if not jobs and gpu_dir is None and bench is None:   # regenerate every saved experiment under results/
         for kind in ("figure1", "table2"):
             base = REPO / "results" / kind
             for d in sorted(base.iterdir()) if base.is_dir() else []:
                 if d.is_dir() and any(d.glob("*.jsonl")):
                     jobs.append((kind, [d], d.name))
         gpu_dir = REPO / DEFAULT_GPU_DIR
+        bench = REPO / DEFAULT_BENCH_DIR
     report = args.report if args.report.is_absolute() else Path.cwd() / args.report
     status = 0
+    if bench is not None:
+        bench = bench if bench.is_absolute() else Path.cwd() / bench
+        body = timing_section(bench, report=report)
+        if args.stdout:
+            print(body)
+        else:
+            write_section(report, TIMING_SECTION_ID, body)
+            print(f"wrote section {TIMING_SECTION_ID} of {report}")
     if gpu_dir is not None:
         gpu_dir = gpu_dir if gpu_dir.is_absolute() else Path.cwd() / gpu_dir
         body = gpu_section(gpu_dir, report=report, threshold=args.threshold, plots=not args.no_plots)

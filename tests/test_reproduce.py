@@ -606,7 +606,9 @@ def gpu_dir(tmp_path):
     def fig(name, opt, lr, losses, dt, cut=True):
         write_jsonl(d / "figure1" / f"{name}.jsonl",
                     [dict(fbase, step=i, train_loss=l, lr=lr, optimizer=opt, step_time_s=dt,
-                          elapsed_s=round((i + 1) * dt, 6)) for i, l in enumerate(losses)])
+                          elapsed_s=round((i + 1) * dt, 6),
+                          peak_mem_bytes=(3 if i == len(losses) - 1 else 2) * 2**30)
+                     for i, l in enumerate(losses)])
         (d / "figure1" / (f"{name}.cut" if cut else f"{name}.summary.json")).write_text("{}")
 
     fig("fig1_paper_cdrge512_lr0.01", "CD-RGE@512", 0.01, [3.1, 3.0, 2.9], 8.0)
@@ -618,7 +620,7 @@ def gpu_dir(tmp_path):
         write_jsonl(d / "table2" / f"{name}.jsonl",
                     [{"step": s, "elapsed_s": t, "train_loss": 3.0 - a, "val_loss": 3.2 - a, "val_accuracy": a,
                       "val_seq_accuracy": 0.0, "lr": lr, "optimizer": opt, "task": "copy", "model_type": "LSTM",
-                      "params": params, "step_time_s": 0.1} for s, t, a in vals])
+                      "params": params, "step_time_s": 0.1, "peak_mem_bytes": 2**30} for s, t, a in vals])
         (d / "table2" / f"{name}.cut").write_text("{}")
 
     # equal steps: S = min(last validated step) = 4 (CD-RGE@512); equal time: W = min(last elapsed) = 20 s
@@ -654,12 +656,13 @@ def test_report_gpu_section_from_jsonl(gpu_dir, tmp_path):
     assert "| `20261128T160000Z-1` | 1 | 1 | 1 | 0 | 1 | 0 | 90 s |" in text        # lanes table
     assert "Priority list: 3 of 4 runs have JSON lines; 1 not run yet:" in text
     assert "`fig1_paper_fdrge96_lr0.01` (tier 0)" in text
-    # Figure 1: BPTT-Adam reached < 0.1 at step 3 (0.8 s); the ZO runs were cut
-    assert "| CD-RGE@512 | 0.01 | 0.01 | 3.1 | 2.9 | – | – | 8 s | 3 | cut |" in text
-    assert "| BPTT-Adam | 0.001 | 0.001 | 3.1 | 0.04 | 3 | 0.8 s | 0.2 s | 4 | ok |" in text
+    # Figure 1: BPTT-Adam reached < 0.1 at step 3 (0.8 s); the ZO runs were cut; peak GiB = the largest logged
+    assert "| CD-RGE@512 | 0.01 | 0.01 | 3.1 | 2.9 | – | – | 8 s | 3 | 3.00 | cut |" in text
+    assert "| BPTT-Adam | 0.001 | 0.001 | 3.1 | 0.04 | 3 | 0.8 s | 0.2 s | 4 | 3.00 | ok |" in text
     # Table 2: S = 4, W = 20 s
     assert ("| copy / LSTM tiny (150,740 params) | CD-RGE@512 | 0.01 | 0.01 | 4 | 9.0% | 0.0% | 20 s | 2 "
             "| 7.0% |") in text
+    assert "| 0.1 s | 1.00 | cut |" in text
     assert "|  | CD-RGE@96 | 0.01 | 0.01 | 4 | 6.0% | 0.0% | 20 s | 10 | 10.0% |" in text
     assert "|  | BPTT-Adam | 0.001 | 0.001 | 4 | 6.0% | 0.0% | 20 s | 150 | 40.0% |" in text
     again = text
@@ -680,3 +683,125 @@ def test_report_gpu_section_pending(tmp_path):
     assert "## Paper scale on H200" in text and "**Pending: no GPU runs in" in text
     assert (f"scripts/gpu_batch_reproduce.sh --gpus 1,2,3 --budget_s 380 --out {tmp_path / 'absent'}" in text)
     assert f"python scripts/report.py --gpu {tmp_path / 'absent'}" in text
+
+
+# ------------------------------------------------------ timing / VRAM table --
+
+def _bench_row(size, params, probes, s_step, peak, paper_s=None, paper_gib=None, label=None, mpp=4):
+    return {"size": size, "params": params, "probes": probes, "label": label, "status": "ok", "s_step": s_step,
+            "peak_alloc_gib": peak, "paper_s": paper_s, "paper_gib": paper_gib, "models_per_pass": mpp,
+            "tflops": 10.0, "peak_frac": 0.0125}
+
+
+def write_bench(d: Path, stamp: str, rows, *, gpu="NVIDIA H200", sweep=None, bptt=()) -> Path:
+    path = d / f"bench_step_{stamp}.json"
+    path.write_text(json.dumps({
+        "meta": {"date": stamp.replace("_", "T"), "command": f"python bench/bench_step.py --probes 12,64 # {stamp}",
+                 "gpu": gpu, "gpu_memory_gib": 139.8, "driver": "580", "torch": "2.11.0+cu130", "cuda": "13.0",
+                 "git": "abc1234", "finished": True,
+                 "settings": {"batch": 1024, "T": 11, "vocab": 100, "dtype": "bfloat16", "master_dtype": "float32",
+                              "steps": 5, "warmup": 2}},
+        "peak": {"tflops": 800.0}, "zo_steps": rows, "bptt": list(bptt), "context_sweep": sweep or {},
+        "targets": [{"target": "12 probes, tiny <= 2.00 ms/step", "measured": "6.00 ms", "status": "missed",
+                     "note": ""},
+                    {"target": "xlarge peak memory <= 12 GiB", "measured": "11 GiB", "status": "met", "note": ""}],
+    }))
+    return path
+
+
+@pytest.fixture
+def bench_dir(tmp_path):
+    d = tmp_path / "bench_results"
+    d.mkdir()
+    # an older bench (must be ignored) and the newest one; a non-bench JSON and a broken newer file too
+    write_bench(d, "2026-11-28_100000", [_bench_row("tiny", 150740, 12, 0.5, 9.0, 0.081, 0.10)], gpu="OLD GPU")
+    sweep = {"size": "medium", "probes": 12, "B": 1024, "rows": [
+        {"T": 10, "time_chunk": 10, "s_step": 0.036, "method": "full (5 timed steps)", "peak_alloc_gib": 1.0,
+         "paper_s": 0.164, "paper_gib": 2.66, "status": "ok"},
+        {"T": 100, "time_chunk": 48, "s_step": 0.27, "method": "full (5 timed steps)", "peak_alloc_gib": 8.0,
+         "paper_s": 1.14, "paper_gib": 8.6, "status": "ok"},
+        {"T": 1000, "time_chunk": 48, "s_step": 2.6, "method": "full (5 timed steps)", "peak_alloc_gib": 8.2,
+         "paper_s": 11.0, "paper_gib": 8.6, "status": "ok"}]}
+    write_bench(d, "2026-11-28_162343", [
+        _bench_row("large", 112606100, 64, 1.5, 3.16, 5.1, None, mpp=2),
+        _bench_row("tiny", 150740, 12, 0.00633, 0.54, 0.081, 0.10, mpp=24),
+        _bench_row("small", 1139700, 64, 0.0343, 2.52),
+        _bench_row("xlarge", 1162045100, 12, 2.136, 11.31, 5.92, 85.7, mpp=1),
+    ], sweep=sweep)
+    (d / "bench_step_2026-11-29_000000.json").write_text("{not json")        # newer but unreadable: skipped
+    (d / "scaling_2026-11-28_161716.json").write_text(json.dumps({"env": {"date": "2026-11-28T16:17:16"}, "rows": [
+        {"size": "large", "world": 1, "params": 112606100, "status": "ok", "probes_total": 12, "s_per_step": 0.3085,
+         "speedup": 1.0, "bytes_per_step": 0},
+        {"size": "large", "world": 4, "params": 112606100, "status": "ok", "probes_total": 48, "s_per_step": 0.3117,
+         "speedup": 3.9596, "bytes_per_step": 384},
+        {"size": "xlarge", "world": 2, "params": 1162045100, "status": "skipped", "reason": "budget",
+         "probes_total": 24, "s_per_step": None, "speedup": None, "bytes_per_step": None}]}))
+    (d / "scaling_2026-11-28_161716.md").write_text("# scaling\n")
+    return d
+
+
+def test_report_timing_table_from_newest_bench_json(bench_dir, tmp_path):
+    rep = tmp_path / "rep" / "REPORT.md"
+    rep.parent.mkdir()
+    rep.write_text("# Mine\n\nhand-written\n")
+    assert report.main(["--timing", str(bench_dir), "--report", str(rep)]) == 0
+    text = rep.read_text()
+    assert text.startswith("# Mine\n\nhand-written\n") and "BEGIN GENERATED: timing-h200" in text
+    assert "## Timing and memory: ours beside the paper's" in text
+    # the newest readable bench_step_*.json, with its date, GPU and command
+    assert "bench_step_2026-11-28_162343.json" in text and "OLD GPU" not in text
+    assert "Measured 2026-11-28T162343 on one NVIDIA H200 (139.8 GiB, driver 580)" in text
+    assert "python bench/bench_step.py --probes 12,64 # 2026-11-28_162343" in text
+    assert "Dense bf16 GEMM peak measured in the same run: 800.0 TFLOP/s." in text
+    # rows sorted by probes then size; ours beside the paper's code (paper_s / paper_gib) and the README (A40)
+    zo = text[text.index("| size | params | probes (one GPU)"):]
+    order = [l.split(" | ")[0] + " " + l.split(" | ")[2] for l in zo.splitlines()[2:6]]
+    assert order == ["| tiny 12", "| xlarge 12", "| small 64", "| large 64"]
+    assert ("| tiny | 150,740 | 12 | 24 | 6.33 ms | 10.0 (1.2%) | 0.54 | 81 ms | 0.10 | 12.8x "
+            "| 0.05 s (96·CD-RGE) |") in text
+    assert "| xlarge | 1,162,045,100 | 12 | 1 | 2.14 s | 10.0 (1.2%) | 11.31 | 5.92 s | 85.70 | 2.8x | 4.4 s (96·CD-RGE) |" in text
+    assert "| small | 1,139,700 | 64 | 4 | 34.3 ms | 10.0 (1.2%) | 2.52 | – | – | – | 0.29 s (512·CD-RGE) |" in text
+    assert "| large | 112,606,100 | 64 | 2 | 1.5 s | 10.0 (1.2%) | 3.16 | 5.1 s | – | 3.4x | 1.87 s (512·CD-RGE) |" in text
+    # context sweep: 8.2 / 1.0 overall; over T >= 48: 8.2 / 8.0 = 1.025
+    assert "| 1,000 | 48 | 2.6 s | full (5 timed steps) | 8.20 | 11 s | 8.60 |" in text
+    assert "max/min 8.200 (NOT flat within 5%)" in text and "over T >= 48" in text and "max/min 1.025 (flat within 5%)" in text
+    assert "Not in this bench: the README's series rows" in text
+    assert "Issue 4's targets, as the bench checked them: 1 met, 1 missed" in text
+    assert "| 96·CD-RGE (dist × 8) | 0.05 | 0.06 | 0.07 | 0.4 | 4.4 |" in text          # the README table
+    # scaling summary and link
+    assert "](../bench_results/scaling_2026-11-28_161716.md)" in text
+    assert "| `scaling_2026-11-28_161716` | large | 112,606,100 | 4 | 48 | 312 ms | 3.960x | 384 | ok |" in text
+    assert "| `scaling_2026-11-28_161716` | xlarge | 1,162,045,100 | 2 | 24 | – | – | – | skipped: budget |" in text
+    again = text
+    assert report.main(["--timing", str(bench_dir), "--report", str(rep)]) == 0
+    assert rep.read_text() == again                                                 # idempotent
+    # a single file can be given; a newer bench replaces the table
+    write_bench(bench_dir, "2026-11-30_080000", [_bench_row("medium", 10627700, 12, 0.036, 2.33, 0.162, 2.66)],
+                bptt=[{"kind": "cudnn", "size": "tiny", "params": 1000, "status": "ok", "s_step": 0.002,
+                       "peak_alloc_gib": 0.3}])
+    assert report.main(["--timing", str(bench_dir), "--report", str(rep)]) == 0
+    text = rep.read_text()
+    assert "bench_step_2026-11-30_080000.json" in text and "| tiny | 150,740 | 12 |" not in text
+    assert "| cudnn | tiny | 1,000 | 2 ms | 0.30 | 100 ms |" in text and "Not in this bench" not in text
+    assert text.count("BEGIN GENERATED: timing-h200") == 1
+
+
+def test_report_timing_table_pending_and_stdout(tmp_path, capsys):
+    rep = tmp_path / "REPORT.md"
+    assert report.main(["--timing", str(tmp_path / "empty"), "--report", str(rep)]) == 0
+    assert "**Pending: no `bench_step_*.json` in" in rep.read_text()
+    assert "python bench/bench_step.py --probes 12,64" in rep.read_text()
+    capsys.readouterr()
+    assert report.main(["--timing", str(tmp_path / "empty"), "--report", str(tmp_path / "other.md"), "--stdout"]) == 0
+    assert "## Timing and memory" in capsys.readouterr().out and not (tmp_path / "other.md").exists()
+
+
+def test_repo_report_has_gpu_and_timing_sections():
+    """results/REPORT.md as committed: the GPU section, the timing table and the discussion around them."""
+    text = (REPO / "results" / "REPORT.md").read_text()
+    for marker in ("BEGIN GENERATED: paper-h200", "BEGIN GENERATED: timing-h200", "END GENERATED: timing-h200"):
+        assert marker in text
+    assert "## What the paper-scale runs show" in text and "neither confirm nor refute" in text
+    assert "scripts/reproduce_figure1.sh --scale paper" in text and "scripts/reproduce_table2.sh --scale paper" in text
+    for link in re.findall(r"\]\((figures/[^)]+\.png)\)", text):
+        assert (REPO / "results" / link).is_file(), link
