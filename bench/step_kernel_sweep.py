@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import SIZE_PRESETS  # noqa: E402
-from models.lstm_fused import _tuning, lstm_cell_, lstm_step_, step_tiles, tuning_key  # noqa: E402
+from models.lstm_fused import _tuning, lstm_cell_, lstm_step_, step_tiles, tile_recurrent_weight, tuning_key  # noqa: E402
 
 # K stacked models per pass at B = 1024, T = 11, 12 probes (models.auto_models_per_pass on an H200)
 DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
@@ -63,8 +63,9 @@ def make_case(size: str, K: int, B: int, V: int, dev, seed: int = 0):
     D = H // N
     Dk, BD, BK = step_tiles(D)
     g = torch.Generator(device=dev).manual_seed(seed)
-    W = torch.zeros(K * N, Dk, 4, Dk, device=dev, dtype=torch.bfloat16)
-    W[:, :D, :, :D] = (torch.randn(K * N, D, 4, D, device=dev, generator=g) / D ** 0.5).to(torch.bfloat16)
+    R = (torch.randn(K, 4, N, D, D, device=dev, generator=g) / D ** 0.5).to(torch.bfloat16)
+    W = torch.zeros(K * N, Dk, 4, Dk, device=dev, dtype=torch.bfloat16)       # natural layout (reference)
+    W[:, :D, :, :D] = R.permute(0, 2, 3, 1, 4).reshape(K * N, D, 4, D)
     W = W.view(K * N, Dk, 4 * Dk)
     G = torch.zeros(K, V, N, 4, Dk, device=dev)
     G[..., :D] = torch.randn(K, V, N, 4, D, device=dev, generator=g) * 0.5
@@ -74,7 +75,7 @@ def make_case(size: str, K: int, B: int, V: int, dev, seed: int = 0):
     c = torch.zeros(K * N, B, Dk, device=dev)
     c[..., :D] = torch.randn(K * N, B, D, device=dev, generator=g) * 0.3
     tok = torch.randint(0, V, (B, 3), device=dev, generator=g)
-    return dict(size=size, K=K, N=N, D=D, Dk=Dk, BD=BD, BK=BK, B=B, W=W, G=G, h=h, c=c, tok=tok)
+    return dict(size=size, K=K, N=N, D=D, Dk=Dk, BD=BD, BK=BK, B=B, R=R, W=W, W_tiled={}, G=G, h=h, c=c, tok=tok)
 
 
 def reference_step(cs, t: int = 1):
@@ -91,8 +92,11 @@ def reference_step(cs, t: int = 1):
 
 
 def run_kernel(cs, cfg, h_out, c_out, t: int = 1):
-    lstm_step_(cs["h"], h_out, cs["W"], cs["G"], cs["tok"], t, cs["c"], c_out, K=cs["K"], N=cs["N"], Dk=cs["Dk"],
-               BD=cfg.get("BD", cs["BD"]), BK=cs["BK"], **{k: v for k, v in cfg.items() if k != "BD"})
+    bd = cfg.get("BD", cs["BD"])
+    if bd not in cs["W_tiled"]:
+        cs["W_tiled"][bd] = tile_recurrent_weight(cs["R"], N=cs["N"], Dk=cs["Dk"], BD=bd)
+    lstm_step_(cs["h"], h_out, cs["W_tiled"][bd], cs["G"], cs["tok"], t, cs["c"], c_out, K=cs["K"], N=cs["N"],
+               Dk=cs["Dk"], BD=bd, BK=cs["BK"], **{k: v for k, v in cfg.items() if k != "BD"})
 
 
 def grid_configs(cs, quick: bool):
@@ -105,11 +109,9 @@ def grid_configs(cs, quick: bool):
         if quick and (warps, stages) not in ((4, 3), (8, 3)):
             continue
         out.append({"BD": bd, "BM": bm, "one_dot": one, "num_warps": warps, "num_stages": stages})
-    if not quick:       # larger row tiles and shallower pipelines (more room for the epilogue)
-        out += [{"BD": 32, "BM": 256, "one_dot": True, "num_warps": 8, "num_stages": 3},
-                {"BD": 32, "BM": 256, "one_dot": True, "num_warps": 8, "num_stages": 2},
-                {"BD": cs["BD"], "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 2},
-                {"BD": cs["BD"], "BM": 128, "one_dot": True, "num_warps": 4, "num_stages": 2}]
+    # h and W through tensor descriptors (TMA on Hopper), one-dot form
+    for bm, (warps, stages) in itertools.product((64, 128), ((8, 3), (8, 4), (4, 3))):
+        out.append({"BD": cs["BD"], "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages, "tma": True})
     return out
 
 
@@ -175,7 +177,7 @@ def main(argv=None):
                 best = row
         if best is not None:
             key = tuning_key(gpu, Dk, B, K * N)
-            tuning[key] = {k: best[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages")}
+            tuning[key] = {k: best.get(k, False) for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma")}
             print(f"  best {size}: {tuning[key]} {best['s'] * 1e3:.3f} ms, {best['tflops']:.0f} TF/s "
                   f"({best['peak_frac'] * 100:.0f}% of peak), {t_unfused / best['s']:.2f}x the unfused step", flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
@@ -193,7 +195,8 @@ def main(argv=None):
     for r in rows:
         if "s" not in r:
             continue
-        cfg = f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'} w{r['num_warps']} s{r['num_stages']}"
+        cfg = (f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''} "
+               f"w{r['num_warps']} s{r['num_stages']}")
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "
                      f"{r['tflops']:.0f} | {r['useful_tflops']:.0f} | {r['peak_frac'] * 100:.0f}% | "
                      f"{r['cublas_bmm_s'] * 1e3:.3f} ms ({r['cublas_bmm_tflops']:.0f} TF/s) | {r['unfused_s'] * 1e3:.3f} ms | "

@@ -3,7 +3,7 @@
 Imported lazily by models/lstm_fused.py (needs triton). One program computes, for one head of one
 stacked model and a tile of BM batch rows x BD hidden units, all four gates of those units:
 
-    acc[g] = h_prev[rows, :] @ W[head][:, g*Dk + units]          tensor cores, fp32 accumulation
+    acc[g] = h_prev[rows, :] @ W[head][:, units of gate g]       tensor cores, fp32 accumulation
     pre[g] = acc[g] + G[model, token[rows, t], head, g, units]   the input projection and bias,
                                                                  looked up (fp32) per token
     c      = sig(f) c + sig(i) tanh(z);  h = sig(o) tanh(c)      fp32, c updated in place
@@ -11,6 +11,10 @@ stacked model and a tile of BM batch rows x BD hidden units, all four gates of t
 
 so the [rows, 4*units] pre-activations never leave registers. Heads are zero-padded to Dk (a
 multiple of BD and BK): padded units see pre-activation 0 on every gate and keep c = h = 0.
+
+The recurrent weight is stored tile-interleaved, [K*N, Dk, Dk/BD, 4, BD]: the four gates of one
+tile of BD units are 4*BD contiguous columns, so a program's weight tile is one dense block (one
+TMA box in `lstm_step_tma_kernel`, which loads h and W through tensor descriptors).
 """
 import triton
 import triton.language as tl
@@ -28,72 +32,26 @@ def _tanh(x):
 
 
 @triton.jit
-def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
-                     B, N, V, tok_stride_b, t, stride_in_k, stride_in_b, stride_out_k, stride_hb,
-                     stride_cin_h, stride_cin_b,
-                     Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
-                     ONE_DOT: tl.constexpr, IEEE: tl.constexpr):
-    """Grid (Dk // BD, cdiv(B, BM), K * N).
+def _split_gates(acc, BM: tl.constexpr, BD: tl.constexpr):
+    """[BM, 4*BD] (gate-major blocks of BD) -> four [BM, BD] tensors i, f, z, o."""
+    acc = tl.permute(tl.reshape(acc, (BM, 4, BD)), (0, 2, 1))      # [BM, BD, 4]
+    acc = tl.reshape(acc, (BM, BD, 2, 2))                          # last axes (g // 2, g % 2)
+    even, odd = tl.split(acc)                                      # g % 2 == 0 / 1
+    acc_i, acc_z = tl.split(even)
+    acc_f, acc_o = tl.split(odd)
+    return acc_i, acc_f, acc_z, acc_o
 
-    h_in:  element (k, b, n, d) at k*stride_in_k + b*stride_in_b + n*Dk + d (stride_in_b 0: broadcast)
-    h_out: element (k, b, n, d) at k*stride_out_k + b*stride_hb + n*Dk + d (weight dtype)
-    w:   [K*N, Dk, 4*Dk]   column g*Dk + d (weight dtype, zero padding)
-    g:   [K, V, N, 4*Dk]   input projection + bias per token (zero padding; any float dtype)
-    tok: [B, *] int64 tokens, column t is this step's
-    c_in:  element (head, b, d) at head*stride_cin_h + b*stride_cin_b + d, fp32 (stride_cin_b 0: broadcast)
-    c_out: [K*N, B, Dk] fp32 (may be c_in itself: each program reads and writes only its own tile)"""
-    pid_d = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_h = tl.program_id(2)
+
+@triton.jit
+def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
+                   stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out."""
     k = pid_h // N
     n = pid_h - k * N
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < B
-    kk = tl.arange(0, BK)
     e = tl.arange(0, BD)
-    a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
-              + n * Dk + kk[None, :])
-    w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * BD
-    if ONE_DOT:
-        # one [BK, 4*BD] weight tile (four column segments of BD) and one accumulator
-        q = tl.arange(0, 4 * BD)
-        wcol = (q // BD) * Dk + (q % BD)
-        acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
-        for k0 in range(0, Dk, BK):
-            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
-            w = tl.load(w_base + (k0 + kk)[:, None] * (4 * Dk) + wcol[None, :])
-            if IEEE:
-                acc = tl.dot(a, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, w, acc)
-        acc = tl.permute(tl.reshape(acc, (BM, 4, BD)), (0, 2, 1))      # [BM, BD, 4]
-        acc = tl.reshape(acc, (BM, BD, 2, 2))                          # last axes (g // 2, g % 2)
-        even, odd = tl.split(acc)                                      # g % 2 == 0 / 1
-        acc_i, acc_z = tl.split(even)
-        acc_f, acc_o = tl.split(odd)
-    else:
-        acc_i = tl.zeros((BM, BD), dtype=tl.float32)
-        acc_f = tl.zeros((BM, BD), dtype=tl.float32)
-        acc_z = tl.zeros((BM, BD), dtype=tl.float32)
-        acc_o = tl.zeros((BM, BD), dtype=tl.float32)
-        for k0 in range(0, Dk, BK):
-            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
-            wp = w_base + (k0 + kk)[:, None] * (4 * Dk) + e[None, :]
-            w_i = tl.load(wp)
-            w_f = tl.load(wp + Dk)
-            w_z = tl.load(wp + 2 * Dk)
-            w_o = tl.load(wp + 3 * Dk)
-            if IEEE:
-                acc_i = tl.dot(a, w_i, acc_i, input_precision="ieee")
-                acc_f = tl.dot(a, w_f, acc_f, input_precision="ieee")
-                acc_z = tl.dot(a, w_z, acc_z, input_precision="ieee")
-                acc_o = tl.dot(a, w_o, acc_o, input_precision="ieee")
-            else:
-                acc_i = tl.dot(a, w_i, acc_i)
-                acc_f = tl.dot(a, w_f, acc_f)
-                acc_z = tl.dot(a, w_z, acc_z)
-                acc_o = tl.dot(a, w_o, acc_o)
-    # epilogue: input projection + bias by token, the cell, h out
     tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
     g_rows = g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk) + pid_d * BD
     gp = g_rows[:, None] + e[None, :]
@@ -111,3 +69,96 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     h_ptrs = (h_out_ptr + k.to(tl.int64) * stride_out_k + rows[:, None].to(tl.int64) * stride_hb
               + n * Dk + pid_d * BD + e[None, :])
     tl.store(h_ptrs, h.to(h_out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                     B, N, V, tok_stride_b, t, stride_in_k, stride_in_b, stride_out_k, stride_hb,
+                     stride_cin_h, stride_cin_b,
+                     Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                     ONE_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """Grid (Dk // BD, cdiv(B, BM), K * N).
+
+    h_in:  element (k, b, n, d) at k*stride_in_k + b*stride_in_b + n*Dk + d (stride_in_b 0: broadcast)
+    h_out: element (k, b, n, d) at k*stride_out_k + b*stride_hb + n*Dk + d (weight dtype)
+    w:   [K*N, Dk, Dk/BD, 4, BD]  tile-interleaved gates (weight dtype, zero padding)
+    g:   [K, V, N, 4*Dk]   input projection + bias per token, column g*Dk + d (zero padding)
+    tok: [B, *] int64 tokens, column t is this step's
+    c_in:  element (head, b, d) at head*stride_cin_h + b*stride_cin_b + d, fp32 (stride_cin_b 0: broadcast)
+    c_out: [K*N, B, Dk] fp32 (may be c_in itself: each program reads and writes only its own tile)"""
+    pid_d = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    k = pid_h // N
+    n = pid_h - k * N
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < B
+    kk = tl.arange(0, BK)
+    e = tl.arange(0, BD)
+    a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
+              + n * Dk + kk[None, :])
+    w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * (4 * BD)
+    if ONE_DOT:
+        # one dense [BK, 4*BD] weight tile and one accumulator
+        q = tl.arange(0, 4 * BD)
+        acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
+        for k0 in range(0, Dk, BK):
+            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
+            w = tl.load(w_base + (k0 + kk)[:, None] * (4 * Dk) + q[None, :])
+            if IEEE:
+                acc = tl.dot(a, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, w, acc)
+        acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
+    else:
+        acc_i = tl.zeros((BM, BD), dtype=tl.float32)
+        acc_f = tl.zeros((BM, BD), dtype=tl.float32)
+        acc_z = tl.zeros((BM, BD), dtype=tl.float32)
+        acc_o = tl.zeros((BM, BD), dtype=tl.float32)
+        for k0 in range(0, Dk, BK):
+            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
+            wp = w_base + (k0 + kk)[:, None] * (4 * Dk) + e[None, :]
+            w_i = tl.load(wp)
+            w_f = tl.load(wp + BD)
+            w_z = tl.load(wp + 2 * BD)
+            w_o = tl.load(wp + 3 * BD)
+            if IEEE:
+                acc_i = tl.dot(a, w_i, acc_i, input_precision="ieee")
+                acc_f = tl.dot(a, w_f, acc_f, input_precision="ieee")
+                acc_z = tl.dot(a, w_z, acc_z, input_precision="ieee")
+                acc_o = tl.dot(a, w_o, acc_o, input_precision="ieee")
+            else:
+                acc_i = tl.dot(a, w_i, acc_i)
+                acc_f = tl.dot(a, w_f, acc_f)
+                acc_z = tl.dot(a, w_z, acc_z)
+                acc_o = tl.dot(a, w_o, acc_o)
+    _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
+                   stride_cin_h, stride_cin_b, Dk, BM, BD)
+
+
+@triton.jit
+def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                         B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+                         Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                         IEEE: tl.constexpr):
+    """`lstm_step_kernel` (one-dot form) with h and W read through tensor descriptors (TMA on Hopper):
+    a_desc over h_in viewed [K, B, N*Dk] with block [1, BM, BK]; w_desc over W [K*N, Dk, 4*Dk] with
+    block [1, BK, 4*BD]. h_in must not broadcast (a descriptor needs nonzero strides)."""
+    pid_d = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    k = pid_h // N
+    n = pid_h - k * N
+    acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
+    for k0 in range(0, Dk, BK):
+        a = a_desc.load([k, pid_m * BM, n * Dk + k0]).reshape(BM, BK)
+        w = w_desc.load([pid_h, k0, pid_d * (4 * BD)]).reshape(BK, 4 * BD)
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
+    _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
+                   stride_cin_h, stride_cin_b, Dk, BM, BD)

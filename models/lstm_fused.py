@@ -170,18 +170,37 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
         if hit:
             return dict(hit)
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
-    return {"BD": BD, "BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3}
+    return {"BD": BD, "BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3,
+            "tma": False}
+
+
+def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int):
+    """R [K, 4, N, D, D] -> W [K*N, Dk, 4*Dk] in the kernel's tile-interleaved layout
+    [K*N, Dk, Dk/BD, 4, BD] (the four gates of each tile of BD units side by side), zero-padded.
+    Filled one unit tile at a time, so no temporary of W's size exists."""
+    K, _, _, D, _ = R.shape
+    J = Dk // BD
+    W = torch.zeros(K, N, Dk, J, 4, BD, dtype=R.dtype, device=R.device)
+    Rp = R.permute(0, 2, 3, 1, 4)                                          # [K, N, Din, 4, Dout]
+    for j in range(J):
+        w = min(BD, D - j * BD)
+        if w > 0:
+            W[:, :, :D, j, :, :w] = Rp[..., j * BD:j * BD + w]
+    return W.view(K * N, Dk, 4 * Dk)
 
 
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
-               BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3) -> None:
-    """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernel).
+               BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
+               tma: bool = False) -> None:
+    """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
 
     h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk; h_in may broadcast over B, stride 0);
-    w [K*N, Dk, 4*Dk]; g [K, V, N, 4*Dk]; tok [B, *] int64; c_in [K*N, B, Dk] fp32 (may broadcast
-    over B); c_out [K*N, B, Dk] fp32 contiguous (may be c_in)."""
+    w [K*N, Dk, 4*Dk] tile-interleaved for this BD (`tile_recurrent_weight`); g [K, V, N, 4*Dk];
+    tok [B, *] int64; c_in [K*N, B, Dk] fp32 (may broadcast over B); c_out [K*N, B, Dk] fp32
+    contiguous (may be c_in). tma: read h and W through tensor descriptors (one-dot form); a
+    broadcast h_in takes the pointer kernel."""
     import triton
-    from models._lstm_step_triton import lstm_step_kernel
+    from models import _lstm_step_triton as kern
     B = c_out.shape[1]
     V = g.shape[1]
     for h in (h_in, h_out):
@@ -191,10 +210,21 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     assert w.is_contiguous() and g.is_contiguous() and c_out.is_contiguous()
     assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and c_out.dtype == torch.float32
     grid = (Dk // BD, triton.cdiv(B, BM), K * N)
-    lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
-                           h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
-                           Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot,
-                           IEEE=(w.dtype == torch.float32), num_warps=num_warps, num_stages=num_stages)
+    ieee = w.dtype == torch.float32
+    if tma and h_in.stride(1) != 0:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        a_view = torch.as_strided(h_in, (K, B, N * Dk), (h_in.stride(0), N * Dk, 1))
+        a_desc = TensorDescriptor(a_view, list(a_view.shape), list(a_view.stride()), [1, BM, BK])
+        w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, BK, 4 * BD])
+        kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
+                                        h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
+                                        Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
+                                        num_warps=num_warps, num_stages=num_stages)
+        return
+    kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
+                                h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
+                                Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
+                                num_warps=num_warps, num_stages=num_stages)
 
 
 def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 26):
@@ -220,8 +250,9 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 
 
 def prepare_fused(P: dict, *, num_heads: int) -> dict:
     """P plus the per-pass layouts of the fused forward, built once for all chunks of a pass:
-    the input table G = emb @ W_in + b (fp32, [K, V, N, 4*Dk]), the padded recurrent weight
-    [K*N, Dk, 4*Dk] and the padded output weight [K, N*Dk, V]. Valid while P's values are unchanged."""
+    the input table G = emb @ W_in + b ([K, V, N, 4*Dk], weight dtype) and the padded output weight
+    [K, N*Dk, V]; the tiled recurrent weight is built on the first chunk (its layout depends on the
+    launch config) and kept. Valid while P's values are unchanged."""
     W_in, R, b, W_out = P["W_in"], P["R"], P["b"], P["W_out"]
     K = W_in.shape[0]
     N = num_heads
@@ -230,12 +261,10 @@ def prepare_fused(P: dict, *, num_heads: int) -> dict:
     V = W_out.shape[-1]
     dt, dev = W_in.dtype, W_in.device
     G = _input_table(P["embedding"], W_in, b, N=N, D=D, Dk=Dk)
-    W = torch.zeros(K, N, Dk, 4, Dk, dtype=dt, device=dev)
-    W[:, :, :D, :, :D] = R.permute(0, 2, 3, 1, 4)                          # [K, N, Din, 4, Dout]
     Wout = torch.zeros(K, N, Dk, V, dtype=dt, device=dev)
     Wout[:, :, :D] = W_out.view(K, N, D, V)
     out = dict(P)
-    out["_fused"] = {"G": G, "W": W.view(K * N, Dk, 4 * Dk), "Wout": Wout.view(K, N * Dk, V),
+    out["_fused"] = {"G": G, "W": {}, "R": R, "Wout": Wout.view(K, N * Dk, V),
                      "K": K, "N": N, "D": D, "Dk": Dk, "BD": BD, "BK": BK}
     return out
 
@@ -256,10 +285,10 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     if "_fused" not in P:
         P = prepare_fused(P, num_heads=num_heads)
     f = P["_fused"]
-    G, W, Wout, K, N, D, Dk, BD, BK = (f[k] for k in ("G", "W", "Wout", "K", "N", "D", "Dk", "BD", "BK"))
+    G, Wout, K, N, D, Dk, BD, BK = (f[k] for k in ("G", "Wout", "K", "N", "D", "Dk", "BD", "BK"))
     V = Wout.shape[-1]
     B, T = tokens_BT.shape
-    dt, dev = W.dtype, W.device
+    dt, dev = Wout.dtype, Wout.device
     h0, c0 = state
     B_ = h0.shape[-3] if h0.dim() == 4 else h0.shape[1]
     if B_ != B or h0.shape[-1] not in (D, Dk) or c0.shape[-1] not in (D, Dk):
@@ -289,9 +318,14 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     tok = tokens_BT if tokens_BT.dtype == torch.int64 else tokens_BT.long()
     cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
     bd = cfg.pop("BD", BD)
+    bk = cfg.pop("BK", BK)
+    if bd not in f["W"]:
+        f["W"].clear()                                          # one tiled copy at a time
+        f["W"][bd] = tile_recurrent_weight(f["R"], N=N, Dk=Dk, BD=bd)
+    W = f["W"][bd]
     for t in range(T):
         lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
-                   K=K, N=N, Dk=Dk, BD=bd, BK=BK, **cfg)
+                   K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
     logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, N * Dk), Wout)   # [K, T*B, V]
     logits = logits.view(K, T, B, V).transpose(1, 2)
     return logits, (hs[:, T - 1], c)

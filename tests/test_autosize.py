@@ -91,4 +91,5 @@ def test_committed_tuning_file_is_valid():
     for key, cfg in tab.items():
         Dk = int(key.split("Dk=")[1].split("|")[0])
         assert Dk % cfg["BD"] == 0 and cfg["BM"] in (16, 32, 64, 128, 256)
-        assert set(cfg) == {"BD", "BM", "one_dot", "num_warps", "num_stages"}
+        assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg) <= {"BD", "BM", "BK", "one_dot", "num_warps",
+                                                                                "num_stages", "tma"}

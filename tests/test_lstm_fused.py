@@ -94,11 +94,12 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
     with torch.inference_mode():
         ref, st_ref = m.forward_chunk_stacked(P, tok, m.init_state_stacked(P, B))
         Pf = prepare_fused(P, num_heads=N)
-        for one in (False, True):
+        # both kernel forms, the tensor-descriptor (TMA) kernel and a smaller unit tile (another W tiling)
+        for sc in ({{"one_dot": False}}, {{"one_dot": True}}, {{"tma": True}}, {{"BD": 16, "BK": 16, "one_dot": True}}):
             # two chunks, the state threaded between them
             a, st = forward_chunk_stacked_fused(Pf, tok[:, :2], m.init_state_stacked(P, B), num_heads=N,
-                                                step_config={{"one_dot": one}})
-            b, st = forward_chunk_stacked_fused(Pf, tok[:, 2:], st, num_heads=N, step_config={{"one_dot": one}})
+                                                step_config=sc)
+            b, st = forward_chunk_stacked_fused(Pf, tok[:, 2:], st, num_heads=N, step_config=sc)
             out = torch.cat([a, b], dim=2)
             hh = st[0].transpose(1, 2).reshape(2 * N, B, -1)
             worst["logits"] = max(worst["logits"], float((out - ref).abs().max()))
