@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_chunk", type=nonneg_int, default=0, help="ZO forward chunk in time steps (0: 64)")
     p.add_argument("--models_per_pass", type=nonneg_int, default=0,
                    help="ZO: perturbed models evaluated per forward (0: auto from free memory; 1: one at a time)")
+    add_bool(p, "--cuda_graphs", False, "ZO on CUDA: replay the stacked probe loss as a CUDA graph "
+                                         "(fewer launches for small models; costs memory on large ones)")
     add_bool(p, "--save_model", False, "write a checkpoint to --checkpoint_dir at the end")
     p.add_argument("--checkpoint_dir", default="rnn_checkpoints")
     add_bool(p, "--wandb", False, "log to wandb (offline without WANDB_API_KEY)")
@@ -140,7 +142,8 @@ def config_from_args(args):
         weight_decay=args.weight_decay, probe_dropout_rate=args.probe_dropout_rate, grad_clip=args.grad_clip,
         use_bptt=args.use_bptt, use_adam=args.use_adam, overfit_to_one_batch=args.overfit_to_one_batch_flag,
         curriculum=args.curriculum, curriculum_steps=args.curriculum_steps, log_interval=args.log_interval,
-        val_interval=args.val_interval, time_chunk=args.time_chunk, models_per_pass=args.models_per_pass, save_model=args.save_model,
+        val_interval=args.val_interval, time_chunk=args.time_chunk, models_per_pass=args.models_per_pass,
+        cuda_graphs=args.cuda_graphs, save_model=args.save_model,
         checkpoint_dir=args.checkpoint_dir, wandb=args.wandb, wandb_proj=args.wandb_proj,
         wandb_run_name=args.wandb_run_name, seed=args.seed, verbose=args.verbose, tokenizer=args.tokenizer,
         text_path=args.text_path, dataset=args.dataset, tokenizer_path=args.tokenizer_path, metrics_out=args.metrics_out, stop_loss=args.stop_loss, threads=args.threads)

@@ -493,6 +493,7 @@ class ZOSetup:
             self.tc = auto_time_chunk(self.cfg, device=b.dev, batch_size=self.mb, models=self.M, T=T)
         self.probes = probes
         self.lr = a.lr
+        self.cuda_graphs = bool(getattr(a, "cuda_graphs", False)) and b.cuda
         self.comm = LocalComm(b.dev)
         self.set_batch(make_batch(B, T, b.dev, seed=a.seed + 1))
 
@@ -504,8 +505,16 @@ class ZOSetup:
             with torch.inference_mode():
                 return batch_loss(model, batch, time_chunk=tc, micro_batch_size=mb)
 
+        graphed = None
+        if self.cuda_graphs:
+            from train.graphs import GraphedStackedLoss
+            graphed = self.graphed = getattr(self, "graphed", None) or GraphedStackedLoss(
+                lambda P, bt: stacked_batch_loss(model, P, bt, time_chunk=tc, micro_batch_size=mb))
+
         def stacked(P):
             with torch.inference_mode():
+                if graphed is not None:
+                    return graphed(P, batch)
                 return stacked_batch_loss(model, P, batch, time_chunk=tc, micro_batch_size=mb)
 
         self.loss_fn, self.stacked = loss_fn, stacked
@@ -1122,6 +1131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=list(LSTM_BACKENDS),
                    help="LSTM recurrence backend (models/lstm_backends.py; auto: fused when it checks out)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate = epsilon")
+    p.add_argument("--cuda_graphs", action="store_true",
+                   help="replay the stacked probe loss as a CUDA graph (train/graphs.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gemm_n", type=int, default=8192)
     p.add_argument("--sweep_T", type=csv_ints, default=[10, 100, 1000, 10000])

@@ -130,3 +130,17 @@ def test_short_unittest_table(tmp_path):
     assert [r["optimizer"] for r in table["rows"]] == ["BPTT-SGD", "CD-RGE@4"]
     assert all(r["status"] == "ok" and r["s_per_step"] > 0 and r["peak_mem_bytes"] > 0 for r in table["rows"])
     assert "| tiny | 150,740 | CD-RGE@4 |" in (out / "unittest_table.md").read_text()
+
+
+def test_cuda_graphs_refused_on_cpu():
+    """--cuda_graphs needs CUDA: refused before anything runs, and the wrapper refuses CPU tensors."""
+    import pytest
+    import torch
+    from tasks import Batch
+    from train.graphs import GraphedStackedLoss
+    from train.series import SeriesConfig
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        SeriesConfig(device="cpu", cuda_graphs=True).validate()
+    b = Batch(inputs=torch.zeros(2, 3, dtype=torch.long), targets=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedStackedLoss(lambda P, bt: torch.zeros(1))({}, b)

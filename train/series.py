@@ -69,6 +69,7 @@ class SeriesConfig:
     val_batch_size: int = 64
     time_chunk: int = 0              # ZO forward chunk (0: auto: up to 64 steps within a memory budget)
     models_per_pass: int = 0         # ZO: perturbed models per forward (0: auto from memory; 1: one at a time)
+    cuda_graphs: bool = False        # ZO, CUDA: replay the stacked probe loss as a CUDA graph (train/graphs.py)
     save_model: bool = False
     checkpoint_dir: str = "rnn_checkpoints"
     wandb: bool = False
@@ -110,6 +111,8 @@ class SeriesConfig:
                              f"--micro_batch_size {self.micro_batch_size}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} was requested but CUDA is not available; use --device cpu")
+        if self.cuda_graphs and not str(self.device).startswith("cuda"):
+            raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.task == "lm_char" and not self.text_path:
             raise ValueError("--task lm_char needs --text_path FILE (a local text file)")
         if self.text_path and not os.path.exists(self.text_path):
@@ -191,6 +194,11 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
         if cfg.verbose:
             print(f"ZO: {cfg.num_perturbations} probes, {mpp} perturbed model(s) per forward pass", file=out)
     comm = LocalComm()
+    graphed = None
+    if cfg.cuda_graphs and engine is not None:
+        from train.graphs import GraphedStackedLoss
+        graphed = GraphedStackedLoss(lambda P, b: stacked_batch_loss(model, P, b, time_chunk=time_chunk,
+                                                                     micro_batch_size=cfg.micro_batch_size))
 
     fixed = None
     if cfg.overfit_to_one_batch:
@@ -222,6 +230,8 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
                         return batch_loss(model, b, time_chunk=time_chunk, micro_batch_size=cfg.micro_batch_size)
                 def stacked(P, b=batch):
                     with torch.inference_mode():
+                        if graphed is not None:
+                            return graphed(P, b)
                         return stacked_batch_loss(model, P, b, time_chunk=time_chunk,
                                                   micro_batch_size=cfg.micro_batch_size)
                 res = zo_step(engine, step=step, lr=lr, loss_for_probe=lambda i: loss_fn, comm=comm,
