@@ -344,3 +344,54 @@ def test_kernels_compile_for_sm90(monkeypatch):
             assert ptx.count("-2048144789") == 2 * spt1, ptx.count("-2048144789")  # 0x85EBCA6B
         if name == "_update_kernel":
             assert "fma.rn.f32" in ptx  # the final master - lr*g is one fused multiply-add
+
+
+ENGINE_KERNEL_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from models import ModelConfig, build_model
+from zo import kernels as zk
+from zo.estimator import ZOConfig, ZOEngine
+m = build_model(ModelConfig(vocab_size=11, input_size=6, hidden_size=12, num_heads=3), generator=torch.Generator().manual_seed(0))
+for drop in (0.0, 0.25):
+    eng = ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=3, probe_dropout_rate=drop), run_seed=5)
+    eng.use_kernels = True                       # the CUDA path, run by the Triton interpreter on CPU
+    seeds = eng.seeds(7)
+    # probe writes: the engine's one-upload keys == per-tensor calls with seed lists
+    got = {{}}
+    def grab(P):
+        for n, t in P.items():
+            got[n] = t.clone()
+        return torch.zeros(next(iter(P.values())).shape[0])
+    eng.evaluate_stacked(seeds, grab, lr=0.1, models_per_pass=6)
+    ok_apply = True
+    alphas = [sg * (0.1 * eng.probe_scale(s)) for s in seeds for sg in (1.0, -1.0)]
+    ms = [s for s in seeds for _ in (1, -1)]
+    for p in eng.params:
+        ref = torch.empty_like(got[p.name])
+        zk.triton_apply_probes(p.master, ref, ms, p.pid, alphas, dropout_rate=drop)
+        ok_apply &= torch.equal(ref, got[p.name])
+    # update: the same against per-tensor calls on copies
+    coefs = [0.3, -0.2, 0.05]
+    before = [p.master.clone() for p in eng.params]
+    eng.update(seeds, coefs, lr=0.01)
+    scaled = [c * eng.probe_scale(s) for s, c in zip(seeds, coefs)]
+    ok_upd = True
+    for p, b in zip(eng.params, before):
+        zk.triton_update(b, seeds, p.pid, scaled, 0.01, dropout_rate=drop)
+        ok_upd &= torch.equal(b, p.master)
+    print("drop", drop, ok_apply, ok_upd)
+"""
+
+
+def test_engine_kernel_path_uploads_keys_once_and_matches_per_tensor_calls():
+    """The engine's kernel path passes every tensor's keys from one upload; the results equal
+    per-tensor kernel calls bit for bit (probe writes and the update, with and without dropout)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", ENGINE_KERNEL_SCRIPT.format(root=root)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines == ["drop 0.0 True True", "drop 0.25 True True"], out.stdout

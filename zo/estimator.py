@@ -229,13 +229,22 @@ class ZOEngine:
         The sum is formed in a fresh tensor (never in place on the master)."""
         a = sign_eps * self.probe_scale(seed)
         if self.use_kernels:
-            for p in self.params:
-                zk.triton_apply_probes(p.master, p.live.unsqueeze(0), [seed], p.pid, [a], self.cfg.distribution,
+            keys, c = self._kernel_args([seed], [a])
+            for k, p in enumerate(self.params):
+                zk.triton_apply_probes(p.master, p.live.unsqueeze(0), keys[k], p.pid, c, self.cfg.distribution,
                                        dropout_rate=self.cfg.probe_dropout_rate, mask=p.mask)
             return
         zs = zs if zs is not None else self.directions(seed)
         for p, z in zip(self.params, zs):
             p.live.copy_(torch.add(p.master, z, alpha=a))
+
+    def _kernel_args(self, seeds, coefs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise keys of `seeds` for every parameter ([P, n, w] int32) and the coefficients ([n] fp32),
+        each uploaded to the device in one transfer without a host sync."""
+        dev = self.params[0].master.device
+        keys = zk.noise_keys_multi(list(seeds), [p.pid for p in self.params], device=dev,
+                                   dropout=self.cfg.probe_dropout_rate > 0)
+        return keys, zk._coefs_arg([float(x) for x in coefs], len(seeds), dev)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -289,8 +298,9 @@ class ZOEngine:
             if self.use_kernels:
                 model_seeds = [s for s in chunk for _ in signs]
                 alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
-                for p in self.params:
-                    zk.triton_apply_probes(p.master, P[p.name], model_seeds, p.pid, alphas, self.cfg.distribution,
+                keys, c = self._kernel_args(model_seeds, alphas)
+                for k, p in enumerate(self.params):
+                    zk.triton_apply_probes(p.master, P[p.name], keys[k], p.pid, c, self.cfg.distribution,
                                            dropout_rate=self.cfg.probe_dropout_rate, mask=p.mask)
             else:
                 for j, s in enumerate(chunk):
@@ -360,10 +370,12 @@ class ZOEngine:
         scaled = [c * self.probe_scale(s) for s, c in zip(seeds, coefs)]
         cfg = self.cfg
         info = {}
+        if self.use_kernels:
+            keys, c = self._kernel_args(seeds, scaled)
         if not cfg.needs_full_gradient:
             for k, p in enumerate(self.params):
                 if self.use_kernels:
-                    zk.triton_update(p.master, seeds, p.pid, scaled, lr, cfg.weight_decay, cfg.distribution,
+                    zk.triton_update(p.master, keys[k], p.pid, c, lr, cfg.weight_decay, cfg.distribution,
                                      live=None if p.live.data_ptr() == p.master.data_ptr() else p.live,
                                      dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
                 else:
@@ -371,8 +383,8 @@ class ZOEngine:
             self.clear_step_cache()
             return info
         if self.use_kernels:
-            grads = [zk.triton_grad(p.master, seeds, p.pid, scaled, cfg.distribution,
-                                    dropout_rate=cfg.probe_dropout_rate, mask=p.mask) for p in self.params]
+            grads = [zk.triton_grad(p.master, keys[k], p.pid, c, cfg.distribution,
+                                    dropout_rate=cfg.probe_dropout_rate, mask=p.mask) for k, p in enumerate(self.params)]
         else:
             grads = [self._accumulate(k, seeds, scaled) for k in range(len(self.params))]
         gnorm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))

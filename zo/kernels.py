@@ -553,6 +553,24 @@ def noise_keys(seeds: Sequence[int], param_id: int, *, device, dropout: bool = F
     return _upload(rows, torch.int32, device)
 
 
+def noise_keys_multi(seeds: Sequence[int], param_ids: Sequence[int], *, device, dropout: bool = False) -> torch.Tensor:
+    """int32 [len(param_ids), n, 2 or 4]: `noise_keys(seeds, pid)` for every parameter, uploaded in
+    ONE transfer (a step's probe writes and update then cost one upload, not one per tensor)."""
+    width = 4 if dropout else 2
+    rows = []
+    for pid in param_ids:
+        per = []
+        for s in seeds:
+            r = list(_key_pair(int(s), int(pid), 0))
+            if dropout:
+                r += list(_key_pair(int(s), int(pid), zn.DROPOUT_SALT))
+            per.append(r)
+        rows.append(per)
+    if not rows or not seeds:
+        return torch.empty((len(rows), 0, width), dtype=torch.int32, device=device)
+    return _upload(rows, torch.int32, device)
+
+
 def _keys_arg(seeds, param_id, device, dropout: bool) -> torch.Tensor:
     if torch.is_tensor(seeds):
         keys = seeds
