@@ -33,6 +33,9 @@ from train.cli_args import (add_bool, nonneg_float, nonneg_int, positive_float, 
 _T_START = time.time()  # module import: the summary's process time counts from here
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_REPLICA, EXIT_INIT = 2, 3, 4, 5
+# models/lstm_backends.BACKENDS, spelled out so that --help needs no torch import (a test keeps them equal)
+LSTM_BACKENDS = ("torch", "fused", "fused_bmm", "auto", "flashrnn_vanilla", "flashrnn_cuda", "flashrnn_cuda_fused",
+                 "flashrnn_triton_fused")
 
 DEFAULTS_NOTE = (
     "Defaults are a tiny CPU smoke test that needs no network: --task lm on the embedded corpus (CPython's pydoc "
@@ -110,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--memory_size", type=nonneg_int, default=0, help="DNC memory slots (0: hidden_size)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="parameter dtype (default float32 on CPU, bfloat16 on CUDA; the ZO master is fp32)")
+    g.add_argument("--lstm_backend", default="auto", choices=LSTM_BACKENDS,
+                   help="LSTM recurrence backend (models/lstm_backends.py; auto: fused on CUDA once it passes its "
+                        "check). torch skips the fused path's per-pass [vocab, 4*hidden] input table, which a large "
+                        "vocabulary cannot afford: 53 GB at GPT-2's 50,260 ids and hidden 131,072")
 
     g = p.add_argument_group("data and curriculum")
     g.add_argument("--batch_size", type=positive_int, default=4, help="sequences per batch (the paper: 1024)")
@@ -192,6 +199,19 @@ def config_from_args(args):
         debug_nan_at_step=args.debug_nan_at_step, debug_nan_rank=args.debug_nan_rank)
 
 
+def with_lstm_backend(cfg, backend: str):
+    """cfg, building its model with LSTM recurrence backend `backend` (DistConfig has no field for it:
+    a subclass overrides model_config; dataclasses.replace keeps the subclass). "auto" returns cfg."""
+    if backend == "auto":
+        return cfg
+    import dataclasses
+
+    class _WithBackend(type(cfg)):
+        def model_config(self, vocab_size: int):
+            return super().model_config(vocab_size).replace(backend=backend)
+    return _WithBackend(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+
+
 def summary_path(template: str, rank: int) -> str:
     """Where rank `rank` writes its --summary_out file."""
     if "{rank}" in template:
@@ -239,7 +259,7 @@ def main(argv=None) -> int:
 
     comm = None
     try:
-        cfg = config_from_args(args)
+        cfg = with_lstm_backend(config_from_args(args), args.lstm_backend)
         cfg.validate()                       # configuration errors before anyone waits on a rendezvous
         t_main = time.time()
         comm = init_comm(device_arg=args.device, init_timeout_s=args.init_timeout_s, local_rank_arg=args.local_rank)
