@@ -84,7 +84,8 @@ def stacked_model_bytes(cfg: ModelConfig, *, batch_size: int, time_chunk: int, f
         from models.lstm_fused import step_tiles
         N = cfg.lstm_heads
         Dk = step_tiles(cfg.lstm_head_size)[0]
-        work = (N * Dk * 4 * Dk * b + V * N * 4 * Dk * 4 + batch_size * N * Dk * (4 + (time_chunk + 1) * b)
+        rows = min(cfg.vocab_size, batch_size * time_chunk)       # input table, or a chunk's input gates
+        work = (N * Dk * 4 * Dk * b + rows * N * 4 * Dk * b + batch_size * N * Dk * (4 + (time_chunk + 1) * b)
                 + N * Dk * V * b + time_chunk * batch_size * V * 4 * 3)
     else:
         work = estimate_memory_bytes(cfg, batch_size=batch_size, time_chunk=time_chunk, zo=False) - \

@@ -248,11 +248,27 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 
     return G.view(K, V, N, 4 * Dk)
 
 
-def prepare_fused(P: dict, *, num_heads: int) -> dict:
+def _chunk_input_gates(P: dict, tokens_BT: torch.Tensor, *, N: int, D: int, Dk: int):
+    """Large vocabularies: the input gates of this chunk's tokens, [K, B*T, N, 4*Dk] (row b*T + t),
+    and the row index [B, T] the kernel looks them up by (the kernel's table then has B*T rows)."""
+    emb, W_in, b = P["embedding"], P["W_in"], P["b"]
+    K, _, I = emb.shape
+    B, T = tokens_BT.shape
+    x = emb[:, tokens_BT.reshape(-1)]                                       # [K, B*T, I]
+    xg = torch.bmm(x, W_in).view(K, B * T, 4, N, D) + b.view(K, 1, 4, N, D)
+    G = torch.zeros(K, B * T, N, 4, Dk, dtype=W_in.dtype, device=W_in.device)
+    G[..., :D] = xg.permute(0, 1, 3, 2, 4)
+    rows = torch.arange(B * T, device=W_in.device).view(B, T)
+    return G.view(K, B * T, N, 4 * Dk), rows
+
+
+def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None) -> dict:
     """P plus the per-pass layouts of the fused forward, built once for all chunks of a pass:
     the input table G = emb @ W_in + b ([K, V, N, 4*Dk], weight dtype) and the padded output weight
     [K, N*Dk, V]; the tiled recurrent weight is built on the first chunk (its layout depends on the
-    launch config) and kept. Valid while P's values are unchanged."""
+    launch config) and kept. Valid while P's values are unchanged. When the table would exceed
+    `table_max_bytes` (default: the larger of 1 GiB and 4x W_in), it is not built and each chunk
+    computes its tokens' input gates instead (same values; memory then grows with the chunk)."""
     W_in, R, b, W_out = P["W_in"], P["R"], P["b"], P["W_out"]
     K = W_in.shape[0]
     N = num_heads
@@ -260,7 +276,12 @@ def prepare_fused(P: dict, *, num_heads: int) -> dict:
     Dk, BD, BK = step_tiles(D)
     V = W_out.shape[-1]
     dt, dev = W_in.dtype, W_in.device
-    G = _input_table(P["embedding"], W_in, b, N=N, D=D, Dk=Dk)
+    Vin = P["embedding"].shape[1]
+    table_bytes = K * Vin * N * 4 * Dk * W_in.element_size()
+    limit = table_max_bytes if table_max_bytes is not None else max(1 << 30, 4 * W_in.numel() * W_in.element_size())
+    # a vocabulary much larger than the input width would make the table far larger than W_in itself
+    # (a 50k vocabulary at hidden 131072: ~50 GB): then the input gates are computed per chunk
+    G = _input_table(P["embedding"], W_in, b, N=N, D=D, Dk=Dk) if table_bytes <= limit else None
     Wout = torch.zeros(K, N, Dk, V, dtype=dt, device=dev)
     Wout[:, :, :D] = W_out.view(K, N, D, V)
     out = dict(P)
@@ -316,6 +337,8 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
         c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
     hs = torch.empty(K, T, B, N, Dk, dtype=dt, device=dev)
     tok = tokens_BT if tokens_BT.dtype == torch.int64 else tokens_BT.long()
+    if G is None:                                               # large vocabulary: gates per chunk
+        G, tok = _chunk_input_gates(P, tok, N=N, D=D, Dk=Dk)
     cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
     bd = cfg.pop("BD", BD)
     bk = cfg.pop("BK", BK)

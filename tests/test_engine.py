@@ -590,3 +590,16 @@ def test_multiple_params_and_bf16_master_update():
             assert torch.equal(p.live, p.master.to(torch.bfloat16))
     m = eng.params[0].master
     assert m.dtype == torch.float32 and not torch.equal(m, torch.ones(64))
+
+
+def test_master_checksum_is_chunked_and_order_fixed():
+    """The replica checksum does not depend on the chunk size beyond float64 rounding, and is the same
+    value for the same theta every time (replicas compare it for equality)."""
+    import torch
+    from zo.estimator import ZOConfig, ZOEngine
+    g = torch.Generator().manual_seed(0)
+    params = [("a", torch.randn(1000, generator=g)), ("b", torch.randn(37, 11, generator=g))]
+    eng = ZOEngine(params, config=ZOConfig(num_perturbations=2))
+    whole = sum(float(t.double().sum()) + 1e-3 * float(t.double().abs().sum()) for _, t in params)
+    assert abs(eng.master_checksum(chunk_elems=64) - whole) < 1e-9
+    assert eng.master_checksum(chunk_elems=64) == eng.master_checksum(chunk_elems=64)

@@ -106,6 +106,12 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
             worst["h"] = max(worst["h"], float((hh[..., :D] - st_ref[0]).abs().max()))
             worst["c"] = max(worst["c"], float((st[1][..., :D] - st_ref[1]).abs().max()))
             worst["pad"] = max(worst["pad"], float(hh[..., D:].abs().sum()) + float(st[1][..., D:].abs().sum()))
+        # a large vocabulary: no table, the input gates of each chunk's tokens instead
+        Pn = prepare_fused(P, num_heads=N, table_max_bytes=0)
+        assert Pn["_fused"]["G"] is None
+        a, st = forward_chunk_stacked_fused(Pn, tok[:, :2], m.init_state_stacked(P, B), num_heads=N)
+        b, st = forward_chunk_stacked_fused(Pn, tok[:, 2:], st, num_heads=N)
+        worst["logits"] = max(worst["logits"], float((torch.cat([a, b], dim=2) - ref).abs().max()))
 print("step", *[worst[k] for k in ("logits", "h", "c", "pad")])
 # losses through the trainers' entry points: fused (prepared once per pass) == torch reference
 cfg = ModelConfig(vocab_size=11, input_size=6, hidden_size=40, num_heads=2)

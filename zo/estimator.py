@@ -461,7 +461,15 @@ class ZOEngine:
             p.master.copy_(sd["master"][p.name])
         self.restore()
 
-    def master_checksum(self) -> float:
-        """Order-fixed float64 checksum of theta (for replica checks)."""
-        return float(sum(float(p.master.double().sum()) + 1e-3 * float(p.master.double().abs().sum())
-                         for p in self.params))
+    def master_checksum(self, chunk_elems: int = 1 << 26) -> float:
+        """Order-fixed float64 checksum of theta (for replica checks): sum(theta) + 1e-3 * sum|theta|.
+
+        Summed in chunks of `chunk_elems` elements, so the float64 temporaries stay at 0.5 GiB
+        whatever the size of the largest tensor (a 7B model's output weight would need ~100 GB)."""
+        total = 0.0
+        for p in self.params:
+            flat = p.master.reshape(-1)
+            for i in range(0, flat.numel(), chunk_elems):
+                c = flat[i:i + chunk_elems].double()
+                total += float(c.sum()) + 1e-3 * float(c.abs().sum())
+        return total
