@@ -18,13 +18,13 @@
 # is built there in seconds), and reuses it while it loads. `--tokenizer hf` then adds <bos>, <eos>, <pad> as for
 # GPT-2: 50,260 ids, the paper's vocabulary size. Its merges differ from GPT-2's; the model's shape does not.
 #
-# LSTM backend: torch. The fused backend builds a per-pass input table G = emb @ W_in + b of [vocab, 4*hidden]
-# (49 GiB in bf16 here, plus fp32 temporaries while it is built), which does not fit beside the 38.6 GiB of weights
-# and master on one H200; at batch 1 the table saves nothing anyway.
+# LSTM backend: torch, the reference path (B = 1 leaves nothing for the fused kernel to win). The fused backend
+# would not build its per-token input table here (it would be 49 GiB for this vocabulary): it computes each
+# chunk's input gates instead (models/lstm_fused.py, prepare_fused).
 # Memory per GPU (every rank holds all of theta): bf16 weights + fp32 master = 6 bytes per parameter, 38.6 GiB;
 # models.estimate_memory_bytes (what check_fits compares with 0.9 x the free memory) says 38.8 GiB. The trainer's
-# replica checksum (at start-up and after the last step) sums theta in float64, one tensor at a time: two float64
-# copies of W_out (2 x 49.1 GiB) exist for a moment, so the allocator peak is about 137 GiB of the H200's ~140.
+# replica checksum (at start-up and after the last step) sums theta in float64 in chunks of 2^26 elements
+# (ZOEngine.master_checksum), so it adds about 1 GiB for a moment.
 #
 # Output under --out (default $OUT, else bench/results), at most 4 files, rewritten when the run ends (an early
 # version before it starts): smoke7b_<stamp>.md and .json (per-rank peak memory, s/step, steps to loss < 0.1, final
@@ -153,7 +153,7 @@ def estimate(a):
         Dk = D
     est = estimate_memory_bytes(cfg, batch_size=int(a["batch"]), time_chunk=64, zo=True, master_bytes=4)
     theta = P * b + P * 4                          # live weights + fp32 master (fp32 runs keep a separate master too)
-    largest = H * V                                # W_out
+    largest = min(H * V, 1 << 26)                  # the checksum's float64 chunk (ZOEngine.master_checksum)
     return {"vocab_tokenizer": int(a["vocab"]), "vocab_model": V, "input_size": I, "hidden_size": H, "num_heads": N,
             "head_size": D, "dtype": cfg.dtype, "lstm_backend": cfg.backend, "params": P,
             "params_paper": PAPER["params"], "theta_bytes": theta,
@@ -173,10 +173,10 @@ def print_estimate(e):
     print(f"# memory per GPU, every rank holding theta: weights + fp32 master {g(e['theta_bytes'])}; "
           f"models.estimate_memory_bytes (check_fits's number, compared with 0.9 x free): "
           f"{g(e['check_fits_estimate_bytes'])}")
-    print(f"# replica checksum (start-up, end): two float64 copies of W_out for a moment, "
+    print(f"# replica checksum (start-up, end): float64 copies of one 2^26-element chunk for a moment, "
           f"+{g(e['checksum_transient_bytes'])} -> allocator peak ~{g(e['predicted_peak_with_checksum_bytes'])}")
-    print(f"# the fused backend's input table alone would be {g(e['fused_input_table_bytes'])} (hence "
-          f"--lstm_backend {e['lstm_backend']})")
+    print(f"# a per-token input table would be {g(e['fused_input_table_bytes'])}: the fused backend computes "
+          f"each chunk's input gates instead; this run uses --lstm_backend {e['lstm_backend']}")
     print("# estimate: " + json.dumps(e, sort_keys=True))
 
 
