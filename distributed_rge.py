@@ -196,20 +196,7 @@ def config_from_args(args):
         checkpoint_dir=args.checkpoint_dir, load_from_checkpoint=args.load_from_checkpoint,
         metrics_out=args.metrics_out, wandb_proj=args.wandb_proj, wandb_run=args.wandb_run, verbose=args.verbose,
         threads=args.threads,
-        debug_nan_at_step=args.debug_nan_at_step, debug_nan_rank=args.debug_nan_rank)
-
-
-def with_lstm_backend(cfg, backend: str):
-    """cfg, building its model with LSTM recurrence backend `backend` (DistConfig has no field for it:
-    a subclass overrides model_config; dataclasses.replace keeps the subclass). "auto" returns cfg."""
-    if backend == "auto":
-        return cfg
-    import dataclasses
-
-    class _WithBackend(type(cfg)):
-        def model_config(self, vocab_size: int):
-            return super().model_config(vocab_size).replace(backend=backend)
-    return _WithBackend(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+        debug_nan_at_step=args.debug_nan_at_step, debug_nan_rank=args.debug_nan_rank, lstm_backend=args.lstm_backend)
 
 
 def summary_path(template: str, rank: int) -> str:
@@ -259,7 +246,7 @@ def main(argv=None) -> int:
 
     comm = None
     try:
-        cfg = with_lstm_backend(config_from_args(args), args.lstm_backend)
+        cfg = config_from_args(args)
         cfg.validate()                       # configuration errors before anyone waits on a rendezvous
         t_main = time.time()
         comm = init_comm(device_arg=args.device, init_timeout_s=args.init_timeout_s, local_rank_arg=args.local_rank)

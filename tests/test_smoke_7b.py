@@ -99,14 +99,14 @@ def test_distributed_rge_lstm_backend_flag_reaches_the_model_config():
     assert tuple(distributed_rge.LSTM_BACKENDS) == tuple(BACKENDS)
     p = distributed_rge.build_parser()
     args = p.parse_args(["--lstm_backend", "torch", "--hidden_size", "64"])
-    cfg = distributed_rge.with_lstm_backend(distributed_rge.config_from_args(args), args.lstm_backend)
-    cfg = dataclasses.replace(cfg, device="cpu")               # what main() does: the override survives
+    cfg = distributed_rge.config_from_args(args)
+    cfg = dataclasses.replace(cfg, device="cpu")               # what main() does: the backend survives
     cfg.validate()
     assert isinstance(cfg, DistConfig) and cfg.model_config(100).backend == "torch"
     assert cfg.model_config(100).hidden_size == 64 and dataclasses.asdict(cfg)["hidden_size"] == 64
     args = p.parse_args([])
     assert args.lstm_backend == "auto"
-    plain = distributed_rge.with_lstm_backend(distributed_rge.config_from_args(args), "auto")
+    plain = distributed_rge.config_from_args(args)
     assert type(plain) is DistConfig and plain.model_config(100).backend == "auto"
     with pytest.raises(SystemExit):
         p.parse_args(["--lstm_backend", "cudnn"])

@@ -85,6 +85,7 @@ class DistConfig:
     head_size: int = 0
     memory_size: int = 0
     dtype: str | None = None            # None: float32 on CPU, bfloat16 on CUDA (fp32 master either way)
+    lstm_backend: str = "auto"          # LSTM recurrence backend (models/lstm_backends.py)
     device: str = "cpu"
     seed: int = 0
     batch_size: int = 4
@@ -140,7 +141,7 @@ class DistConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         base = ModelConfig(model_type=self.model_type, vocab_size=vocab_size, input_size=self.input_size,
                            hidden_size=self.hidden_size, num_heads=self.num_heads, head_size=self.head_size,
-                           memory_size=self.memory_size, dtype=self.resolved_dtype)
+                           memory_size=self.memory_size, dtype=self.resolved_dtype, backend=self.lstm_backend)
         return apply_scale(base, self.model_scale)
 
     def zo_config(self, world_size: int) -> ZOConfig:
