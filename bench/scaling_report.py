@@ -122,7 +122,7 @@ def analyse_run(r: dict) -> dict:
     per_gpu = run.get("probes_per_gpu")
     n_total = recs[-1].get("n_total") if recs else (per_gpu * world if per_gpu else None)
     phases = {k: _median([x.get(k) for x in timed])
-              for k in ("batch_s", "probe_eval_s", "all_gather_s", "update_s", "sync_check_s")}
+              for k in ("batch_s", "probe_eval_s", "all_gather_s", "sync_wait_s", "update_s", "sync_check_s")}
     text, equal = checksum_verdict(world, sums, status)
     s0 = sums[0] if sums else {}
     last_elapsed = recs[-1].get("elapsed_s") if recs else None
@@ -238,9 +238,10 @@ def to_markdown(rep: dict) -> str:
                  f"| {_f(r['peak_gib_steps_rank0'], '{:.2f}')} | {st} |")
     L += ["", "Where a step's time goes (medians over the timed steps, rank 0) and what a run costs besides its steps:",
           "",
-          ("| size | GPUs | models/pass | probe eval | all-gather | update | batch | imports | process group "
-           "| trainer init | final check + checkpoint (size) | run wall | peak GiB, max over ranks, incl. final check |"),
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          ("| size | GPUs | models/pass | probe eval (launch) | all-gather | GPU wait at the sync | update | batch "
+           "| imports | process group | trainer init | final check + checkpoint (size) | run wall "
+           "| peak GiB, max over ranks, incl. final check |"),
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] == "skipped":
             continue
@@ -249,7 +250,7 @@ def to_markdown(rep: dict) -> str:
         ckb = r.get("checkpoint_bytes")
         ckt = _secs(ck) + (f" ({ckb / GIB:.2f} GiB)" if isinstance(ckb, (int, float)) and ckb else "")
         L.append(f"| {r['size']} | {r['world']} | {r.get('models_per_pass') or 'n/a'} | {_secs(ph['probe_eval_s'])} "
-                 f"| {_secs(ph['all_gather_s'])} "
+                 f"| {_secs(ph['all_gather_s'])} | {_secs(ph.get('sync_wait_s'))} "
                  f"| {_secs(ph['update_s'])} | {_secs(ph['batch_s'])} | {_secs(su['imports'])} "
                  f"| {_secs(su['comm_init'])} | {_secs(su['trainer_init'])} | {ckt} | {_secs(r['wall_s'])} "
                  f"| {_f(r['peak_gib_max_over_ranks_incl_final_check'], '{:.2f}')} |")

@@ -55,10 +55,16 @@ def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=N
     used = losses if two_sided else losses[:, :1]
     coefs = engine.coefficients(losses, lr=lr, baseline=baseline)
     mean_loss = baseline if baseline is not None else used.double().mean()
-    host = torch.cat([coefs.double().reshape(-1), mean_loss.double().reshape(1)]).tolist()  # the one sync
+    packed = torch.cat([coefs.double().reshape(-1), mean_loss.double().reshape(1)])
+    ts0 = time.perf_counter()
+    host = packed.tolist()  # the one sync: on a GPU, the queued forwards finish here (sync_wait_s)
+    ts1 = time.perf_counter()
     if not all(math.isfinite(v) for v in host):
         raise NonFiniteLossError(step, lr)
     train_loss = host[-1]
     info = engine.update(seeds, host[:-1], lr=lr)
     t3 = time.perf_counter()
-    return StepResult(train_loss, losses, {"probe_eval_s": t1 - t0, "all_gather_s": t2 - t1, "update_s": t3 - t2}, info)
+    # On a GPU the phases before the sync only launch work: probe_eval_s is host time, the forwards'
+    # device time lands in sync_wait_s, and the update's kernels finish after this function returns.
+    return StepResult(train_loss, losses, {"probe_eval_s": t1 - t0, "all_gather_s": t2 - t1,
+                                           "sync_wait_s": ts1 - ts0, "update_s": (ts0 - t2) + (t3 - ts1)}, info)
