@@ -139,31 +139,34 @@ def backend_checks(dev):
 
 def graph_checks(dev):
     """The CUDA-graph replay of the stacked probe loss equals the eager call, for new parameter
-    values in the same buffers and a new batch (train/graphs.py)."""
+    values in the same buffers and a new batch (train/graphs.py), for the LSTM and the DNC."""
     from tasks import Batch
     from train.graphs import GraphedStackedLoss
-    cfg = ModelConfig(vocab_size=100, input_size=100, hidden_size=240, num_heads=12, dtype="bfloat16", backend="auto")
-    m = build_model(cfg, generator=torch.Generator().manual_seed(8), device=dev)
-    P = {n: torch.stack([p, p * 0.97, p * 1.02, p * 1.01]).detach().contiguous() for n, p in m.named_parameters()}
-    g = torch.Generator().manual_seed(9)
+    cfgs = {"LSTM": ModelConfig(vocab_size=100, input_size=100, hidden_size=240, num_heads=12, dtype="bfloat16"),
+            "DNC": ModelConfig(model_type="DNC", vocab_size=23, input_size=32, hidden_size=64, num_heads=1,
+                               memory_size=16, head_size=16, dtype="bfloat16")}
+    for name, cfg in cfgs.items():
+        m = build_model(cfg, generator=torch.Generator().manual_seed(8), device=dev)
+        P = {n: torch.stack([p, p * 0.97, p * 1.02, p * 1.01]).detach().contiguous() for n, p in m.named_parameters()}
+        g = torch.Generator().manual_seed(9)
 
-    def batch():
-        inp = torch.randint(0, 100, (256, 11), generator=g)
-        tgt = torch.randint(0, 100, (256, 11), generator=g)
-        tgt[:, :2] = -100
-        return Batch(inputs=inp.to(dev), targets=tgt.to(dev))
+        def batch(V=cfg.vocab_size):
+            inp = torch.randint(0, V, (64, 11), generator=g)
+            tgt = torch.randint(0, V, (64, 11), generator=g)
+            tgt[:, :2] = -100
+            return Batch(inputs=inp.to(dev), targets=tgt.to(dev))
 
-    fn = lambda P_, b: stacked_batch_loss(m, P_, b, time_chunk=4)  # noqa: E731
-    gr = GraphedStackedLoss(fn)
-    worst = 0.0
-    with torch.inference_mode():
-        for i in range(4):
-            for t in P.values():
-                t.mul_(1.0 + 0.01 * i)                  # new values in the same buffers
-            bt = batch()
-            worst = max(worst, float((gr(P, bt) - fn(P, bt)).abs().max()))
-    check("CUDA graph replay of the stacked loss == eager", gr.replays >= 2 and worst == 0.0,
-          f"{gr.replays} replays, max abs diff {worst:.2e}")
+        fn = lambda P_, b, m=m: stacked_batch_loss(m, P_, b, time_chunk=4)  # noqa: E731
+        gr = GraphedStackedLoss(fn)
+        worst = 0.0
+        with torch.inference_mode():
+            for i in range(4):
+                for t in P.values():
+                    t.mul_(1.0 + 0.01 * i)              # new values in the same buffers
+                bt = batch()
+                worst = max(worst, float((gr(P, bt) - fn(P, bt)).abs().max()))
+        check(f"CUDA graph replay of the stacked {name} loss == eager", gr.replays >= 2 and worst == 0.0,
+              f"{gr.replays} replays, max abs diff {worst:.2e}")
 
 
 def kernel_checks(dev):
