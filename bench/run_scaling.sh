@@ -51,8 +51,8 @@ EOF
 }
 
 ARGV="$0 $*"
-die() { echo "run_scaling.sh: error: $*" >&2; exit 2; }
-is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+# shellcheck source=bench/_launch_common.sh
+source bench/_launch_common.sh
 
 GPUS="" SIZES="large,xlarge" WORLDS="1,2,4,8" WARMUP="3" ITERS="5" PROBES=12 BATCH=1024 SEQ=10 TASK=lm
 DTYPE=bfloat16 DEVICE=cuda BUDGET=0 OUT_DIR="${OUT:-bench/results}" WORK="" CKPT="" DRY=0 LR=0.01
@@ -115,21 +115,7 @@ for s in "${SIZE_LIST[@]}"; do
   { is_int "$i" && [[ $i -ge 1 ]]; } || die "--iters $ITERS gives no whole number >= 1 for $s"
 done
 
-if [[ -z "$GPUS" ]]; then
-  if [[ "$DEVICE" == cpu ]]; then
-    GPUS=1
-  elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-    IFS=, read -r -a _v <<<"$CUDA_VISIBLE_DEVICES"; GPUS=${#_v[@]}
-  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    GPUS=$(nvidia-smi -L | grep -c '^GPU ')
-  else
-    GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-  fi
-  if [[ "$GPUS" -lt 1 ]]; then
-    [[ $DRY == 1 ]] || die "no GPU visible; pass --gpus N, or --device cpu"
-    echo "# no GPU visible: planning for --gpus 1 (pass --gpus N)"; GPUS=1
-  fi
-fi
+[[ -n "$GPUS" ]] || GPUS=$(visible_gpus 1) || exit 2
 is_int "$GPUS" && [[ $GPUS -ge 1 ]] || die "--gpus must be a whole number >= 1, got $GPUS"
 IFS=, read -r -a _w <<<"$WORLDS"
 WORLD_LIST=()
@@ -143,11 +129,8 @@ STAMP=$(date +%Y-%m-%d_%H%M%S)
 WORK=${WORK:-${TMPDIR:-/tmp}/zo_scaling_$STAMP}
 PREFIX="$OUT_DIR/scaling_$STAMP"
 NCPU=$(nproc 2>/dev/null || echo 1)
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-LAUNCH=(torchrun)   # PYTHON=/path/python: that interpreter for everything, torchrun as its module
-if [[ -n "${PYTHON:-}" ]] || { [[ $DRY == 0 ]] && ! command -v torchrun >/dev/null 2>&1; }; then
-  LAUNCH=("$PY" -m torch.distributed.run)
-fi
+export_run_env
+mapfile -t LAUNCH < <(torchrun_words)
 
 CKPT_AUTO=0
 if [[ -z "$CKPT" ]]; then
@@ -172,7 +155,6 @@ run_cmd() {
     --metrics_out "$dir/metrics.jsonl" --summary_out "$dir/summary.rank{rank}.json" --checkpoint_dir "$ck"
 }
 
-omp_for() { local t=$(( NCPU / $1 )); [[ $t -lt 1 ]] && t=1; [[ $t -gt 16 ]] && t=16; echo "$t"; }
 
 if [[ $DRY == 1 ]]; then
   echo "# NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1; report: $PREFIX.md"
@@ -181,7 +163,7 @@ if [[ $DRY == 1 ]]; then
     for w in "${WORLD_LIST[@]}"; do
       echo "# $s, $w GPU(s), $wu warm-up + $it timed steps, $PROBES probes per GPU"
       mapfile -t cmd < <(run_cmd "$s" "$w" $((wu + it)) "$WORK/${s}_w$w" "$CKPT/${s}_w$w")
-      echo "OMP_NUM_THREADS=$(omp_for "$w") ${cmd[*]}"
+      echo "OMP_NUM_THREADS=$(omp_threads "$w") ${cmd[*]}"
     done
   done
   echo "$PY bench/scaling_report.py $WORK --out $PREFIX"
@@ -262,7 +244,7 @@ for s in "${SIZE_LIST[@]}"; do
     if [[ -n "${LAST_WALL[$s]:-}" ]]; then pred=$(awk -v x="${LAST_WALL[$s]}" 'BEGIN {printf "%.0f", 1.15 * x}')
     else pred=$(awk -v r="${REST_GUESS[$s]}" -v t="${STEP_GUESS[$s]}" -v n="$steps" 'BEGIN {printf "%.0f", r + n * t}'); fi
     mapfile -t cmd < <(run_cmd "$s" "$w" "$steps" "$dir" "$ck")
-    omp=$(omp_for "$w")
+    omp=$(omp_threads "$w")
     common=(name="$name" size="$s" world="$w" warmup="$wu" iters="$it" probes_per_gpu="$PROBES" batch="$BATCH"
             params="${PARAMS[$s]}" predicted_s="$pred" omp_threads="$omp" cmd="OMP_NUM_THREADS=$omp ${cmd[*]}")
     tmo=()

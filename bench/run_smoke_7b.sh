@@ -67,8 +67,8 @@ EOF
 }
 
 ARGV="$0 $*"
-die() { echo "run_smoke_7b.sh: error: $*" >&2; exit 2; }
-is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+# shellcheck source=bench/_launch_common.sh
+source bench/_launch_common.sh
 
 GPUS="" LAUNCHER=torchrun MAX_ITERS=40 BUDGET=540 OUT_DIR="${OUT:-bench/results}" DRY=0
 VOCAB=50257 HIDDEN=131072 HEADS=256 INPUT=100 BATCH=1 SEQ=10 PROBES=12 LR=0.01 DTYPE=bfloat16 BACKEND=torch
@@ -530,40 +530,22 @@ if [[ $PREP_ONLY == 1 ]]; then
   exit 0
 fi
 
-if [[ -z "$GPUS" ]]; then
-  if [[ "$DEVICE" == cpu ]]; then
-    GPUS=1
-  elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-    IFS=, read -r -a _v <<<"$CUDA_VISIBLE_DEVICES"; GPUS=${#_v[@]}
-  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    GPUS=$(nvidia-smi -L | grep -c '^GPU ')
-  else
-    GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-  fi
-  if [[ "$GPUS" -lt 1 ]]; then
-    [[ $DRY == 1 ]] || die "no GPU visible; pass --gpus N, or --device cpu"
-    echo "# no GPU visible: planning for --gpus 8 (pass --gpus N)"; GPUS=8
-  fi
-fi
+[[ -n "$GPUS" ]] || GPUS=$(visible_gpus 8) || exit 2
 { is_int "$GPUS" && [[ $GPUS -ge 1 ]]; } || die "--gpus must be a whole number >= 1, got $GPUS"
 
 STAMP=$(date +%Y-%m-%d_%H%M%S)
 WORK=${WORK:-${TMPDIR:-/tmp}/zo_smoke7b_$STAMP}
 PREFIX="$OUT_DIR/smoke7b_$STAMP"
 NCPU=$(nproc 2>/dev/null || echo 1)
-OMP=$(( NCPU / GPUS )); [[ $OMP -lt 1 ]] && OMP=1; [[ $OMP -gt 16 ]] && OMP=16
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+OMP=$(omp_threads "$GPUS")
+export_run_env
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 launcher_words() {   # $1: torchrun or launch
   if [[ "$1" == launch ]]; then
     printf '%s\n' "$PY" -m torch.distributed.launch "--nproc_per_node=$GPUS" "--master_port=$PORT"
-  else   # PYTHON=/path/python: that interpreter, torchrun as its module
-    if [[ -n "${PYTHON:-}" ]] || { [[ $DRY == 0 ]] && ! command -v torchrun >/dev/null 2>&1; }; then
-      printf '%s\n' "$PY" -m torch.distributed.run
-    else
-      echo torchrun
-    fi
+  else
+    torchrun_words
     printf '%s\n' --standalone "--nproc_per_node=$GPUS"
   fi
 }

@@ -26,7 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
 from models.lstm_fused import _tuning, lstm_cell_, lstm_step_, step_tiles, tile_recurrent_weight, tuning_key  # noqa: E402
 
@@ -35,19 +37,8 @@ DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
 
 
 def cuda_time(fn, *, reps: int, warm: int = 2) -> float:
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
+    """Median seconds of fn() per call, each call timed with CUDA events (bench_update.time_ms)."""
+    return time_ms(fn, reps, warm)[0] / 1e3
 
 
 def peak_tflops(dev) -> float:

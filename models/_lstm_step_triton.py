@@ -19,16 +19,7 @@ TMA box in `lstm_step_tma_kernel`, which loads h and W through tensor descriptor
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # 1 - 2 / (exp(2x) + 1): exact limits +-1 for large |x| (exp overflows to inf, never NaN)
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+from models._lstm_cell_triton import _sigmoid, _tanh
 
 
 @triton.jit

@@ -250,16 +250,12 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 
 
 def _chunk_input_gates(P: dict, tokens_BT: torch.Tensor, *, N: int, D: int, Dk: int):
     """Large vocabularies: the input gates of this chunk's tokens, [K, B*T, N, 4*Dk] (row b*T + t),
-    and the row index [B, T] the kernel looks them up by (the kernel's table then has B*T rows)."""
-    emb, W_in, b = P["embedding"], P["W_in"], P["b"]
-    K, _, I = emb.shape
+    and the row index [B, T] the kernel looks them up by (its table then has B*T rows: the table of
+    `_input_table` built over the chunk's embedded tokens instead of the vocabulary)."""
     B, T = tokens_BT.shape
-    x = emb[:, tokens_BT.reshape(-1)]                                       # [K, B*T, I]
-    xg = torch.bmm(x, W_in).view(K, B * T, 4, N, D) + b.view(K, 1, 4, N, D)
-    G = torch.zeros(K, B * T, N, 4, Dk, dtype=W_in.dtype, device=W_in.device)
-    G[..., :D] = xg.permute(0, 1, 3, 2, 4)
-    rows = torch.arange(B * T, device=W_in.device).view(B, T)
-    return G.view(K, B * T, N, 4 * Dk), rows
+    x = P["embedding"][:, tokens_BT.reshape(-1)]                            # [K, B*T, I]
+    G = _input_table(x, P["W_in"], P["b"], N=N, D=D, Dk=Dk)
+    return G, torch.arange(B * T, device=x.device).view(B, T)
 
 
 def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None) -> dict:

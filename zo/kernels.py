@@ -541,21 +541,13 @@ def noise_keys(seeds: Sequence[int], param_id: int, *, device, dropout: bool = F
     Columns are (k0, k1) of stream (seed, param_id) and, with dropout, (k0, k1) of the probe-dropout
     stream (salt zo.noise.DROPOUT_SALT); the uint32 key words are stored as their int32 bit
     patterns. Computed on the host with zo.noise.stream_key (cached), uploaded without a sync."""
-    rows = []
-    for s in seeds:
-        r = list(_key_pair(int(s), int(param_id), 0))
-        if dropout:
-            r += list(_key_pair(int(s), int(param_id), zn.DROPOUT_SALT))
-        rows.append(r)
-    width = 4 if dropout else 2
-    if not rows:
-        return torch.empty((0, width), dtype=torch.int32, device=device)
-    return _upload(rows, torch.int32, device)
+    return noise_keys_multi(seeds, [param_id], device=device, dropout=dropout)[0]
 
 
 def noise_keys_multi(seeds: Sequence[int], param_ids: Sequence[int], *, device, dropout: bool = False) -> torch.Tensor:
     """int32 [len(param_ids), n, 2 or 4]: `noise_keys(seeds, pid)` for every parameter, uploaded in
     ONE transfer (a step's probe writes and update then cost one upload, not one per tensor)."""
+    seeds = list(seeds)
     width = 4 if dropout else 2
     rows = []
     for pid in param_ids:
