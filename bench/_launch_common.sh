@@ -45,3 +45,29 @@ torchrun_words() {
 export_run_env() {
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 }
+
+# machine_info: sets GPU_INFO (nvidia-smi's GPU list), GIT_COMMIT and GIT_DIRTY for a run's records
+machine_info() {
+  GPU_INFO=$(nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true)
+  GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  GIT_DIRTY=$( [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && echo true || echo false)
+}
+
+# kv_json FILE key=value...: a JSON object of the pairs (numbers stay numbers, the rest strings)
+kv_json() {
+  local file=$1; shift
+  "$PY" - "$file" "$@" <<'PY'
+import json, sys
+rec = {}
+for kv in sys.argv[2:]:
+    k, v = kv.split("=", 1)
+    for cast in (int, float):
+        try:
+            v = cast(v)
+            break
+        except ValueError:
+            pass
+    rec[k] = v
+json.dump(rec, open(sys.argv[1], "w"), indent=1)
+PY
+}

@@ -181,9 +181,7 @@ say() { echo "$*" | tee -a "$LOG"; }
 elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}'; }
 
 # what the report needs about this machine and this invocation
-GPU_INFO=$(nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true)
-GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$( [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && echo true || echo false)
+machine_info
 TORCH_VERSION=$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || echo unknown)
 export ZS_STAMP=$STAMP ZS_ARGV="$ARGV" ZS_GPU_INFO="$GPU_INFO" ZS_GIT_COMMIT="$GIT_COMMIT" ZS_GIT_DIRTY="$GIT_DIRTY" \
   ZS_TORCH="$TORCH_VERSION" ZS_NCPU=$NCPU ZS_GPUS=$GPUS ZS_DEVICE=$DEVICE ZS_TASK=$TASK ZS_PROBES=$PROBES \
@@ -213,20 +211,7 @@ report() {
 
 write_run_json() {   # $1: run dir; the rest: key=value pairs (values stay strings unless numeric)
   local dir=$1; shift
-  "$PY" - "$dir/run.json" "$@" <<'PY'
-import json, sys
-rec = {}
-for kv in sys.argv[2:]:
-    k, v = kv.split("=", 1)
-    for cast in (int, float):
-        try:
-            v = cast(v)
-            break
-        except ValueError:
-            pass
-    rec[k] = v
-json.dump(rec, open(sys.argv[1], "w"), indent=1)
-PY
+  kv_json "$dir/run.json" "$@"
 }
 
 if [[ "$TASK" == lm ]]; then   # build the embedded corpus's token cache once, outside the timed runs

@@ -598,9 +598,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-GPU_INFO=$(nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true)
-GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$( [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && echo true || echo false)
+machine_info
 export ZS_STAMP=$STAMP ZS_ARGV="$ARGV" ZS_GPU_INFO="$GPU_INFO" ZS_NCPU=$NCPU ZS_GPUS=$GPUS ZS_DEVICE=$DEVICE \
   ZS_LAUNCHER=$LAUNCHER ZS_PROBES=$PROBES ZS_BUDGET=$BUDGET ZS_GIT_COMMIT="$GIT_COMMIT" ZS_GIT_DIRTY="$GIT_DIRTY"
 write_env() {
@@ -623,22 +621,7 @@ rec = {"stamp": e["ZS_STAMP"], "date": datetime.datetime.now().isoformat(timespe
 json.dump(rec, open(sys.argv[1], "w"), indent=1)
 PY
 }
-write_run_json() {   # key=value pairs (numbers stay numbers)
-  "$PY" - "$WORK/run.json" "$@" <<'PY'
-import json, sys
-rec = {}
-for kv in sys.argv[2:]:
-    k, v = kv.split("=", 1)
-    for cast in (int, float):
-        try:
-            v = cast(v)
-            break
-        except ValueError:
-            pass
-    rec[k] = v
-json.dump(rec, open(sys.argv[1], "w"), indent=1)
-PY
-}
+write_run_json() { kv_json "$WORK/run.json" "$@"; }   # key=value pairs (numbers stay numbers)
 report() {
   "$PY" -c "$HELPER" report --work "$WORK" --prefix "$PREFIX" >>"$LOG" 2>&1 || say "   (the report failed; see $LOG)"
   tar -czf "${PREFIX}_raw.tgz" -C "$(dirname "$WORK")" "$(basename "$WORK")" 2>>"$LOG" || true
