@@ -136,6 +136,22 @@ def test_noise_keys_match_stream_key():
         assert [v & zn.MASK32 for v in row] == want
 
 
+def test_noise_keys_multi_vectorised_equals_stream_key():
+    """The vectorised keys (numpy uint64) == the exact-integer stream_key for every (param, seed)."""
+    from zo import kernels
+    seeds = [0, 1, 2**63 - 1, 2**32, zn.probe_seed(3, 4, 5)] + [zn.probe_seed(0, 7, i) for i in range(20)]
+    pids = [0, 1, PID, 2**32 - 1] + [zn.param_id_from_name(f"p{i}") for i in range(9)]
+    k = kernels.noise_keys_multi(seeds, pids, device="cpu", dropout=True)
+    assert k.shape == (len(pids), len(seeds), 4) and k.dtype == torch.int32
+    for i, p in enumerate(pids):
+        for j, s in enumerate(seeds):
+            want = list(zn.stream_key(s, p)) + list(zn.stream_key(s, p, zn.DROPOUT_SALT))
+            assert [v & zn.MASK32 for v in k[i, j].tolist()] == want, (p, s)
+    assert kernels.noise_keys_multi([], pids, device="cpu").shape == (len(pids), 0, 2)
+    with pytest.raises(ValueError):
+        zn.stream_keys([-1], [0])
+
+
 # ----------------------------------------------------------------------------------------------- noise
 # word-unaligned starts and sizes; a range inside one word; word index >= 2**31 (start >> 5 passed as
 # uint32 by the interpreter) and a word range across word index 2**32 (elements around 2**37)
@@ -286,6 +302,74 @@ def test_update_argument_checks(K):
         K.triton_grad(torch.zeros(8), [1], PID, [1.0], block=1000)
 
 
+# ----------------------------------------------------------------------------------------------- multi-tensor launches
+MULTI_SHAPES = [(37, 29), (1,), (BLK,), (3, BLK + 5), (40,), (2, 2, 300)]  # ragged, one element, exact blocks
+MULTI_PIDS = [zn.param_id_from_name(f"t{i}") for i in range(len(MULTI_SHAPES))]
+
+
+@pytest.mark.parametrize("variant", ["fast", "dropout_mask_uniform"])
+def test_apply_probes_multi_equals_per_tensor(K, variant):
+    """One launch over six tensors == one launch per tensor, bit for bit (fp32 master, bf16 out)."""
+    drop, dist = (0.25, "uniform") if variant != "fast" else (0.0, "rademacher")
+    masters = [torch.randn(s, generator=gen(10 + i)) * 0.1 for i, s in enumerate(MULTI_SHAPES)]
+    masks = [torch.rand(s, generator=gen(30 + i)) > 0.3 for i, s in enumerate(MULTI_SHAPES)] if drop else None
+    seeds = [SEEDS5[0], SEEDS5[0], SEEDS5[2], SEEDS5[2]]
+    coefs = [1e-3, -1e-3, 1e-3, -1e-3]
+    # rows of the keys tensor in reverse order: key_rows must route every tensor to its own row
+    keys = K.noise_keys_multi(seeds, MULTI_PIDS[::-1], device="cpu", dropout=drop > 0)
+    outs = [torch.full((4, *s), float("nan"), dtype=torch.bfloat16) for s in MULTI_SHAPES]
+    plan = K.multi_apply_plan(masters, outs, masks=masks, key_rows=range(len(masters) - 1, -1, -1), block=BLK)
+    assert len(plan) == len(masters) and plan.grid[0] == sum(-(-m.numel() // BLK) for m in masters)
+    K.triton_apply_probes_multi(plan, keys, coefs, dist, dropout_rate=drop)
+    for i, (m, o) in enumerate(zip(masters, outs)):
+        ref = torch.empty_like(o)
+        K.triton_apply_probes(m, ref, seeds, MULTI_PIDS[i], coefs, dist, dropout_rate=drop,
+                              mask=None if masks is None else masks[i], block=BLK)
+        assert torch.equal(bits(o), bits(ref)), (variant, i)
+
+
+@pytest.mark.parametrize("variant", ["fast", "dropout_mask_wd"])
+def test_update_multi_equals_per_tensor(K, variant):
+    drop, wd = (0.2, 0.3) if variant != "fast" else (0.0, 0.0)
+    masters0 = [torch.randn(s, generator=gen(50 + i)) for i, s in enumerate(MULTI_SHAPES)]
+    masks = [torch.rand(s, generator=gen(70 + i)) > 0.3 for i, s in enumerate(MULTI_SHAPES)] if drop else None
+    keys = K.noise_keys_multi(SEEDS5, MULTI_PIDS, device="cpu", dropout=drop > 0)
+    masters = [m.clone() for m in masters0]
+    lives = [torch.empty(s, dtype=torch.bfloat16) for s in MULTI_SHAPES]
+    grads = [torch.empty(s) for s in MULTI_SHAPES]
+    plan = K.multi_update_plan(masters, lives=lives, grads=grads, masks=masks, block=BLK)
+    K.triton_update_multi(plan, keys, COEFS5, 0.013, wd, dropout_rate=drop)
+    gplan = K.multi_update_plan(masters0, grads=[torch.empty(s) for s in MULTI_SHAPES], masks=masks, block=BLK)
+    K.triton_update_multi(gplan, keys, COEFS5, dropout_rate=drop, update=False)
+    for i, m0 in enumerate(masters0):
+        ref, live, g = m0.clone(), torch.empty_like(lives[i]), torch.empty(MULTI_SHAPES[i])
+        mask = None if masks is None else masks[i]
+        K.triton_update(ref, SEEDS5, MULTI_PIDS[i], COEFS5, 0.013, wd, "rademacher", live, dropout_rate=drop,
+                        mask=mask, grad_out=g, block=BLK)
+        assert torch.equal(bits(masters[i]), bits(ref)), i
+        assert torch.equal(bits(lives[i]), bits(live)), i
+        assert torch.equal(bits(grads[i]), bits(g)), i
+        assert torch.equal(bits(gplan.tensors[2][i]), bits(g)), i
+        assert torch.equal(bits(masters0[i]), bits(masters0[i])) and not torch.equal(masters[i], m0)
+
+
+def test_multi_plan_argument_checks(K):
+    a, b = torch.zeros(8), torch.zeros(5)
+    with pytest.raises(TypeError, match="one dtype"):
+        K.multi_apply_plan([a, b.bfloat16()], [torch.zeros(2, 8), torch.zeros(2, 5)])
+    with pytest.raises(ValueError, match="not \\[M=2"):
+        K.multi_apply_plan([a, b], [torch.zeros(2, 8), torch.zeros(3, 5)])
+    with pytest.raises(ValueError, match="every tensor or for none"):
+        K.multi_update_plan([a, b], masks=[torch.ones(8, dtype=torch.bool), None])
+    plan = K.multi_update_plan([a, b], lives=[a.clone(), b.clone()])
+    with pytest.raises(ValueError, match="grads="):
+        K.triton_update_multi(plan, K.noise_keys_multi([1], [1, 2], device="cpu"), [1.0], update=False)
+    with pytest.raises(ValueError, match="keys must be int32"):
+        K.triton_update_multi(plan, torch.zeros(2, 1, 2), [1.0], 0.1)
+    with pytest.raises(ValueError, match="multi_apply_plan"):
+        K.triton_apply_probes_multi(plan, K.noise_keys_multi([1], [1, 2], device="cpu"), [1.0])
+
+
 # ----------------------------------------------------------------------------------------------- compiled (sm_90)
 @needs_triton
 def test_kernels_compile_for_sm90(monkeypatch):
@@ -303,19 +387,24 @@ def test_kernels_compile_for_sm90(monkeypatch):
         ks = kernels._kernels()
     usig = {"master_ptr": "*fp32", "live_ptr": "*i16", "g_ptr": "*fp32", "keys_ptr": "*i32", "coefs_ptr": "*fp32",
             "mask_ptr": "*i8", "n": "i32", "numel": "i32", "neg_lr": "fp32", "keep": "fp32", "drop_rate": "fp32",
-            "m13": "i32", "m16": "i32"}
+            "m13": "i32", "m16": "i32", "blk_ptr": "*i32", "seg_ptr": "*i64"}
     ucx = dict(LOOP_N=-1, KEY_STRIDE=2, DIST=0, MASTER_KIND=0, LIVE_KIND=1, HAS_LIVE=True, HAS_WD=True,
                HAS_DROPOUT=False, HAS_MASK=False, WRITE_G=False, UPDATE=True, FAST=True, MULHI=kernels.MULHI,
-               EMU=False, BLOCK=kernels.UPDATE_BLOCK)
+               EMU=False, BLOCK=kernels.UPDATE_BLOCK, MULTI=False)
     psig = {"master_ptr": "*fp32", "out_ptr": "*i16", "keys_ptr": "*i32", "coefs_ptr": "*fp32", "mask_ptr": "*i8",
-            "M": "i32", "numel": "i32", "stride_m": "i32", "drop_rate": "fp32", "m13": "i32", "m16": "i32"}
+            "M": "i32", "numel": "i32", "stride_m": "i32", "drop_rate": "fp32", "m13": "i32", "m16": "i32",
+            "blk_ptr": "*i32", "seg_ptr": "*i64"}
     pcx = dict(LOOP_N=-1, KEY_STRIDE=4, DIST=1, MASTER_KIND=0, OUT_KIND=1, HAS_DROPOUT=True, HAS_MASK=True,
-               FAST=False, MULHI=0, EMU=False, BLOCK=kernels.PROBE_BLOCK)
+               FAST=False, MULHI=0, EMU=False, BLOCK=kernels.PROBE_BLOCK, MULTI=False)
     pfast = dict(pcx, KEY_STRIDE=2, DIST=0, HAS_DROPOUT=False, HAS_MASK=False, FAST=True)
     uslow = dict(ucx, KEY_STRIDE=4, HAS_DROPOUT=True, HAS_MASK=True, FAST=False, WRITE_G=True)
     nsig = {"out_ptr": "*fp32", "numel": "i32", "q_start": "i64", "head": "i32", "k0": "i32", "k1": "i32"}
     jobs = [("_update_kernel", usig, ucx, kernels.UPDATE_WARPS), ("_update_kernel", usig, uslow, kernels.UPDATE_WARPS),
             ("_apply_probes_kernel", psig, pcx, 8), ("_apply_probes_kernel", psig, pfast, kernels.PROBE_WARPS),
+            ("_update_kernel", usig, dict(ucx, MULTI=True), kernels.UPDATE_WARPS),
+            ("_update_kernel", usig, dict(uslow, MULTI=True), kernels.UPDATE_WARPS),
+            ("_apply_probes_kernel", psig, dict(pcx, MULTI=True), 8),
+            ("_apply_probes_kernel", psig, dict(pfast, MULTI=True), kernels.PROBE_WARPS),
             ("_noise_kernel", nsig, dict(DIST=1, BLOCK=kernels.NOISE_BLOCK), 4),
             ("_noise_kernel", nsig, dict(DIST=0, BLOCK=kernels.NOISE_BLOCK), 4)]
     for name, sig, cx, warps in jobs:
@@ -382,6 +471,13 @@ for drop in (0.0, 0.25):
         zk.triton_update(b, seeds, p.pid, scaled, 0.01, dropout_rate=drop)
         ok_upd &= torch.equal(b, p.master)
     print("drop", drop, ok_apply, ok_upd)
+# Adam (the full-gradient path): kernels, grouped into one launch, == the torch path after two steps
+engs = [ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=3, adam=True), run_seed=5) for _ in (0, 1)]
+for e, use in zip(engs, (True, False)):   # (both built first: each copies the model's tensors as its master)
+    e.use_kernels = use
+    for step in (1, 2):
+        e.update(e.seeds(step), [0.3, -0.2, 0.05], lr=0.01)
+print("adam", len(engs[0]._groups) >= 1, all(torch.equal(a.master, b.master) for a, b in zip(engs[0].params, engs[1].params)))
 """
 
 
@@ -394,4 +490,4 @@ def test_engine_kernel_path_uploads_keys_once_and_matches_per_tensor_calls():
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert lines == ["drop 0.0 True True", "drop 0.25 True True"], out.stdout
+    assert lines == ["drop 0.0 True True", "drop 0.25 True True", "adam True True"], out.stdout

@@ -180,6 +180,60 @@ class ZOEngine:
             and p.master.is_contiguous() and p.live.is_contiguous() for p in self.params)
         if any(p.master.is_cuda for p in self.params) and not self.use_kernels:
             _warn_no_kernels(self.params)
+        # Small tensors share one launch per kind of work (zo.kernels.multi_*: bitwise the same as a
+        # launch per tensor); tensors above zk.MULTI_MAX_NUMEL keep their own launch.
+        self._grouping: tuple | None = None   # (groups, singles), made on the first kernel launch
+        self._plans: dict = {}
+        self._grad_bufs: dict[str, torch.Tensor] = {}
+
+    @property
+    def _groups(self) -> list[list[int]]:
+        if self._grouping is None:
+            self._grouping = self._launch_groups()
+        return self._grouping[0]
+
+    @property
+    def _singles(self) -> list[int]:
+        if self._grouping is None:
+            self._grouping = self._launch_groups()
+        return self._grouping[1]
+
+    def _launch_groups(self) -> tuple[list[list[int]], list[int]]:
+        by_kind: dict = {}
+        singles = []
+        for k, p in enumerate(self.params):
+            if p.master.numel() > zk.MULTI_MAX_NUMEL:
+                singles.append(k)
+                continue
+            kind = (p.master.dtype, p.live.dtype, p.mask is None, p.live.data_ptr() == p.master.data_ptr())
+            by_kind.setdefault(kind, []).append(k)
+        groups = []
+        for ks in by_kind.values():
+            (groups.append(ks) if len(ks) > 1 else singles.extend(ks))
+        return groups, sorted(singles)
+
+    def _plan(self, key, build):
+        """A cached multi-tensor plan; the key names the buffers it addresses (by data pointer)."""
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = build()
+        return plan
+
+    def _kernel_probes(self, keys, c, outs: dict, tag) -> None:
+        """Probe writes of every parameter into outs[name] ([M, *shape]): one launch per group of
+        small tensors and one per large tensor."""
+        cfg = self.cfg
+        for gi, grp in enumerate(self._groups):
+            ps = [self.params[k] for k in grp]
+            key = (tag, gi, tuple(outs[p.name].data_ptr() for p in ps), outs[ps[0].name].shape[0])
+            plan = self._plan(key, lambda: zk.multi_apply_plan(
+                [p.master for p in ps], [outs[p.name] for p in ps],
+                masks=None if ps[0].mask is None else [p.mask for p in ps], key_rows=grp))
+            zk.triton_apply_probes_multi(plan, keys, c, cfg.distribution, dropout_rate=cfg.probe_dropout_rate)
+        for k in self._singles:
+            p = self.params[k]
+            zk.triton_apply_probes(p.master, outs[p.name], keys[k], p.pid, c, cfg.distribution,
+                                   dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
 
     # ------------------------------------------------------------------ ask
     def seeds(self, step: int) -> list[int]:
@@ -230,9 +284,7 @@ class ZOEngine:
         a = sign_eps * self.probe_scale(seed)
         if self.use_kernels:
             keys, c = self._kernel_args([seed], [a])
-            for k, p in enumerate(self.params):
-                zk.triton_apply_probes(p.master, p.live.unsqueeze(0), keys[k], p.pid, c, self.cfg.distribution,
-                                       dropout_rate=self.cfg.probe_dropout_rate, mask=p.mask)
+            self._kernel_probes(keys, c, {p.name: p.live.unsqueeze(0) for p in self.params}, "live")
             return
         zs = zs if zs is not None else self.directions(seed)
         for p, z in zip(self.params, zs):
@@ -299,9 +351,7 @@ class ZOEngine:
                 model_seeds = [s for s in chunk for _ in signs]
                 alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
                 keys, c = self._kernel_args(model_seeds, alphas)
-                for k, p in enumerate(self.params):
-                    zk.triton_apply_probes(p.master, P[p.name], keys[k], p.pid, c, self.cfg.distribution,
-                                           dropout_rate=self.cfg.probe_dropout_rate, mask=p.mask)
+                self._kernel_probes(keys, c, P, "stack")
             else:
                 for j, s in enumerate(chunk):
                     zs = self.directions(s)
@@ -373,18 +423,15 @@ class ZOEngine:
         if self.use_kernels:
             keys, c = self._kernel_args(seeds, scaled)
         if not cfg.needs_full_gradient:
-            for k, p in enumerate(self.params):
-                if self.use_kernels:
-                    zk.triton_update(p.master, keys[k], p.pid, c, lr, cfg.weight_decay, cfg.distribution,
-                                     live=None if p.live.data_ptr() == p.master.data_ptr() else p.live,
-                                     dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
-                else:
+            if self.use_kernels:
+                self._kernel_update(keys, c, lr)
+            else:
+                for k, p in enumerate(self.params):
                     self._apply(p, self._accumulate(k, seeds, scaled), lr)
             self.clear_step_cache()
             return info
         if self.use_kernels:
-            grads = [zk.triton_grad(p.master, keys[k], p.pid, c, cfg.distribution,
-                                    dropout_rate=cfg.probe_dropout_rate, mask=p.mask) for k, p in enumerate(self.params)]
+            grads = self._kernel_grads(keys, c)
         else:
             grads = [self._accumulate(k, seeds, scaled) for k in range(len(self.params))]
         gnorm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
@@ -407,6 +454,46 @@ class ZOEngine:
             self._apply(p, g, lr)
         self.clear_step_cache()
         return info
+
+    def _kernel_update(self, keys, c, lr: float) -> None:
+        """theta <- theta*keep - lr * sum_i c_i z_i and live <- cast(theta), one launch per group of
+        small tensors and one per large tensor."""
+        cfg = self.cfg
+        for gi, grp in enumerate(self._groups):
+            ps = [self.params[k] for k in grp]
+            separate = ps[0].live.data_ptr() != ps[0].master.data_ptr()
+            plan = self._plan(("update", gi), lambda: zk.multi_update_plan(
+                [p.master for p in ps], lives=[p.live for p in ps] if separate else None,
+                masks=None if ps[0].mask is None else [p.mask for p in ps], key_rows=grp))
+            zk.triton_update_multi(plan, keys, c, lr, cfg.weight_decay, cfg.distribution,
+                                   dropout_rate=cfg.probe_dropout_rate)
+        for k in self._singles:
+            p = self.params[k]
+            zk.triton_update(p.master, keys[k], p.pid, c, lr, cfg.weight_decay, cfg.distribution,
+                             live=None if p.live.data_ptr() == p.master.data_ptr() else p.live,
+                             dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
+
+    def _kernel_grads(self, keys, c) -> list[torch.Tensor]:
+        """g = sum_i c_i z_i per parameter (fp32). Small tensors write into buffers the engine keeps
+        (so one cached plan serves every step); large ones get a fresh tensor."""
+        cfg = self.cfg
+        grads: list = [None] * len(self.params)
+        for gi, grp in enumerate(self._groups):
+            ps = [self.params[k] for k in grp]
+            bufs = [self._grad_bufs.setdefault(p.name, torch.empty(p.master.shape, dtype=torch.float32,
+                                                                   device=p.master.device)) for p in ps]
+            plan = self._plan(("grad", gi), lambda: zk.multi_update_plan(
+                [p.master for p in ps], grads=bufs, masks=None if ps[0].mask is None else [p.mask for p in ps],
+                key_rows=grp))
+            zk.triton_update_multi(plan, keys, c, distribution=cfg.distribution,
+                                   dropout_rate=cfg.probe_dropout_rate, update=False)
+            for k, b in zip(grp, bufs):
+                grads[k] = b
+        for k in self._singles:
+            p = self.params[k]
+            grads[k] = zk.triton_grad(p.master, keys[k], p.pid, c, cfg.distribution,
+                                      dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
+        return grads
 
     def _accumulate(self, k: int, seeds, coefs) -> torch.Tensor:
         """sum_i c_i z_i restricted to parameter k, in fp32, in the given seed order."""

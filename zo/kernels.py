@@ -69,8 +69,9 @@ import torch
 
 from zo import noise as zn
 
-__all__ = ["available", "interpreting", "noise_keys", "triton_noise_flat", "triton_apply_probes",
-           "triton_update", "triton_grad", "DIST_CODES"]
+__all__ = ["available", "interpreting", "noise_keys", "noise_keys_multi", "triton_noise_flat",
+           "triton_apply_probes", "triton_update", "triton_grad", "multi_apply_plan", "triton_apply_probes_multi",
+           "multi_update_plan", "triton_update_multi", "DIST_CODES"]
 
 DIST_CODES = {"rademacher": 0, "uniform": 1, "normal": 2}
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -289,12 +290,43 @@ def _noise_kernel(out_ptr, numel, q_start, head, k0, k1, DIST: tl.constexpr, BLO
     tl.store(out_ptr + offs, z, mask=inb)
 
 
+def _as_ptr(addr, KIND: tl.constexpr):
+    """A raw device address (int64 from a segment table) as a pointer of storage KIND (0 fp32,
+    1 bf16 as int16 bits, 2 fp16, 3 int8 mask bytes)."""
+    if KIND == 1:
+        p = addr.to(tl.pointer_type(tl.int16))
+    elif KIND == 2:
+        p = addr.to(tl.pointer_type(tl.float16))
+    elif KIND == 3:
+        p = addr.to(tl.pointer_type(tl.int8))
+    else:
+        p = addr.to(tl.pointer_type(tl.float32))
+    return p
+
+
 def _apply_probes_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, mask_ptr, M, numel, stride_m,
-                         drop_rate, m13, m16, LOOP_N: tl.constexpr, KEY_STRIDE: tl.constexpr,
+                         drop_rate, m13, m16, blk_ptr, seg_ptr, LOOP_N: tl.constexpr, KEY_STRIDE: tl.constexpr,
                          DIST: tl.constexpr, MASTER_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
                          HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, FAST: tl.constexpr,
-                         MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
+                         MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr, MULTI: tl.constexpr):
+    # MULTI: one launch over many tensors. Program b works on block blk[b, 1] of tensor blk[b, 0],
+    # whose segment row is (master address, out address, numel, key row, mask address); out is
+    # that tensor's own [M, numel] buffer and its keys are rows [key row * M, (key row + 1) * M)
+    # of keys_ptr. Everything after this prologue is the single-tensor kernel.
+    if MULTI:
+        b = tl.program_id(0)
+        seg = tl.load(blk_ptr + 2 * b).to(tl.int64)
+        pid = tl.load(blk_ptr + 2 * b + 1).to(tl.int64)
+        row = seg_ptr + seg * 5
+        master_ptr = _as_ptr(tl.load(row), MASTER_KIND)
+        out_ptr = _as_ptr(tl.load(row + 1), OUT_KIND)
+        numel = tl.load(row + 2)
+        stride_m = numel
+        keys_ptr += tl.load(row + 3) * M * KEY_STRIDE
+        if HAS_MASK:
+            mask_ptr = _as_ptr(tl.load(row + 4), 3)
+    else:
+        pid = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK // 32)
     cols = tl.arange(0, 32)
     offs = pid * BLOCK + (rows * 32)[:, None] + cols[None, :]  # [W, 32], row = one word
@@ -338,12 +370,31 @@ def _apply_probes_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, mask_ptr, M, 
 
 
 def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n, numel,
-                   neg_lr, keep, drop_rate, m13, m16, LOOP_N: tl.constexpr, KEY_STRIDE: tl.constexpr,
-                   DIST: tl.constexpr, MASTER_KIND: tl.constexpr, LIVE_KIND: tl.constexpr,
-                   HAS_LIVE: tl.constexpr, HAS_WD: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                   HAS_MASK: tl.constexpr, WRITE_G: tl.constexpr, UPDATE: tl.constexpr,
-                   FAST: tl.constexpr, MULHI: tl.constexpr, EMU: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
+                   neg_lr, keep, drop_rate, m13, m16, blk_ptr, seg_ptr, LOOP_N: tl.constexpr,
+                   KEY_STRIDE: tl.constexpr, DIST: tl.constexpr, MASTER_KIND: tl.constexpr,
+                   LIVE_KIND: tl.constexpr, HAS_LIVE: tl.constexpr, HAS_WD: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_G: tl.constexpr,
+                   UPDATE: tl.constexpr, FAST: tl.constexpr, MULHI: tl.constexpr, EMU: tl.constexpr,
+                   BLOCK: tl.constexpr, MULTI: tl.constexpr):
+    # MULTI: one launch over many tensors (see _apply_probes_kernel); a segment row is (master,
+    # live, g, numel, key row, mask) with addresses as int64, keys rows [key row * n, + n).
+    if MULTI:
+        b = tl.program_id(0)
+        seg = tl.load(blk_ptr + 2 * b).to(tl.int64)
+        pid = tl.load(blk_ptr + 2 * b + 1).to(tl.int64)
+        row = seg_ptr + seg * 6
+        if UPDATE:
+            master_ptr = _as_ptr(tl.load(row), MASTER_KIND)
+        if HAS_LIVE:
+            live_ptr = _as_ptr(tl.load(row + 1), LIVE_KIND)
+        if WRITE_G:
+            g_ptr = _as_ptr(tl.load(row + 2), 0)
+        numel = tl.load(row + 3)
+        keys_ptr += tl.load(row + 4) * n * KEY_STRIDE
+        if HAS_MASK:
+            mask_ptr = _as_ptr(tl.load(row + 5), 3)
+    else:
+        pid = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK // 32)
     cols = tl.arange(0, 32)
     offs = pid * BLOCK + (rows * 32)[:, None] + cols[None, :]  # [W, 32], row = one word
@@ -397,7 +448,7 @@ def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n
             tl.store(live_ptr + offs, _round_to(_widen(new, MASTER_KIND), LIVE_KIND, EMU), mask=inb)
 
 
-_HELPERS = ("_shr", "_fmix32", "_word_mid", "_word", "_sign_bits", "_u01", "_noise_from_mid", "_load_key",
+_HELPERS = ("_as_ptr", "_shr", "_fmix32", "_word_mid", "_word", "_sign_bits", "_u01", "_noise_from_mid", "_load_key",
             "_probe_noise", "_fma", "_signed", "_load_f32", "_round_to", "_widen")
 _KERNELS = ("_noise_kernel", "_apply_probes_kernel", "_update_kernel")
 _PLAIN = {name: globals()[name] for name in _HELPERS + _KERNELS}
@@ -526,9 +577,13 @@ def _key_pair(seed: int, param_id: int, salt: int) -> tuple[int, int]:
 
 
 def _upload(values, dtype, device) -> torch.Tensor:
-    """A small host list as a device tensor. On CUDA it goes through pinned memory with
+    """A small host list as a device tensor, without host synchronisation (see _upload_tensor)."""
+    return _upload_tensor(torch.tensor(values, dtype=dtype), device)
+
+
+def _upload_tensor(host: torch.Tensor, device) -> torch.Tensor:
+    """A small host tensor on `device`. On CUDA it goes through pinned memory with
     non_blocking=True, so no host synchronisation happens (DESIGN invariant 5)."""
-    host = torch.tensor(values, dtype=dtype)
     dev = torch.device(device)
     if dev.type == "cuda":
         return host.pin_memory().to(dev, non_blocking=True)
@@ -545,22 +600,19 @@ def noise_keys(seeds: Sequence[int], param_id: int, *, device, dropout: bool = F
 
 
 def noise_keys_multi(seeds: Sequence[int], param_ids: Sequence[int], *, device, dropout: bool = False) -> torch.Tensor:
-    """int32 [len(param_ids), n, 2 or 4]: `noise_keys(seeds, pid)` for every parameter, uploaded in
-    ONE transfer (a step's probe writes and update then cost one upload, not one per tensor)."""
+    """int32 [len(param_ids), n, 2 or 4]: `noise_keys(seeds, pid)` for every parameter, hashed in one
+    vectorised pass (zo.noise.stream_keys) and uploaded in ONE transfer (a step's probe writes and
+    update then cost one upload, not one per tensor)."""
+    import numpy as np
     seeds = list(seeds)
     width = 4 if dropout else 2
-    rows = []
-    for pid in param_ids:
-        per = []
-        for s in seeds:
-            r = list(_key_pair(int(s), int(pid), 0))
-            if dropout:
-                r += list(_key_pair(int(s), int(pid), zn.DROPOUT_SALT))
-            per.append(r)
-        rows.append(per)
-    if not rows or not seeds:
-        return torch.empty((len(rows), 0, width), dtype=torch.int32, device=device)
-    return _upload(rows, torch.int32, device)
+    if not param_ids or not seeds:
+        return torch.empty((len(param_ids), len(seeds), width), dtype=torch.int32, device=device)
+    cols = list(zn.stream_keys(seeds, param_ids, 0))
+    if dropout:
+        cols += list(zn.stream_keys(seeds, param_ids, zn.DROPOUT_SALT))
+    host = torch.from_numpy(np.stack(cols, axis=-1).view(np.int32))
+    return _upload_tensor(host, device)
 
 
 def _keys_arg(seeds, param_id, device, dropout: bool) -> torch.Tensor:
@@ -657,35 +709,55 @@ def triton_apply_probes(master: torch.Tensor, out_MX: torch.Tensor, seeds, param
     pm = _mask_arg(mask, master)
     if M == 0 or numel == 0:
         return out_MX
-    dist = _dist(distribution)
-    ks["_apply_probes_kernel"][(triton_cdiv(numel, _block(block, PROBE_BLOCK)),)](
-        _ptr_view(master), _ptr_view(out_MX), keys, c, pm if pm is not None else keys,
-        M, numel, numel, _f32(dropout_rate), _M13, _M16, LOOP_N=_loop_n(M),
-        KEY_STRIDE=keys.shape[1], DIST=dist, MASTER_KIND=_kind(master, "master"),
-        OUT_KIND=_kind(out_MX, "out_MX"), HAS_DROPOUT=drop, HAS_MASK=pm is not None,
-        FAST=dist == 0 and not drop and pm is None, MULHI=_mulhi(mulhi), EMU=interpreting(),
-        BLOCK=_block(block, PROBE_BLOCK), num_warps=PROBE_WARPS)
+    _launch_apply(ks, (triton_cdiv(numel, _block(block, PROBE_BLOCK)),), _ptr_view(master), _ptr_view(out_MX),
+                  keys, c, pm, M, numel, None, _kind(master, "master"), _kind(out_MX, "out_MX"),
+                  pm is not None, dropout_rate, distribution, block, mulhi)
     return out_MX
 
 
+def _launch_apply(ks, grid, master, out, keys, c, pm, M, numel, tables, master_kind, out_kind, has_mask,
+                  dropout_rate, distribution, block, mulhi):
+    dist = _dist(distribution)
+    drop = dropout_rate > 0
+    blk_t, seg_t = tables if tables is not None else (keys, keys)
+    ks["_apply_probes_kernel"][grid](
+        master, out, keys, c, pm if pm is not None else keys,
+        M, numel, numel, _f32(dropout_rate), _M13, _M16, blk_t, seg_t, LOOP_N=_loop_n(M),
+        KEY_STRIDE=keys.shape[-1], DIST=dist, MASTER_KIND=master_kind, OUT_KIND=out_kind,
+        HAS_DROPOUT=drop, HAS_MASK=has_mask, FAST=dist == 0 and not drop and not has_mask,
+        MULHI=_mulhi(mulhi), EMU=interpreting(), BLOCK=_block(block, PROBE_BLOCK), num_warps=PROBE_WARPS,
+        MULTI=tables is not None)
+
+
 def _launch_update(ks, master, live, g, keys, c, pm, n, lr, weight_decay, dropout_rate, distribution,
-                   update: bool, block, mulhi):
-    numel = master.numel()
+                   update: bool, block, mulhi, *, grid=None, tables=None, kinds=None):
+    """One update / grad launch: a single tensor, or with `tables` (and `grid`, `kinds` = (master,
+    live, has_mask, has_live, has_g)) the segments of a multi-tensor plan."""
     blk = _block(block, UPDATE_BLOCK)
     dist = _dist(distribution)
     has_wd = update and weight_decay > 0
     keep = 1.0 - lr * weight_decay if has_wd else 1.0
     dummy = keys
-    ks["_update_kernel"][(triton_cdiv(numel, blk),)](
-        _ptr_view(master) if update else dummy, _ptr_view(live) if live is not None else dummy,
-        g if g is not None else dummy, keys, c, pm if pm is not None else dummy,
-        n, numel, _f32(-lr), _f32(keep), _f32(dropout_rate), _M13, _M16, LOOP_N=_loop_n(n),
-        KEY_STRIDE=keys.shape[1], DIST=dist,
-        MASTER_KIND=_kind(master, "master") if update else 0,
-        LIVE_KIND=_kind(live, "live") if live is not None else 0,
-        HAS_LIVE=live is not None, HAS_WD=has_wd, HAS_DROPOUT=dropout_rate > 0, HAS_MASK=pm is not None,
-        WRITE_G=g is not None, UPDATE=update, FAST=dist == 0 and dropout_rate <= 0 and pm is None,
-        MULHI=_mulhi(mulhi), EMU=interpreting(), BLOCK=blk, num_warps=UPDATE_WARPS)
+    if tables is None:
+        numel = master.numel()
+        grid = (triton_cdiv(numel, blk),)
+        master_kind = _kind(master, "master") if update else 0
+        live_kind = _kind(live, "live") if live is not None else 0
+        has_mask, has_live, has_g = pm is not None, live is not None, g is not None
+        args = (_ptr_view(master) if update else dummy, _ptr_view(live) if live is not None else dummy,
+                g if g is not None else dummy, keys, c, pm if pm is not None else dummy, n, numel)
+        blk_t = seg_t = dummy
+    else:
+        master_kind, live_kind, has_mask, has_live, has_g = kinds
+        args = (dummy, dummy, dummy, keys, c, dummy, n, 0)
+        blk_t, seg_t = tables
+    ks["_update_kernel"][grid](
+        *args, _f32(-lr), _f32(keep), _f32(dropout_rate), _M13, _M16, blk_t, seg_t, LOOP_N=_loop_n(n),
+        KEY_STRIDE=keys.shape[-1], DIST=dist, MASTER_KIND=master_kind if update else 0,
+        LIVE_KIND=live_kind, HAS_LIVE=has_live, HAS_WD=has_wd, HAS_DROPOUT=dropout_rate > 0,
+        HAS_MASK=has_mask, WRITE_G=has_g, UPDATE=update,
+        FAST=dist == 0 and dropout_rate <= 0 and not has_mask,
+        MULHI=_mulhi(mulhi), EMU=interpreting(), BLOCK=blk, num_warps=UPDATE_WARPS, MULTI=tables is not None)
 
 
 @torch.no_grad()
@@ -749,6 +821,171 @@ def triton_grad(master: torch.Tensor, seeds, param_id: int, coefs, distribution:
     _launch_update(ks, master, None, g, keys, c, pm, n, 0.0, 0.0, float(dropout_rate), distribution,
                    False, block, mulhi)
     return g
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-tensor launches: one kernel over many (small) tensors
+# ------------------------------------------------------------------------------------------------
+# Small models are launch-bound: a step writes its probes and updates θ one tensor at a time, a few
+# microseconds of GPU work behind tens of microseconds of host launch each. A plan lists the
+# tensors' addresses once (a segment table) and which block of which tensor every program takes (a
+# block table); the kernels then run the single-tensor code on each block, with the same noise
+# counters and keys, so the results are bit for bit those of one launch per tensor. Plans hold the
+# tensors they address; build one per set of buffers and reuse it while they live.
+MULTI_MAX_NUMEL = 1 << 22  # tensors above this stay in their own launch (aligned, vectorised loads)
+
+
+class MultiPlan:
+    """Device tables of one multi-tensor launch (see `multi_apply_plan`, `multi_update_plan`)."""
+
+    def __init__(self, kind: str, tensors: tuple, blk: torch.Tensor, seg: torch.Tensor, kinds: tuple,
+                 numel: int, M: int, block: int):
+        self.kind, self.tensors, self.blk, self.seg = kind, tensors, blk, seg
+        self.kinds, self.numel, self.M, self.block = kinds, numel, M, block
+        self.grid = (blk.shape[0],)
+
+    def __len__(self) -> int:
+        return self.seg.shape[0]
+
+
+def _uniform(ts, what: str, device) -> int:
+    kinds = {_kind(t, what) for t in ts}
+    if len(kinds) != 1:
+        raise TypeError(f"zo.kernels: a multi-tensor launch needs one dtype for all {what} tensors, got "
+                        f"{sorted({str(t.dtype) for t in ts})}")
+    for t in ts:
+        _flat(t, what)
+        if t.device != torch.device(device):
+            raise ValueError(f"zo.kernels: {what} tensors must all be on {device}, one is on {t.device}")
+    return kinds.pop()
+
+
+def _tables(rows, numels, block: int, device):
+    """(block table int32 [nb, 2], segment table int64 [S, width]) on `device`."""
+    nblk = [triton_cdiv(n, block) for n in numels]
+    seg_ids = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
+                                      torch.tensor(nblk, dtype=torch.int64))
+    starts = torch.cat([torch.arange(b, dtype=torch.int32) for b in nblk]) if nblk else seg_ids
+    blk = torch.stack([seg_ids, starts], dim=1).contiguous()
+    if blk.numel() and int(blk[:, 1].max()) >= 1 << 31:
+        raise ValueError("zo.kernels: a tensor of a multi-tensor launch has >= 2**31 blocks")
+    seg = torch.tensor(rows, dtype=torch.int64)
+    return blk.to(device), seg.to(device)
+
+
+def multi_apply_plan(masters, outs, *, masks=None, key_rows=None, block: int | None = None) -> MultiPlan:
+    """Plan for `triton_apply_probes_multi`: out[k] ([M, *master[k].shape], contiguous) receives the
+    M probes of master[k]. key_rows[k] (default k) is master k's row of the [P, M, w] keys tensor."""
+    masters, outs = list(masters), list(outs)
+    if not masters or len(outs) != len(masters):
+        raise ValueError(f"need one out buffer per master, got {len(masters)} masters and {len(outs)} outs")
+    dev = masters[0].device
+    for t in masters:
+        _check_tensor(t, "master")
+    mk, ok = _uniform(masters, "master", dev), _uniform(outs, "out", dev)
+    M = outs[0].shape[0] if outs[0].dim() else 0
+    for m, o in zip(masters, outs):
+        if o.numel() != M * m.numel() or (o.shape[0] if o.dim() else 0) != M:
+            raise ValueError(f"out {tuple(o.shape)} is not [M={M}, *{tuple(m.shape)}]")
+    pms = _plan_masks(masks, masters)
+    rows_k = list(range(len(masters))) if key_rows is None else [int(r) for r in key_rows]
+    blk_sz = _block(block, PROBE_BLOCK)
+    rows = [[_ptr_view(m).data_ptr(), _ptr_view(o).data_ptr(), m.numel(), r, pm.data_ptr() if pm is not None else 0]
+            for m, o, r, pm in zip(masters, outs, rows_k, pms)]
+    blk, seg = _tables(rows, [m.numel() for m in masters], blk_sz, dev)
+    return MultiPlan("apply", (masters, outs, pms), blk, seg, (mk, ok, pms[0] is not None),
+                     sum(m.numel() for m in masters), M, blk_sz)
+
+
+def _plan_masks(masks, masters):
+    if masks is None or all(m is None for m in masks):
+        return [None] * len(masters)
+    if any(m is None for m in masks) or len(masks) != len(masters):
+        raise ValueError("a multi-tensor launch needs a mask for every tensor or for none")
+    return [_mask_arg(m, t) for m, t in zip(masks, masters)]
+
+
+def triton_apply_probes_multi(plan: MultiPlan, keys: torch.Tensor, coefs_M, distribution: str = "rademacher", *,
+                              dropout_rate: float = 0.0, mulhi: int | None = None) -> None:
+    """`triton_apply_probes` for every tensor of `plan` in one launch. keys: int32 [P, M, w] from
+    noise_keys_multi (rows as in the plan's key_rows); coefs_M: M floats or an fp32 tensor."""
+    if plan.kind != "apply":
+        raise ValueError("triton_apply_probes_multi needs a plan from multi_apply_plan")
+    ks = _kernels()
+    dev = plan.seg.device
+    drop = dropout_rate > 0
+    if keys.dtype != torch.int32 or keys.dim() != 3 or keys.shape[1] != plan.M or keys.shape[2] < (4 if drop else 2):
+        raise ValueError(f"keys must be int32 [P, M={plan.M}, {4 if drop else 2}] from noise_keys_multi, got "
+                         f"{keys.dtype} {tuple(keys.shape)}")
+    keys = keys.to(dev).contiguous()
+    c = _coefs_arg(coefs_M, plan.M, dev)
+    if plan.M == 0 or plan.numel == 0:
+        return
+    mk, ok, has_mask = plan.kinds
+    _launch_apply(ks, plan.grid, keys, keys, keys, c, None, plan.M, 0, (plan.blk, plan.seg), mk, ok, has_mask,
+                  dropout_rate, distribution, plan.block, mulhi)
+
+
+def multi_update_plan(masters, *, lives=None, grads=None, masks=None, key_rows=None,
+                      block: int | None = None) -> MultiPlan:
+    """Plan for `triton_update_multi` over `masters` (updated in place), optionally writing each
+    live copy (lives[k]) and/or the fp32 gradient (grads[k]). Without lives and with grads, the
+    plan computes gradients only (masters give shape and device and are not read)."""
+    masters = list(masters)
+    if not masters:
+        raise ValueError("a multi-tensor update needs at least one tensor")
+    dev = masters[0].device
+    for t in masters:
+        _check_tensor(t, "master")
+    mk = _uniform(masters, "master", dev)
+    lk = 0
+    for what, ts in (("live", lives), ("grad", grads)):
+        if ts is not None:
+            ts = list(ts)
+            if len(ts) != len(masters) or any(t.numel() != m.numel() for t, m in zip(ts, masters)):
+                raise ValueError(f"need one {what} tensor with master's numel per master")
+            k = _uniform(ts, what, dev)
+            if what == "live":
+                lk = k
+            elif k != 0:
+                raise TypeError("grad tensors must be fp32")
+    pms = _plan_masks(masks, masters)
+    rows_k = list(range(len(masters))) if key_rows is None else [int(r) for r in key_rows]
+    blk_sz = _block(block, UPDATE_BLOCK)
+    rows = [[_ptr_view(m).data_ptr(), _ptr_view(lives[i]).data_ptr() if lives is not None else 0,
+             grads[i].data_ptr() if grads is not None else 0, m.numel(), rows_k[i],
+             pms[i].data_ptr() if pms[i] is not None else 0] for i, m in enumerate(masters)]
+    blk, seg = _tables(rows, [m.numel() for m in masters], blk_sz, dev)
+    return MultiPlan("update", (masters, lives, grads, pms), blk, seg,
+                     (mk, lk, pms[0] is not None, lives is not None, grads is not None),
+                     sum(m.numel() for m in masters), 0, blk_sz)
+
+
+@torch.no_grad()
+def triton_update_multi(plan: MultiPlan, keys: torch.Tensor, coefs, lr: float = 0.0, weight_decay: float = 0.0,
+                        distribution: str = "rademacher", *, dropout_rate: float = 0.0, update: bool = True,
+                        mulhi: int | None = None) -> None:
+    """`triton_update` (update=True) or `triton_grad` (update=False, the plan's grads receive g) for
+    every tensor of `plan` in one launch. keys: int32 [P, n, w] from noise_keys_multi."""
+    if plan.kind != "update":
+        raise ValueError("triton_update_multi needs a plan from multi_update_plan")
+    mk, lk, has_mask, has_live, has_g = plan.kinds
+    if not update and not has_g:
+        raise ValueError("update=False computes gradients: build the plan with grads=")
+    ks = _kernels()
+    dev = plan.seg.device
+    drop = dropout_rate > 0
+    if keys.dtype != torch.int32 or keys.dim() != 3 or keys.shape[2] < (4 if drop else 2):
+        raise ValueError(f"keys must be int32 [P, n, {4 if drop else 2}] from noise_keys_multi, got "
+                         f"{keys.dtype} {tuple(keys.shape)}")
+    keys = keys.to(dev).contiguous()
+    n = keys.shape[1]
+    c = _coefs_arg(coefs, n, dev)
+    if plan.numel == 0:
+        return
+    _launch_update(ks, None, None, None, keys, c, None, n, float(lr), float(weight_decay), float(dropout_rate),
+                   distribution, update, plan.block, mulhi, grid=plan.grid, tables=(plan.blk, plan.seg),
+                   kinds=(mk, lk, has_mask, has_live and update, has_g))
 
 
 def update_bytes_per_element(master_dtype=torch.float32, live_dtype=torch.bfloat16) -> int:

@@ -88,6 +88,31 @@ def stream_key(seed: int, param_id: int, salt: int = 0) -> tuple[int, int]:
     return z & MASK32, z >> 32
 
 
+def _splitmix64_np(x):
+    """splitmix64 of a numpy uint64 array (wrapping arithmetic: numpy's uint64 ops are mod 2**64)."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def stream_keys(seeds, param_ids, salt: int = 0):
+    """`stream_key` for every (param_id, seed) pair at once: (k0, k1), two numpy uint32 arrays of
+    shape [len(param_ids), len(seeds)]. Vectorised (a step's keys for every tensor and probe cost
+    microseconds, not a Python loop of hashes); equal to stream_key element for element."""
+    import numpy as np
+    seeds = [int(s) for s in seeds]
+    pids = [int(p) for p in param_ids]
+    if any(s < 0 for s in seeds) or any(p < 0 for p in pids) or not 0 <= salt < 256:
+        raise ValueError(f"seeds and param ids must be non-negative and salt in [0, 256); got salt {salt}")
+    s = _splitmix64_np(np.array([x & MASK64 for x in seeds], dtype=np.uint64))
+    p = _splitmix64_np(np.array([((x << 8) | salt) & MASK64 for x in pids], dtype=np.uint64))
+    z = _splitmix64_np(p[:, None] ^ s[None, :])
+    return (z & np.uint64(MASK32)).astype(np.uint32), (z >> np.uint64(32)).astype(np.uint32)
+
+
 def probe_seed(run_seed: int, step: int, index: int) -> int:
     """Seed of probe `index` at optimiser step `step` of a run (63-bit, never `seed + i`)."""
     z = splitmix64(splitmix64(splitmix64(run_seed & MASK64) ^ (step & MASK64)) ^ (index & MASK64))
