@@ -15,6 +15,11 @@ multiple of BD and BK): padded units see pre-activation 0 on every gate and keep
 The recurrent weight is stored tile-interleaved, [K*N, Dk, Dk/BD, 4, BD]: the four gates of one
 tile of BD units are 4*BD contiguous columns, so a program's weight tile is one dense block (one
 TMA box in `lstm_step_tma_kernel`, which loads h and W through tensor descriptors).
+
+Small heads (Dk <= 64: the paper's tiny and small presets) take `lstm_seq_kernel` instead: one
+launch per chunk, a program keeps its head's weight, h and c in registers for all the chunk's steps,
+so per step and unit only the input gates are read and h written (no c or h round trips, and one
+launch instead of one per step).
 """
 import triton
 import triton.language as tl
@@ -153,3 +158,58 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
     _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                    pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
                    stride_cin_h, stride_cin_b, Dk, BM, BD)
+
+
+@triton.jit
+def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                    B, N, V, T, tok_stride_b, stride_in_k, stride_in_b, stride_hs_k, stride_hs_t,
+                    stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, T_LOOP: tl.constexpr,
+                    IEEE: tl.constexpr):
+    """All T steps of a chunk in one launch, for heads small enough to live in one program.
+
+    Grid (cdiv(B, BM), K * N). A program owns one head of one stacked model and BM batch rows for
+    the whole chunk: the head's recurrent weight [Dk, 4*Dk] is loaded once, and h and c stay in
+    registers from step to step; per step it only gathers the input gates G[token] and writes h to
+    hs. The recurrence of one head needs no other head's state, so no program waits for another.
+    The arithmetic is `lstm_step_kernel`'s (h rounded to the weight dtype before each GEMM, c in
+    fp32); only the order of the GEMM's fp32 sums may differ.
+
+    h_in:  element (k, b, n, d) at k*stride_in_k + b*stride_in_b + n*Dk + d (stride_in_b 0: broadcast)
+    hs:    element (k, t, b, n, d) at k*stride_hs_k + t*stride_hs_t + b*N*Dk + n*Dk + d
+    w:     [K*N, Dk, 4*Dk], gate-major columns (tile-interleaved with BD = Dk)
+    g:     [K, V, N, 4*Dk];  tok: [B, T] (row stride tok_stride_b), int64
+    c_in:  element (head, b, d) at head*stride_cin_h + b*stride_cin_b + d (fp32, may broadcast)
+    c_out: [K*N, B, Dk] fp32 (may be c_in: each program reads its rows before writing them)
+    T_LOOP: T as a compile-time bound (the interpreter needs one), or -1 to loop to T at run time."""
+    pid_m = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    k = pid_h // N
+    n = pid_h - k * N
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < B
+    m2 = rmask[:, None]
+    d = tl.arange(0, Dk)
+    q = tl.arange(0, 4 * Dk)
+    w = tl.load(w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + d[:, None] * (4 * Dk) + q[None, :])
+    h = tl.load(h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b + n * Dk
+                + d[None, :], mask=m2, other=0.0)
+    c = tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
+                + d[None, :], mask=m2, other=0.0)
+    hs_rows = hs_ptr + k.to(tl.int64) * stride_hs_k + rows[:, None].to(tl.int64) * (N * Dk) + n * Dk + d[None, :]
+    tok_rows = tok_ptr + rows.to(tl.int64) * tok_stride_b
+    for t in range(0, T_LOOP if T_LOOP >= 0 else T):
+        if IEEE:
+            acc = tl.dot(h, w, input_precision="ieee")
+        else:
+            acc = tl.dot(h, w)
+        acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, Dk)
+        tok = tl.load(tok_rows + t, mask=rmask, other=0)
+        gp = (g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk))[:, None] + d[None, :]
+        i = acc_i + tl.load(gp, mask=m2, other=0.0).to(tl.float32)
+        f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32)
+        z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32)
+        o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32)
+        c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
+        h = (_sigmoid(o) * _tanh(c)).to(hs_ptr.dtype.element_ty)
+        tl.store(hs_rows + t * stride_hs_t, h, mask=m2)
+    tl.store(c_out_ptr + (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + d[None, :], c, mask=m2)

@@ -162,16 +162,30 @@ def _tuning() -> dict:
     return _TUNING
 
 
+SEQ_MAX_DK = 64  # heads up to this padded size run a whole chunk per launch (lstm_seq_kernel)
+
+
+def default_seq_config(Dk: int, B: int) -> dict | None:
+    """Launch config of the whole-chunk kernel for padded head size Dk, or None where it does not
+    apply (larger heads: their weight and state no longer fit one program's registers)."""
+    if Dk > SEQ_MAX_DK or Dk & (Dk - 1):
+        return None
+    return {"BM": min(64, max(16, 1 << (max(B, 1) - 1).bit_length())), "num_warps": 4}
+
+
 def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=None) -> dict:
     """Kernel launch config: the measured best for this GPU and shape when there is one, else a
-    heuristic (128-row tiles, 8 warps when the tile is large)."""
+    heuristic (128-row tiles, 8 warps when the tile is large). Key "seq": the whole-chunk kernel's
+    config ({"BM", "num_warps"}), or None for one step kernel per time step."""
     if device is not None and torch.device(device).type == "cuda":
         hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
         if hit:
-            return dict(hit)
+            hit = dict(hit)
+            hit.setdefault("seq", default_seq_config(Dk, B))
+            return hit
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
     return {"BD": BD, "BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3,
-            "tma": False}
+            "tma": False, "seq": default_seq_config(Dk, B)}
 
 
 def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int):
@@ -225,6 +239,31 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                                 h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
                                 Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
                                 num_warps=num_warps, num_stages=num_stages)
+
+
+def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: int = 64,
+              num_warps: int = 4) -> None:
+    """All steps of a chunk for K*N small heads in one launch (`lstm_seq_kernel`):
+    hs[:, t] <- h_t and c_out <- c_T, from h_in, c_in, the tokens tok [B, T] and the input table g.
+
+    h_in [K, B, N, Dk] (may broadcast over B); hs [K, T, B, N, Dk] contiguous; w [K*N, Dk, 4*Dk]
+    tiled with BD = Dk; c_in as in `lstm_step_`; c_out [K*N, B, Dk] fp32 contiguous (may be c_in)."""
+    import triton
+    from models import _lstm_step_triton as kern
+    B = c_out.shape[1]
+    T = hs.shape[1]
+    V = g.shape[1]
+    assert Dk <= SEQ_MAX_DK and Dk & (Dk - 1) == 0, "lstm_seq_kernel needs a power-of-two head of at most 64"
+    assert hs.shape == (K, T, B, N, Dk) and hs.is_contiguous() and tok.shape[1] >= T and tok.stride(1) == 1
+    assert h_in.shape == (K, B, N, Dk) and h_in.stride(-1) == 1 and h_in.stride(-2) == Dk
+    assert c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk) and c_out.is_contiguous()
+    assert w.is_contiguous() and g.is_contiguous() and c_out.dtype == torch.float32
+    interp = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    grid = (triton.cdiv(B, BM), K * N)
+    kern.lstm_seq_kernel[grid](h_in, hs, w, g, tok, c_in, c_out, B, N, V, T, tok.stride(0), h_in.stride(0),
+                               h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),
+                               Dk=Dk, BM=BM, T_LOOP=T if interp else -1, IEEE=w.dtype == torch.float32,
+                               num_warps=num_warps)
 
 
 def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 26):
@@ -336,15 +375,19 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     if G is None:                                               # large vocabulary: gates per chunk
         G, tok = _chunk_input_gates(P, tok, N=N, D=D, Dk=Dk)
     cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
-    bd = cfg.pop("BD", BD)
+    seq = cfg.pop("seq", None)
+    bd = Dk if seq else cfg.pop("BD", BD)
     bk = cfg.pop("BK", BK)
     if bd not in f["W"]:
         f["W"].clear()                                          # one tiled copy at a time
         f["W"][bd] = tile_recurrent_weight(f["R"], N=N, Dk=Dk, BD=bd)
     W = f["W"][bd]
-    for t in range(T):
-        lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
-                   K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
+    if seq:                                                     # small heads: the whole chunk in one launch
+        lstm_seq_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk, **seq)
+    else:
+        for t in range(T):
+            lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
+                       K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
     logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, N * Dk), Wout)   # [K, T*B, V]
     logits = logits.view(K, T, B, V).transpose(1, 2)
     return logits, (hs[:, T - 1], c)
