@@ -101,7 +101,7 @@ def run_seq(cs, cfg, hs, c_out):
     if Dk not in cs["W_tiled"]:
         cs["W_tiled"][Dk] = tile_recurrent_weight(cs["R"], N=cs["N"], Dk=Dk, BD=Dk)
     lstm_seq_(cs["h"], hs, cs["W_tiled"][Dk], cs["G"], cs["tok"][:, :T], cs["c"], c_out, K=cs["K"],
-              N=cs["N"], Dk=Dk, BM=cfg["BM"], num_warps=cfg["num_warps"])
+              N=cs["N"], Dk=Dk, **cfg)
 
 
 def seq_configs(cs):
@@ -109,7 +109,7 @@ def seq_configs(cs):
     Dk = cs["Dk"]
     if Dk > SEQ_MAX_DK or Dk & (Dk - 1):
         return []
-    return [{"BM": bm, "num_warps": w} for bm in (32, 64, 128) for w in (4, 8)]
+    return [{"BM": bm, "num_warps": w, "prefetch": p} for bm in (32, 64, 128) for w in (4, 8) for p in (False, True)]
 
 
 def grid_configs(cs, quick: bool):
@@ -197,7 +197,8 @@ def main(argv=None):
         for scfg in scfgs:
             if time.time() - t_start > a.time_budget_s:
                 break
-            row = dict(base, BD=Dk, BM=scfg["BM"], one_dot=True, num_warps=scfg["num_warps"], num_stages=0, seq=True)
+            row = dict(base, BD=Dk, BM=scfg["BM"], one_dot=True, num_warps=scfg["num_warps"], num_stages=0, seq=True,
+                       prefetch=scfg["prefetch"])
             try:
                 run_seq(cs, scfg, hs1, c_out)                   # one step: against the fp32 reference
                 torch.cuda.synchronize()
@@ -219,7 +220,7 @@ def main(argv=None):
             key = tuning_key(gpu, Dk, B, K * N)
             tuning[key] = {k: best.get(k, False) for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma")}
             use_seq = best_seq is not None and best_seq["s"] < best["s"]
-            tuning[key]["seq"] = {"BM": best_seq["BM"], "num_warps": best_seq["num_warps"]} if use_seq else None
+            tuning[key]["seq"] = ({k: best_seq[k] for k in ("BM", "num_warps", "prefetch")} if use_seq else None)
             if best_seq is not None:
                 print(f"  whole-chunk kernel best {best_seq['s'] * 1e3:.3f} ms/step vs per-step kernel "
                       f"{best['s'] * 1e3:.3f} ms: {'seq' if use_seq else 'per-step'} recorded", flush=True)
@@ -240,7 +241,8 @@ def main(argv=None):
     for r in rows:
         if "s" not in r:
             continue
-        cfg = (f"whole chunk (seq) BM{r['BM']} w{r['num_warps']}" if r.get("seq") else
+        cfg = (f"whole chunk (seq) BM{r['BM']} w{r['num_warps']}{' prefetch' if r.get('prefetch') else ''}"
+               if r.get("seq") else
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''} "
                f"w{r['num_warps']} s{r['num_stages']}")
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "

@@ -161,10 +161,22 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
 
 
 @triton.jit
+def _gather_gates(g_ptr, tok_rows, t, rmask, k, n, V, N, Dk: tl.constexpr):
+    """The input gates G[k, token[rows, t], n] as four [BM, Dk] fp32 tensors (0 where ~rmask)."""
+    tok = tl.load(tok_rows + t, mask=rmask, other=0)
+    d = tl.arange(0, Dk)
+    gp = (g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk))[:, None] + d[None, :]
+    m2 = rmask[:, None]
+    return (tl.load(gp, mask=m2, other=0.0).to(tl.float32), tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32),
+            tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32),
+            tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32))
+
+
+@triton.jit
 def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                     B, N, V, T, tok_stride_b, stride_in_k, stride_in_b, stride_hs_k, stride_hs_t,
                     stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, T_LOOP: tl.constexpr,
-                    IEEE: tl.constexpr):
+                    IEEE: tl.constexpr, PREFETCH: tl.constexpr):
     """All T steps of a chunk in one launch, for heads small enough to live in one program.
 
     Grid (cdiv(B, BM), K * N). A program owns one head of one stacked model and BM batch rows for
@@ -180,7 +192,9 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
     g:     [K, V, N, 4*Dk];  tok: [B, T] (row stride tok_stride_b), int64
     c_in:  element (head, b, d) at head*stride_cin_h + b*stride_cin_b + d (fp32, may broadcast)
     c_out: [K*N, B, Dk] fp32 (may be c_in: each program reads its rows before writing them)
-    T_LOOP: T as a compile-time bound (the interpreter needs one), or -1 to loop to T at run time."""
+    T_LOOP: T as a compile-time bound (the interpreter needs one), or -1 to loop to T at run time.
+    PREFETCH: gather step t+1's input gates before step t's cell math, so that their latency hides
+    behind it (the gathers do not depend on the recurrence)."""
     pid_m = tl.program_id(0)
     pid_h = tl.program_id(1)
     k = pid_h // N
@@ -197,18 +211,26 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
                 + d[None, :], mask=m2, other=0.0)
     hs_rows = hs_ptr + k.to(tl.int64) * stride_hs_k + rows[:, None].to(tl.int64) * (N * Dk) + n * Dk + d[None, :]
     tok_rows = tok_ptr + rows.to(tl.int64) * tok_stride_b
+    if PREFETCH:
+        x_i, x_f, x_z, x_o = _gather_gates(g_ptr, tok_rows, 0, rmask, k, n, V, N, Dk)
     for t in range(0, T_LOOP if T_LOOP >= 0 else T):
         if IEEE:
             acc = tl.dot(h, w, input_precision="ieee")
         else:
             acc = tl.dot(h, w)
         acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, Dk)
-        tok = tl.load(tok_rows + t, mask=rmask, other=0)
-        gp = (g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk))[:, None] + d[None, :]
-        i = acc_i + tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-        f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32)
-        z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32)
-        o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32)
+        if PREFETCH:
+            i = acc_i + x_i
+            f = acc_f + x_f
+            z = acc_z + x_z
+            o = acc_o + x_o
+            x_i, x_f, x_z, x_o = _gather_gates(g_ptr, tok_rows, t + 1, rmask & (t + 1 < T), k, n, V, N, Dk)
+        else:
+            g_i, g_f, g_z, g_o = _gather_gates(g_ptr, tok_rows, t, rmask, k, n, V, N, Dk)
+            i = acc_i + g_i
+            f = acc_f + g_f
+            z = acc_z + g_z
+            o = acc_o + g_o
         c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
         h = (_sigmoid(o) * _tanh(c)).to(hs_ptr.dtype.element_ty)
         tl.store(hs_rows + t * stride_hs_t, h, mask=m2)

@@ -242,7 +242,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
 
 
 def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: int = 64,
-              num_warps: int = 4) -> None:
+              num_warps: int = 4, prefetch: bool = False) -> None:
     """All steps of a chunk for K*N small heads in one launch (`lstm_seq_kernel`):
     hs[:, t] <- h_t and c_out <- c_T, from h_in, c_in, the tokens tok [B, T] and the input table g.
 
@@ -263,7 +263,7 @@ def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: 
     kern.lstm_seq_kernel[grid](h_in, hs, w, g, tok, c_in, c_out, B, N, V, T, tok.stride(0), h_in.stride(0),
                                h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),
                                Dk=Dk, BM=BM, T_LOOP=T if interp else -1, IEEE=w.dtype == torch.float32,
-                               num_warps=num_warps)
+                               PREFETCH=prefetch, num_warps=num_warps)
 
 
 def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 26):

@@ -597,3 +597,16 @@ def test_torchrun_train_mode_lm(tmp_path):
     assert [r["step"] for r in recs if "val_bits_per_char" in r] == [2, 5]
     ck = torch.load(tmp_path / "ck" / "latest.pt", weights_only=False)
     assert ck["world_size"] == 2 and ck["n_total"] == 32 and ck["config"]["task"] == "lm" and ck["step"] == 6
+
+
+def test_cuda_graphs_flag_parses_and_is_refused_on_cpu():
+    """--cuda_graphs auto|true|false reaches DistConfig (auto -> None); true without CUDA is refused."""
+    import distributed_rge as cli
+    from train.distributed import DistConfig
+    p = cli.build_parser()
+    for flag, want in (([], None), (["--cuda_graphs", "auto"], None), (["--cuda_graphs", "false"], False),
+                       (["--cuda_graphs"], True)):
+        assert cli.config_from_args(p.parse_args(flag)).cuda_graphs is want, flag
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        DistConfig(device="cpu", cuda_graphs=True).validate()
+    DistConfig(device="cpu").validate()

@@ -101,7 +101,7 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
         scs = [{{"one_dot": False, "seq": None}}, {{"one_dot": True, "seq": None}}, {{"tma": True, "seq": None}},
                {{"BD": 16, "BK": 16, "one_dot": True, "seq": None}}, {{}}]
         if step_tiles(D)[0] <= lstm_fused.SEQ_MAX_DK:
-            scs.append({{"seq": {{"BM": 16, "num_warps": 4}}}})
+            scs += [{{"seq": {{"BM": 16, "num_warps": 4}}}}, {{"seq": {{"BM": 16, "num_warps": 4, "prefetch": True}}}}]
             seq_cases.append(D)
         for sc in scs:
             # two chunks, the state threaded between them
@@ -171,8 +171,8 @@ def test_lstm_kernels_compile_for_sm90():
             "c_in_ptr": "*fp32", "c_out_ptr": "*fp32"}
     ints = ["B", "N", "V", "T", "tok_stride_b", "stride_in_k", "stride_in_b", "stride_hs_k", "stride_hs_t",
             "stride_cin_h", "stride_cin_b"]
-    for Dk, BM in ((32, 64), (64, 32)):
-        cx = dict(Dk=Dk, BM=BM, T_LOOP=-1, IEEE=False)
+    for Dk, BM, pre in ((32, 64, False), (64, 32, True)):
+        cx = dict(Dk=Dk, BM=BM, T_LOOP=-1, IEEE=False, PREFETCH=pre)
         sig = {**ptrs, **{k: "i32" for k in ints}, **{k: "constexpr" for k in cx}}
         src = ASTSource(fn=kern.lstm_seq_kernel, signature=sig, constexprs=cx)
         try:

@@ -86,6 +86,8 @@ class DistConfig:
     memory_size: int = 0
     dtype: str | None = None            # None: float32 on CPU, bfloat16 on CUDA (fp32 master either way)
     lstm_backend: str = "auto"          # LSTM recurrence backend (models/lstm_backends.py)
+    cuda_graphs: bool | None = None     # replay the stacked probe loss as a CUDA graph; None: auto
+                                        # (train.graphs.graphs_by_default: models of at most 4M params)
     device: str = "cpu"
     seed: int = 0
     batch_size: int = 4
@@ -155,6 +157,8 @@ class DistConfig:
                         master_dtype=torch.float32 if self.resolved_dtype != "float32" else None)
 
     def validate(self) -> None:
+        if self.cuda_graphs is True and not str(self.device).startswith("cuda"):
+            raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.mode not in ("test", "train"):
             raise ValueError(f"--mode must be test or train, got {self.mode!r}")
         if self.task not in TASK_NAMES:
@@ -352,6 +356,16 @@ class DistributedTrainer:
             self._load_model_state(ckpt)
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
         self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
+        self._graphed = None
+        use_graphs = cfg.cuda_graphs
+        if use_graphs is None:
+            from train.graphs import graphs_by_default
+            use_graphs = graphs_by_default(self.n_params, self.device) and self.models_per_pass > 1
+        if use_graphs and self.models_per_pass > 1:
+            from train.graphs import GraphedStackedLoss
+            model, mb_ = self.model, cfg.micro_batch_size
+            self._graphed = GraphedStackedLoss(
+                lambda P, b: stacked_batch_loss(model, P, b, time_chunk=self.time_chunk, micro_batch_size=mb_))
         if not cfg.time_chunk and self.device.type == "cuda":
             # the forward's working set per chunk, sized for the models evaluated per pass (flat in T)
             self.time_chunk = auto_time_chunk(self.mcfg, device=self.device, batch_size=min(mb, cfg.batch_size),
@@ -468,8 +482,12 @@ class DistributedTrainer:
     def stacked_fn(self, batch):
         model, tc, mb = self.model, self.time_chunk, self.cfg.micro_batch_size
 
+        graphed = self._graphed
+
         def fn(P):
             with torch.inference_mode():
+                if graphed is not None:
+                    return graphed(P, batch)
                 return stacked_batch_loss(model, P, batch, time_chunk=tc, micro_batch_size=mb)
         return fn
 
@@ -544,7 +562,7 @@ class DistributedTrainer:
                     f"run seed {self.run_seed}" + (f"; resuming at step {start}" if start else ""))
         self._print(f"[Init] {self.mcfg.model_type} hidden {self.mcfg.hidden_size}, heads {self.mcfg.num_heads}, "
                     f"dtype {self.mcfg.dtype}: {self.n_params:,} parameters; {self.models_per_pass} perturbed "
-                    f"model(s) per forward; theta broadcast once "
+                    f"model(s) per forward{'; CUDA graphs' if self._graphed is not None else ''}; theta broadcast once "
                     f"({self.init_bytes:,} bytes), then only [n_total, 2] loss tables")
         if start >= cfg.max_iters:
             self._print(f"[Init] the checkpoint is at step {start} >= --max_iters {cfg.max_iters}: nothing to train "
