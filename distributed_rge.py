@@ -28,7 +28,7 @@ import sys
 import time
 
 from train.cli_args import (add_bool, nonneg_float, nonneg_int, positive_float, positive_int, reject_unimplemented,
-                            str2bool, str2bool_or_auto)
+                            str2bool)
 
 _T_START = time.time()  # module import: the summary's process time counts from here
 
@@ -117,10 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LSTM recurrence backend (models/lstm_backends.py; auto: fused on CUDA once it passes its "
                         "check). torch skips the fused path's per-pass [vocab, 4*hidden] input table, which a large "
                         "vocabulary cannot afford: 53 GB at GPT-2's 50,260 ids and hidden 131,072")
-    g.add_argument("--cuda_graphs", type=str2bool_or_auto, nargs="?", const=True, default=None,
-                   metavar="auto|true|false",
-                   help="replay the stacked probe loss as a CUDA graph (fewer launches; costs memory on large "
-                        "models). auto (default): on for models of at most 4M parameters on CUDA")
+    add_bool(g, "--cuda_graphs", False, "CUDA: replay the stacked probe loss as a CUDA graph (fewer launches "
+                                        "for small models; costs memory on large ones)")
 
     g = p.add_argument_group("data and curriculum")
     g.add_argument("--batch_size", type=positive_int, default=4, help="sequences per batch (the paper: 1024)")

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from train.cli_args import (add_bool, distribution, nonneg_float, nonneg_int, positive_float, positive_int,
-                            reject_unimplemented, str2bool_or_auto)
+                            reject_unimplemented)
 
 DEFAULTS_NOTE = ("With no arguments: copy task (lengths 2..3), LSTM hidden 32 / 2 heads (input 16), CD-RGE with "
                  "64 probes and lr = eps = 0.3, overfitting one batch of 8 for 300 steps (about a minute on a laptop CPU).")
@@ -76,10 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_chunk", type=nonneg_int, default=0, help="ZO forward chunk in time steps (0: 64)")
     p.add_argument("--models_per_pass", type=nonneg_int, default=0,
                    help="ZO: perturbed models evaluated per forward (0: auto from free memory; 1: one at a time)")
-    p.add_argument("--cuda_graphs", type=str2bool_or_auto, nargs="?", const=True, default=None,
-                   metavar="auto|true|false",
-                   help="ZO on CUDA: replay the stacked probe loss as a CUDA graph (fewer launches; costs memory "
-                        "on large models). auto (default): on for models of at most 4M parameters on CUDA")
+    add_bool(p, "--cuda_graphs", False, "ZO on CUDA: replay the stacked probe loss as a CUDA graph "
+                                         "(fewer launches for small models; costs memory on large ones)")
     add_bool(p, "--save_model", False, "write a checkpoint to --checkpoint_dir at the end")
     p.add_argument("--checkpoint_dir", default="rnn_checkpoints")
     add_bool(p, "--wandb", False, "log to wandb (offline without WANDB_API_KEY)")

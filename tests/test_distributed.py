@@ -600,11 +600,11 @@ def test_torchrun_train_mode_lm(tmp_path):
 
 
 def test_cuda_graphs_flag_parses_and_is_refused_on_cpu():
-    """--cuda_graphs auto|true|false reaches DistConfig (auto -> None); true without CUDA is refused."""
+    """--cuda_graphs true|false reaches DistConfig (default false); true without CUDA is refused."""
     import distributed_rge as cli
     from train.distributed import DistConfig
     p = cli.build_parser()
-    for flag, want in (([], None), (["--cuda_graphs", "auto"], None), (["--cuda_graphs", "false"], False),
+    for flag, want in (([], False), (["--cuda_graphs", "true"], True), (["--cuda_graphs", "false"], False),
                        (["--cuda_graphs"], True)):
         assert cli.config_from_args(p.parse_args(flag)).cuda_graphs is want, flag
     with pytest.raises(ValueError, match="cuda_graphs"):

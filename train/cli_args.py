@@ -19,13 +19,6 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
-def str2bool_or_auto(v):
-    """"auto" -> None (the program decides), else as str2bool."""
-    if v is None or str(v).strip().lower() == "auto":
-        return None
-    return str2bool(v)
-
-
 def add_bool(p: argparse.ArgumentParser, name: str, default: bool, help: str = "", dest: str | None = None):
     kw = {"dest": dest} if dest else {}
     p.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="true|false",

@@ -86,8 +86,7 @@ class DistConfig:
     memory_size: int = 0
     dtype: str | None = None            # None: float32 on CPU, bfloat16 on CUDA (fp32 master either way)
     lstm_backend: str = "auto"          # LSTM recurrence backend (models/lstm_backends.py)
-    cuda_graphs: bool | None = None     # replay the stacked probe loss as a CUDA graph; None: auto
-                                        # (train.graphs.graphs_by_default: models of at most 4M params)
+    cuda_graphs: bool = False           # replay the stacked probe loss as a CUDA graph (train/graphs.py)
     device: str = "cpu"
     seed: int = 0
     batch_size: int = 4
@@ -157,7 +156,7 @@ class DistConfig:
                         master_dtype=torch.float32 if self.resolved_dtype != "float32" else None)
 
     def validate(self) -> None:
-        if self.cuda_graphs is True and not str(self.device).startswith("cuda"):
+        if self.cuda_graphs and not str(self.device).startswith("cuda"):
             raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.mode not in ("test", "train"):
             raise ValueError(f"--mode must be test or train, got {self.mode!r}")
@@ -357,11 +356,7 @@ class DistributedTrainer:
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
         self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
         self._graphed = None
-        use_graphs = cfg.cuda_graphs
-        if use_graphs is None:
-            from train.graphs import graphs_by_default
-            use_graphs = graphs_by_default(self.n_params, self.device) and self.models_per_pass > 1
-        if use_graphs and self.models_per_pass > 1:
+        if cfg.cuda_graphs and self.models_per_pass > 1:
             from train.graphs import GraphedStackedLoss
             model, mb_ = self.model, cfg.micro_batch_size
             self._graphed = GraphedStackedLoss(

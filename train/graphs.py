@@ -9,23 +9,16 @@ shapes and dtypes of P's tensors and the batch's shapes; the batch is copied int
 input tensors before each replay. The first call with a new key runs eagerly (it compiles kernels
 and settles the backend), the second captures, later ones replay. Captured memory stays reserved
 for the graph, so this helps where launches dominate (models of a few million parameters) and
-costs memory on large ones. CUDA only. `graphs_by_default` is the rule of `--cuda_graphs auto`.
+costs memory on large ones. CUDA only; both trainers expose it as an opt-in flag (--cuda_graphs).
+Measured on the H200 at 12 probes (bench/results, three runs each): tiny 2.83 / 1.78 / 2.33 ms per
+step graphed against 3.35 / 3.02 / 2.11 ms eager, small 6.77 / 4.86 / 5.48 against 6.13 / 5.70 /
+5.10 ms: inside the run-to-run spread of these host-bound steps, so it is not on by default.
 """
 from __future__ import annotations
 
 import torch
 
 from tasks import Batch
-
-
-# Measured on the H200 (bench/results/bench_step_2026-11-28_175840 eager vs _180056 graphed, 12 probes):
-# tiny (151k params) 3.02 -> 1.78 ms/step, small (1.1M) 5.70 -> 4.86 ms; medium (10.6M) unchanged.
-GRAPHS_AUTO_MAX_PARAMS = 4_000_000
-
-
-def graphs_by_default(num_params: int, device) -> bool:
-    """`--cuda_graphs auto`: on for CUDA models small enough to be launch-bound, off otherwise."""
-    return str(device).startswith("cuda") and num_params <= GRAPHS_AUTO_MAX_PARAMS
 
 
 class GraphedStackedLoss:

@@ -69,8 +69,7 @@ class SeriesConfig:
     val_batch_size: int = 64
     time_chunk: int = 0              # ZO forward chunk (0: auto: up to 64 steps within a memory budget)
     models_per_pass: int = 0         # ZO: perturbed models per forward (0: auto from memory; 1: one at a time)
-    cuda_graphs: bool | None = None  # ZO, CUDA: replay the stacked probe loss as a CUDA graph (train/graphs.py);
-                                     # None: auto (train.graphs.graphs_by_default: small models on CUDA)
+    cuda_graphs: bool = False        # ZO, CUDA: replay the stacked probe loss as a CUDA graph (train/graphs.py)
     save_model: bool = False
     checkpoint_dir: str = "rnn_checkpoints"
     wandb: bool = False
@@ -112,7 +111,7 @@ class SeriesConfig:
                              f"--micro_batch_size {self.micro_batch_size}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} was requested but CUDA is not available; use --device cpu")
-        if self.cuda_graphs is True and not str(self.device).startswith("cuda"):
+        if self.cuda_graphs and not str(self.device).startswith("cuda"):
             raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.task == "lm_char" and not self.text_path:
             raise ValueError("--task lm_char needs --text_path FILE (a local text file)")
@@ -196,14 +195,7 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
             print(f"ZO: {cfg.num_perturbations} probes, {mpp} perturbed model(s) per forward pass", file=out)
     comm = LocalComm()
     graphed = None
-    use_graphs = cfg.cuda_graphs
-    if use_graphs is None and engine is not None and supports_stacked(model) and mpp > 1:
-        from train.graphs import graphs_by_default
-        use_graphs = graphs_by_default(engine.dim, device)
-        if use_graphs and cfg.verbose:
-            print(f"ZO: CUDA graphs on (--cuda_graphs auto: {engine.dim:,} parameters are launch-bound; "
-                  f"--cuda_graphs false turns them off)", file=out)
-    if use_graphs and engine is not None:
+    if cfg.cuda_graphs and engine is not None:
         from train.graphs import GraphedStackedLoss
         graphed = GraphedStackedLoss(lambda P, b: stacked_batch_loss(model, P, b, time_chunk=time_chunk,
                                                                      micro_batch_size=cfg.micro_batch_size))
