@@ -7,7 +7,7 @@
 #   bash bench/gpu_session.sh [--bench-budget S] [--sweep-budget S] [--sweep-sizes L] [--repro-budget S]
 #                             [--bench-args "..."] [--scaling [--scaling-args "..."]] [--no-repro] [--flashrnn]
 #                             [--graphs-sizes L [--graphs-budget S]] [--smoke [--smoke-budget S]]
-#                             [--no-sweep] [--no-checks] [--update-bench]
+#                             [--no-sweep] [--sweep-args "..."] [--no-checks] [--update-bench]
 #
 # --graphs-sizes: after the eager bench, GPU 0 benches those presets again with --cuda_graphs.
 #
@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/session}
 BENCH_BUDGET=220 REPRO_BUDGET=380 SWEEP_BUDGET=150 SCALING=0 REPRO=1 FLASHRNN=0 SWEEP_SIZES=large,xlarge,medium,small,tiny
-GRAPHS_SIZES="" GRAPHS_BUDGET=90 SMOKE=0 SMOKE_BUDGET=520 SWEEP=1 CHECKS=1 UPDATE_BENCH=0
+GRAPHS_SIZES="" GRAPHS_BUDGET=90 SMOKE=0 SMOKE_BUDGET=520 SWEEP=1 CHECKS=1 UPDATE_BENCH=0 SWEEP_ARGS=""
 SCALING_ARGS="--sizes large,xlarge --worlds 1,4,2 --warmup 3,xlarge=1 --iters 5,xlarge=3 --budget-s 140"
 BENCH_ARGS="--probes 12,64 --sizes tiny,small,medium,large,xlarge --sections peak,zo,breakdown,sweep --sweep_T 10,100,1000,10000"
 while [ $# -gt 0 ]; do
@@ -37,6 +37,7 @@ while [ $# -gt 0 ]; do
         --no-sweep) SWEEP=0; shift ;;
         --no-checks) CHECKS=0; shift ;;
         --update-bench) UPDATE_BENCH=1; shift ;;
+        --sweep-args) SWEEP_ARGS=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -48,7 +49,9 @@ echo "[session] $(date -u +%FT%TZ) $NG GPU(s): $(nvidia-smi --query-gpu=name --f
 lane0() {
     export CUDA_VISIBLE_DEVICES=0
     if [ "$SWEEP" = 1 ]; then
-        python3 bench/step_kernel_sweep.py --sizes "$SWEEP_SIZES" --time_budget_s "$SWEEP_BUDGET" --out "$OUT" > "$OUT/sweep.log" 2>&1
+        # shellcheck disable=SC2086
+        python3 bench/step_kernel_sweep.py --sizes "$SWEEP_SIZES" --time_budget_s "$SWEEP_BUDGET" $SWEEP_ARGS \
+            --out "$OUT" > "$OUT/sweep.log" 2>&1
         echo "[lane0] sweep rc=$?"
         [ -s "$OUT/step_tuning.json" ] && export ZO_STEP_TUNING="$OUT/step_tuning.json"
     fi

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
-from models.lstm_fused import (SEQ_MAX_DK, _tuning, lstm_cell_, lstm_seq_, lstm_step_, step_tiles,  # noqa: E402
-                               tile_recurrent_weight, tuning_key)
+from models.lstm_fused import (SEQ_MAX_DK, _tuning, lstm_cell_, lstm_seq_, lstm_step_,  # noqa: E402
+                               recurrence_split_, step_tiles, tile_recurrent_weight, tuning_key)
 
 # K stacked models per pass at B = 1024, T = 11, 12 probes (models.auto_models_per_pass on an H200)
 DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
@@ -102,6 +102,15 @@ def run_seq(cs, cfg, hs, c_out):
         cs["W_tiled"][Dk] = tile_recurrent_weight(cs["R"], N=cs["N"], Dk=Dk, BD=Dk)
     lstm_seq_(cs["h"], hs, cs["W_tiled"][Dk], cs["G"], cs["tok"][:, :T], cs["c"], c_out, K=cs["K"],
               N=cs["N"], Dk=Dk, **cfg)
+
+
+def run_split(cs, hs, c_out):
+    """cuBLAS bmm + the gather cell kernel per step, over the first T tokens (the `split` form)."""
+    Dk = cs["Dk"]
+    if Dk not in cs["W_tiled"]:
+        cs["W_tiled"][Dk] = tile_recurrent_weight(cs["R"], N=cs["N"], Dk=Dk, BD=Dk)
+    recurrence_split_(cs["h"], hs, cs["W_tiled"][Dk], cs["G"], cs["tok"][:, :hs.shape[1]], cs["c"], c_out,
+                      K=cs["K"], N=cs["N"], Dk=Dk)
 
 
 def seq_configs(cs):
@@ -216,11 +225,38 @@ def main(argv=None):
                   flush=True)
             if row.get("ok") and (best_seq is None or row["s"] < best_seq["s"]):
                 best_seq = row
+        # the split form: cuBLAS GEMM, then the cell kernel with the token gather (per step, over SEQ_T steps)
+        split_row = None
+        if time.time() - t_start <= a.time_budget_s:
+            row = dict(base, BD=Dk, BM=0, one_dot=True, num_warps=4, num_stages=0, split=True)
+            try:
+                if not scfgs:
+                    href0, cref0 = reference_step(cs, t=0)
+                run_split(cs, hs1, c_out)
+                torch.cuda.synchronize()
+                hk = hs1[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
+                row["err_h"] = float((hk - href0).abs().max())
+                row["err_c"] = float((c_out - cref0).abs().max())
+                t = cuda_time(lambda: run_split(cs, hs, c_out), reps=10) / SEQ_T
+                row.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
+                row["ok"] = row["err_h"] < 2e-2 and row["err_c"] < 2e-2
+                split_row = row if row["ok"] else None
+            except Exception as e:  # noqa: BLE001
+                row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
+            rows.append(row)
+            print("  split (cuBLAS bmm + gather cell): " + (f"{row['s'] * 1e3:.3f} ms/step err h {row['err_h']:.1e} "
+                                                           f"c {row['err_c']:.1e}" if "s" in row else row.get("error", "")),
+                  flush=True)
         if best is not None:
             key = tuning_key(gpu, Dk, B, K * N)
             tuning[key] = {k: best.get(k, False) for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma")}
             use_seq = best_seq is not None and best_seq["s"] < best["s"]
             tuning[key]["seq"] = ({k: best_seq[k] for k in ("BM", "num_warps", "prefetch")} if use_seq else None)
+            fastest = min(best["s"], best_seq["s"] if use_seq else float("inf"))
+            tuning[key]["split"] = split_row is not None and split_row["s"] < fastest
+            if split_row is not None:
+                print(f"  split {split_row['s'] * 1e3:.3f} ms/step vs {fastest * 1e3:.3f} ms: "
+                      f"{'split' if tuning[key]['split'] else 'Triton kernel'} recorded", flush=True)
             if best_seq is not None:
                 print(f"  whole-chunk kernel best {best_seq['s'] * 1e3:.3f} ms/step vs per-step kernel "
                       f"{best['s'] * 1e3:.3f} ms: {'seq' if use_seq else 'per-step'} recorded", flush=True)
@@ -241,7 +277,8 @@ def main(argv=None):
     for r in rows:
         if "s" not in r:
             continue
-        cfg = (f"whole chunk (seq) BM{r['BM']} w{r['num_warps']}{' prefetch' if r.get('prefetch') else ''}"
+        cfg = ("split: cuBLAS bmm + gather cell" if r.get("split") else
+               f"whole chunk (seq) BM{r['BM']} w{r['num_warps']}{' prefetch' if r.get('prefetch') else ''}"
                if r.get("seq") else
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''} "
                f"w{r['num_warps']} s{r['num_stages']}")

@@ -63,3 +63,40 @@ def lstm_cell_out_kernel(pre_ptr, bias_ptr, c_ptr, h_ptr, hs_ptr, total, Dp, B, 
     tl.store(c_ptr + offs, c_new, mask=mask)
     tl.store(h_ptr + row * h_stride + d, h.to(h_ptr.dtype.element_ty), mask=mask)
     tl.store(hs_ptr + k * hs_k_stride + b * (N * Dp) + n * Dp + d, h.to(hs_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def lstm_cell_gather_kernel(pre_ptr, g_ptr, tok_ptr, c_ptr, a_ptr, hs_ptr, total, B, N, V, tok_stride_b, t,
+                            stride_hs_k, Dk: tl.constexpr, BLOCK: tl.constexpr):
+    """The cell after a cuBLAS recurrent GEMM (the `split` form of the fused chunk forward).
+
+    pre [K*N*B, 4*Dk] (rows (k, n, b), gate-major blocks of Dk) from h @ W; the input gates and bias
+    are gathered per token from g [K, V, N, 4*Dk] (tok [B, *], column t); c [K*N, B, Dk] fp32 in
+    place; h goes to a [K*N, B, Dk] (the next step's GEMM operand) and to hs, element (k, b, n, d)
+    at k*stride_hs_k + b*N*Dk + n*Dk + d."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    row = offs // Dk
+    d = offs - row * Dk
+    head = row // B                      # k*N + n
+    b = row - head * B
+    k = head // N
+    n = head - k * N
+    tok = tl.load(tok_ptr + b * tok_stride_b + t, mask=mask, other=0)
+    gb = ((k * V + tok) * N + n) * (4 * Dk) + d
+    base = row * (4 * Dk) + d
+    i = (tl.load(pre_ptr + base, mask=mask, other=0.0).to(tl.float32)
+         + tl.load(g_ptr + gb, mask=mask, other=0.0).to(tl.float32))
+    f = (tl.load(pre_ptr + base + Dk, mask=mask, other=0.0).to(tl.float32)
+         + tl.load(g_ptr + gb + Dk, mask=mask, other=0.0).to(tl.float32))
+    z = (tl.load(pre_ptr + base + 2 * Dk, mask=mask, other=0.0).to(tl.float32)
+         + tl.load(g_ptr + gb + 2 * Dk, mask=mask, other=0.0).to(tl.float32))
+    o = (tl.load(pre_ptr + base + 3 * Dk, mask=mask, other=0.0).to(tl.float32)
+         + tl.load(g_ptr + gb + 3 * Dk, mask=mask, other=0.0).to(tl.float32))
+    c = tl.load(c_ptr + offs, mask=mask, other=0.0)
+    c_new = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
+    h = (_sigmoid(o) * _tanh(c_new)).to(a_ptr.dtype.element_ty)
+    tl.store(c_ptr + offs, c_new, mask=mask)
+    tl.store(a_ptr + offs, h, mask=mask)
+    tl.store(hs_ptr + k * stride_hs_k + b * (N * Dk) + n * Dk + d, h, mask=mask)

@@ -176,7 +176,8 @@ def default_seq_config(Dk: int, B: int) -> dict | None:
 def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=None) -> dict:
     """Kernel launch config: the measured best for this GPU and shape when there is one, else a
     heuristic (128-row tiles, 8 warps when the tile is large). Key "seq": the whole-chunk kernel's
-    config ({"BM", "num_warps"}), or None for one step kernel per time step."""
+    config ({"BM", "num_warps"[, "prefetch"]}), or None for one step kernel per time step; key
+    "split" (measured entries only): a cuBLAS GEMM plus the cell kernel per step instead."""
     if device is not None and torch.device(device).type == "cuda":
         hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
         if hit:
@@ -264,6 +265,33 @@ def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: 
                                h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),
                                Dk=Dk, BM=BM, T_LOOP=T if interp else -1, IEEE=w.dtype == torch.float32,
                                PREFETCH=prefetch, num_warps=num_warps)
+
+
+def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, block: int = 1024) -> None:
+    """The `split` form of a chunk's recurrence: per step one cuBLAS batched GEMM h @ W for all K*N
+    heads, then `lstm_cell_gather_kernel` (input gates by token, the cell, h out twice). Same inputs
+    and outputs as `lstm_seq_`; w is W in its natural layout [K*N, Dk, 4*Dk] (tiled with BD = Dk).
+    The pre-activations round to the weight dtype between the GEMM and the cell (the fused kernel
+    keeps them in fp32 registers)."""
+    import triton
+    from models._lstm_cell_triton import lstm_cell_gather_kernel
+    B = c_out.shape[1]
+    T = hs.shape[1]
+    V = g.shape[1]
+    KN = K * N
+    assert hs.shape == (K, T, B, N, Dk) and hs.is_contiguous() and w.shape == (KN, Dk, 4 * Dk)
+    assert c_out.is_contiguous() and c_out.dtype == torch.float32 and g.is_contiguous()
+    A = torch.empty(KN, B, Dk, dtype=hs.dtype, device=hs.device)
+    A.view(K, N, B, Dk).copy_(h_in.permute(0, 2, 1, 3))
+    if c_out.data_ptr() != c_in.data_ptr():
+        c_out.copy_(c_in)
+    pre = torch.empty(KN, B, 4 * Dk, dtype=w.dtype, device=w.device)
+    total = KN * B * Dk
+    grid = (triton.cdiv(total, block),)
+    for t in range(T):
+        torch.bmm(A, w, out=pre)
+        lstm_cell_gather_kernel[grid](pre, g, tok, c_out, A, hs[:, t], total, B, N, V, tok.stride(0), t,
+                                      hs.stride(0), Dk=Dk, BLOCK=block, num_warps=4)
 
 
 def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 26):
@@ -376,7 +404,8 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
         G, tok = _chunk_input_gates(P, tok, N=N, D=D, Dk=Dk)
     cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
     seq = cfg.pop("seq", None)
-    bd = Dk if seq else cfg.pop("BD", BD)
+    split = cfg.pop("split", False) and not seq
+    bd = Dk if (seq or split) else cfg.pop("BD", BD)
     bk = cfg.pop("BK", BK)
     if bd not in f["W"]:
         f["W"].clear()                                          # one tiled copy at a time
@@ -384,6 +413,8 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     W = f["W"][bd]
     if seq:                                                     # small heads: the whole chunk in one launch
         lstm_seq_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk, **seq)
+    elif split:                                                 # cuBLAS GEMM + cell, where measured faster
+        recurrence_split_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk)
     else:
         for t in range(T):
             lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
