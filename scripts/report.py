@@ -44,9 +44,19 @@ measured at the same per-GPU load on the same GPU (the rows' ``paper_s`` / ``pap
 paper's README figures (A40; ``PAPER_README_A40_S``, copied from the README), the context sweep, and a
 summary of the ``scaling_*.json`` of ``bench/run_scaling.sh`` beside it.
 
+The "7B smoke test and multi-GPU scaling" section (id ``multigpu-h200``) renders, from ``bench/results``
+(or ``--multigpu DIR``): one row per ``smoke7b_*.json`` of ``bench/run_smoke_7b.sh`` (GPUs, probes per
+step, lr, steps to loss < 0.1, first and final loss, s/step, peak GiB per GPU, replica checksums) beside
+the paper's figures (``PAPER_SMOKE_7B``, copied from its README), a sentence on which runs diverged or
+reached the target, and the newest ``scaling_*.json`` of ``bench/run_scaling.sh`` (per preset and GPU
+count: s/step, speed-up N·T₁/T_N, efficiency T₁/T_N, bytes per step, checksums), with a line when the
+8-GPU point is missing. Each row links the ``.md`` beside its JSON. A file that is not a JSON object is
+skipped with a note; without files, each part says so in one line. It is written with ``--gpu`` too.
+
 Usage:
-  python scripts/report.py                       # every results/figure1/* and results/table2/* dir, the GPU and timing sections
-  python scripts/report.py --gpu results/gpu_runs   # only the "Paper scale on H200" section
+  python scripts/report.py                       # every results/figure1/* and results/table2/* dir, the GPU, timing and multi-GPU sections
+  python scripts/report.py --gpu results/gpu_runs   # the "Paper scale on H200" and "7B smoke test and multi-GPU scaling" sections
+  python scripts/report.py --multigpu            # only the 7B smoke / multi-GPU scaling section (bench/results)
   python scripts/report.py --timing              # only the timing/VRAM table (newest bench/results/bench_step_*.json)
   python scripts/report.py --figure1 results/figure1/cpu --tag cpu --report results/REPORT.md
   python scripts/report.py --table2 logs/ --filter _LSTM_ --tag paper
@@ -1063,6 +1073,291 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------ 7B smoke test and multi-GPU scaling --
+
+# The paper's 7B smoke test (README of the paper's code; also the PAPER dict of bench/run_smoke_7b.sh and the
+# right-hand column of its smoke7b_*.md files).
+PAPER_SMOKE_7B = {"gpus": "8 x A40", "probes_per_step": 96, "steps_to_0.1": 6, "first_loss": 15.95,
+                  "final_loss": 0.0469, "s_per_step": 19.64}
+MULTIGPU_SECTION_ID = "multigpu-h200"
+SMOKE_PREFIX = "smoke7b_"
+SCALING_PREFIX = "scaling_"
+
+
+def read_json_objects(d: Path, prefix: str) -> tuple[list[tuple[Path, dict[str, Any]]], list[Path]]:
+    """(parsed, skipped): the PREFIX*.json files in d, oldest first (the name carries the timestamp); a file
+    that is unreadable or not a JSON object is skipped."""
+    parsed, skipped = [], []
+    files = sorted(d.glob(f"{prefix}*.json"), key=lambda p: p.name) if d.is_dir() else []
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, dict):
+            parsed.append((f, data))
+        else:
+            skipped.append(f)
+    return parsed, skipped
+
+
+def skipped_note(skipped: Sequence[Path]) -> list[str]:
+    if not skipped:
+        return []
+    names = ", ".join(f"`{f.name}`" for f in skipped)
+    return [f"Skipped as malformed (not a JSON object of the expected form): {names}.", ""]
+
+
+def _stamp(path: Path, prefix: str) -> str:
+    return path.stem[len(prefix):] if path.stem.startswith(prefix) else path.stem
+
+
+def _md_link(json_path: Path, report_dir: Path, text: str | None = None) -> str:
+    """A link to the .md beside a JSON file (its rendering; text: the .md's name by default), or the bare text
+    (default: the JSON's name) when there is none."""
+    md = json_path.with_suffix(".md")
+    if md.is_file():
+        return f"[`{text or md.name}`]({_rel(md, report_dir)})"
+    return f"`{text or json_path.name}`"
+
+
+def fmt_dur_fine(v: float | None) -> str:
+    """Seconds with four significant figures ('2.100 s', '309.0 ms'): the scaling table's T_N differ by <1%."""
+    if v is None:
+        return "–"
+    return f"{1000 * v:.1f} ms" if v < 1.0 else f"{v:.3f} s"
+
+
+def _gpu_short(name: Any) -> str:
+    return re.sub(r"^NVIDIA\s+", "", str(name)) if name else "GPU"
+
+
+def fmt_loss(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def fmt_checksums(equal: Any, n: Any, of: Any = None) -> str:
+    """'yes (4 of 4 ranks)' / 'no (2 ranks)' / '–' from a checksums_equal flag and rank counts."""
+    if equal is None:
+        return "–"
+    word = "yes" if equal is True else "no"
+    n, of = _f(n), _f(of)
+    if n is None:
+        return word
+    ranks = f"{int(n)} of {int(of)}" if of is not None else f"{int(n)}"
+    return f"{word} ({ranks} rank{'' if (of if of is not None else n) == 1 else 's'})"
+
+
+def smoke_lr(data: dict[str, Any]) -> float | None:
+    """The learning rate of a smoke run: --learning_rate of its command (the JSON has no lr field)."""
+    m = re.search(r"--learning_rate[ =](\S+)", str(data.get("command") or ""))
+    return _f(m.group(1)) if m else _f(data.get("lr"))
+
+
+def smoke_steps_to_target(data: dict[str, Any]) -> int | None:
+    step = _f(data.get("steps_to_target"))
+    return int(step) if step is not None and data.get("reached_target", True) else None
+
+
+def smoke_divergence(data: dict[str, Any]) -> tuple[int, float, float, int] | None:
+    """(step of the best loss, best loss, final loss, last step) of a run that missed the target and whose
+    loss rose after its best; steps numbered from 0, as steps_to_target."""
+    if smoke_steps_to_target(data) is not None:
+        return None
+    losses = [_f(x) for x in data.get("losses") or []]
+    if not losses or any(v is None for v in losses):
+        return None
+    best = min(range(len(losses)), key=losses.__getitem__)
+    if best == len(losses) - 1 or losses[-1] <= losses[best]:
+        return None
+    return best, losses[best], losses[-1], len(losses) - 1
+
+
+def smoke_row(path: Path, data: dict[str, Any], report_dir: Path) -> list[str]:
+    step = smoke_steps_to_target(data)
+    n = _f(data.get("steps_recorded"))
+    world = _f(data.get("world"))
+    peak = _f(data.get("peak_gib_max_over_ranks"))
+    peak = peak if peak is not None else _f(data.get("peak_gib_steps_rank0"))
+    return [
+        _md_link(path, report_dir, _stamp(path, SMOKE_PREFIX)),
+        f"{int(world)} x {_gpu_short(data.get('device_name'))}" if world is not None else "?",
+        fmt(_f(data.get("probes_per_step")), "int") + (f" ({int(_f(data['probes_per_gpu']))}/GPU)"
+                                                       if _f(data.get("probes_per_gpu")) is not None else ""),
+        fmt(smoke_lr(data), "lr"),
+        str(step) if step is not None else ("not reached in " + fmt(n, "int") if n is not None else "not reached"),
+        f"{fmt_loss(_f(data.get('first_loss')))} → {fmt_loss(_f(data.get('final_loss')))}",
+        fmt_dur(_f(data.get("s_per_step_median"))),
+        fmt_gib(peak),
+        fmt_checksums(data.get("checksums_equal"), data.get("summaries"), world),
+        str(data.get("status", "?")),
+    ]
+
+
+def smoke_paper_row() -> list[str]:
+    p = PAPER_SMOKE_7B
+    return ["the paper (README)", p["gpus"], str(p["probes_per_step"]), "–", str(p["steps_to_0.1"]),
+            f"{fmt_loss(p['first_loss'])} → {fmt_loss(p['final_loss'])}", fmt_dur(p["s_per_step"]), "–", "–", "–"]
+
+
+def _run_label(data: dict[str, Any]) -> str:
+    world, probes = _f(data.get("world")), _f(data.get("probes_per_step"))
+    return f"{int(world) if world is not None else '?'}-GPU / {int(probes) if probes is not None else '?'}-probe"
+
+
+def smoke_summary(runs: Sequence[tuple[Path, dict[str, Any]]], threshold: float = DEFAULT_THRESHOLD) -> str:
+    """One plain sentence: which runs diverged or missed the target, and which reached it (grouped by GPUs
+    and probes, with their learning rates and steps)."""
+    parts = []
+    reached: dict[tuple, list[tuple[float | None, int]]] = {}
+    for path, d in runs:
+        step = smoke_steps_to_target(d)
+        if step is not None:
+            key = (_f(d.get("world")), _f(d.get("probes_per_step")), _f(d.get("probes_per_gpu")))
+            reached.setdefault(key, []).append((smoke_lr(d), step))
+            continue
+        div = smoke_divergence(d)
+        if div:
+            i, best, final, last = div
+            parts.append(f"the {_run_label(d)} run (`{_stamp(path, SMOKE_PREFIX)}`) diverged from step {i + 1} on "
+                         f"(loss {best:.3g} at step {i}, then rising, to {fmt_loss(final)} at step {last})")
+        else:
+            parts.append(f"the {_run_label(d)} run (`{_stamp(path, SMOKE_PREFIX)}`) did not reach loss < "
+                         f"{threshold:g} in {fmt(_f(d.get('steps_recorded')), 'int')} steps")
+    for (world, probes, per_gpu), items in reached.items():
+        who = "the" if len(items) == 1 else "both" if len(items) == 2 else f"all {len(items)}"
+        paper = "the paper's " if probes == PAPER_SMOKE_7B["probes_per_step"] else ""
+        per = f" ({int(per_gpu)} per GPU)" if per_gpu is not None else ""
+        how = ", ".join(f"lr {fmt(lr, 'lr')} in {s}" + (" steps" if k == 0 else "") for k, (lr, s) in enumerate(items))
+        parts.append(f"{who} {int(world) if world is not None else '?'}-GPU run{'s' if len(items) > 1 else ''} "
+                     f"with {paper}{fmt(probes, 'int')} probes per step{per} reached loss < {threshold:g} ({how})")
+    if not parts:
+        return ""
+    text = "; ".join(parts[:-1]) + (", and " if len(parts) > 1 else "") + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def _rendered(fn, *args) -> Any:
+    """fn(*args), or None when a JSON file of the right name holds fields of the wrong type (a malformed file
+    is skipped with a note; it never stops the report)."""
+    try:
+        return fn(*args)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+        return None
+
+
+def smoke_checked_row(path: Path, data: dict[str, Any], report_dir: Path) -> list[str]:
+    """smoke_row, with the summary sentence's reading of the file tried too (so one bad file cannot drop it)."""
+    smoke_summary([(path, data)])
+    return smoke_row(path, data, report_dir)
+
+
+def smoke_lines(bench_dir: Path, report_dir: Path) -> list[str]:
+    lines = ["### 7B smoke test (the paper's `--tokenizer hf --model_type LSTM` line)", ""]
+    found, skipped = read_json_objects(bench_dir, SMOKE_PREFIX)
+    runs, rows = [], []
+    for path, data in found:
+        row = _rendered(smoke_checked_row, path, data, report_dir)
+        if row is None:
+            skipped.append(path)
+        else:
+            runs.append((path, data))
+            rows.append(row)
+    label = _source_label([bench_dir])
+    if not runs:
+        return lines + [f"No `{SMOKE_PREFIX}*.json` (from `bench/run_smoke_7b.sh`) in `{label}` yet.", ""] \
+            + skipped_note(skipped)
+    params = {int(p) for p in (_f(d.get("params")) for _, d in runs) if p is not None}
+    lines.append(f"`distributed_rge.py --task lm --tokenizer hf --model_type LSTM --mode test` (one fixed batch until "
+                 f"the train loss is below 0.1), {len(runs)} run(s) of `bench/run_smoke_7b.sh` in `{label}`"
+                 + (f", {', '.join(f'{p:,}' for p in sorted(params))} parameters" if params else "")
+                 + ". Steps are numbered from 0 (the loss logged at step k follows k updates); s/step is the median "
+                 "after the first step; peak GiB/GPU is the allocator peak, max over ranks, the final replica check "
+                 "included; checksums: every rank's float64 θ checksum at the end. The run links go to each run's "
+                 "full report.")
+    lines.append("")
+    lines.append(md_table(["run", "GPUs", "probes/step", "lr", f"steps to loss < {DEFAULT_THRESHOLD:g}",
+                           "first → final loss", "s/step", "peak GiB/GPU", "checksums equal", "status"],
+                          rows + [smoke_paper_row()]))
+    lines.append("")
+    summary = _rendered(smoke_summary, runs)
+    if summary:
+        lines += [summary, ""]
+    return lines + skipped_note(skipped)
+
+
+def scaling_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Per preset and world size: T_N, speed-up N·T1/T_N and efficiency T1/T_N (T1: the preset's ok 1-GPU row,
+    else the row's t1_s), bytes per step, checksums."""
+    t1 = {str(r.get("size")): _f(r.get("s_per_step")) for r in rows
+          if r.get("status") == "ok" and _f(r.get("world")) == 1}
+    body = []
+    for r in sorted(rows, key=lambda r: (_size_order(str(r.get("size"))), str(r.get("size")), _f(r.get("world")) or 0)):
+        ok = r.get("status") == "ok"
+        n, tn = _f(r.get("world")), _f(r.get("s_per_step"))
+        base = t1.get(str(r.get("size"))) or _f(r.get("t1_s"))
+        eff = base / tn if ok and base and tn and n else None
+        sent = _f(r.get("bytes_sent_per_step"))
+        nvals = len(r.get("checksum_values") or []) or None
+        body.append([str(r.get("size", "?")), fmt(_f(r.get("params")), "int"), fmt(n, "int"),
+                     fmt(_f(r.get("probes_total")), "int"), fmt_dur_fine(tn) if ok else "–",
+                     f"{n * eff:.3f}x" if eff is not None else "–", f"{eff:.3f}" if eff is not None else "–",
+                     (fmt(_f(r.get("bytes_per_step")), "int") + (f" (sent {fmt(sent, 'int')})" if sent is not None else ""))
+                     if ok else "–",
+                     fmt_checksums(r.get("checksums_equal"), nvals) if ok else "–",
+                     "ok" if ok else f"{r.get('status', '?')}: {r.get('reason') or ''}".rstrip(": ")])
+    return body
+
+
+def scaling_body(path: Path, data: dict[str, Any], report_dir: Path) -> list[str]:
+    env = data.get("env") or {}
+    rows = [r for r in data["rows"] if isinstance(r, dict)]
+    lines = [f"From {_md_link(path, report_dir)} (the rendering of `{path.name}`, the newest readable "
+             f"`{SCALING_PREFIX}*.json`; {env.get('date', '?')}, `{env.get('script', '?')}`): weak scaling, "
+             f"{env.get('probes_per_gpu', '?')} probes per GPU, batch {env.get('batch', '?')}, {env.get('dtype', '?')}. "
+             "T_N = median s/step with N GPUs; speed-up N·T₁/T_N = probe throughput of N GPUs over one GPU (issue 7's "
+             "\"efficiency\", ideal N); parallel efficiency T₁/T_N (ideal 1.000); bytes/step = rank 0's all-gather "
+             "payload, sent + received.", ""]
+    lines.append(md_table(["size", "params", "GPUs", "probes/step", "s/step (T_N)", "speed-up N·T₁/T_N",
+                           "efficiency T₁/T_N", "bytes/step", "checksums equal", "status"], scaling_rows(rows)))
+    lines.append("")
+    worlds = sorted({int(w) for w in (_f(r.get("world")) for r in rows if r.get("status") == "ok") if w is not None})
+    if 8 not in worlds:
+        names = {_gpu_short(r.get("device_name")) for r in rows if r.get("device_name")}
+        gpu = names.pop() if len(names) == 1 else "GPU"
+        have = ", ".join(map(str, worlds[:-1])) + (" and " if len(worlds) > 1 else "") + (str(worlds[-1]) if worlds else "")
+        lines.append(f"**The 8-GPU point was not run** (the paper's README times 8 GPUs): only "
+                     f"{have or 'no'} {gpu}s were available.")
+        lines.append("")
+    return lines
+
+
+def scaling_lines(bench_dir: Path, report_dir: Path) -> list[str]:
+    """The newest scaling_*.json that renders; newer malformed ones are noted as skipped."""
+    lines = ["### Multi-GPU scaling", ""]
+    found, skipped = read_json_objects(bench_dir, SCALING_PREFIX)
+    valid = [(f, d) for f, d in found if isinstance(d.get("rows"), list)]
+    skipped += [f for f, d in found if not isinstance(d.get("rows"), list)]
+    for k in range(len(valid) - 1, -1, -1):
+        body = _rendered(scaling_body, *valid[k], report_dir)
+        if body is not None:
+            return lines + body + skipped_note(sorted(skipped, key=lambda p: p.name))
+        skipped.append(valid[k][0])
+    return lines + [f"No `{SCALING_PREFIX}*.json` (from `bench/run_scaling.sh`) in "
+                    f"`{_source_label([bench_dir])}` yet.", ""] + skipped_note(sorted(skipped, key=lambda p: p.name))
+
+
+def multigpu_section(bench_dir: Path, *, report: Path) -> str:
+    """The 7B smoke test (every smoke7b_*.json of bench/run_smoke_7b.sh, beside the paper's figures) and the
+    multi-GPU scaling (the newest scaling_*.json of bench/run_scaling.sh) from bench_dir."""
+    lines = ["## 7B smoke test and multi-GPU scaling", ""]
+    lines += smoke_lines(bench_dir, report.parent)
+    lines += scaling_lines(bench_dir, report.parent)
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Figure 1 / Table 2 tables, plots and report sections from saved "
                                             "JSON lines (no rerun).")
@@ -1078,6 +1373,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the timing/VRAM table from the newest bench_step_*.json in PATH (a folder, default "
                         f"{DEFAULT_BENCH_DIR}, or one JSON file), with the scaling_*.json beside it; included by "
                         f"default when no --figure1/--table2/--gpu/--timing is given")
+    p.add_argument("--multigpu", nargs="?", type=Path, const=Path(DEFAULT_BENCH_DIR), default=None, metavar="DIR",
+                   help=f"the '7B smoke test and multi-GPU scaling' section from the smoke7b_*.json and the newest "
+                        f"scaling_*.json in DIR (default {DEFAULT_BENCH_DIR}); also written with --gpu (from "
+                        f"{DEFAULT_BENCH_DIR}) and by default")
     p.add_argument("--tag", default=None,
                    help="section tag, e.g. cpu or paper (default: the input directory's name)")
     p.add_argument("--report", type=Path, default=REPO / DEFAULT_REPORT,
@@ -1099,15 +1398,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths:
             tag = args.tag or (paths[0].name if paths[0].is_dir() else paths[0].parent.name)
             jobs.append((kind, list(paths), tag))
-    gpu_dir, bench = args.gpu, args.timing
-    if not jobs and gpu_dir is None and bench is None:   # regenerate every saved experiment under results/
+    gpu_dir, bench, multigpu = args.gpu, args.timing, args.multigpu
+    if multigpu is None and gpu_dir is not None:         # the multi-GPU results sit beside the GPU section
+        multigpu = REPO / DEFAULT_BENCH_DIR
+    if not jobs and gpu_dir is None and bench is None and multigpu is None:   # every saved experiment
         for kind in ("figure1", "table2"):
             base = REPO / "results" / kind
             for d in sorted(base.iterdir()) if base.is_dir() else []:
                 if d.is_dir() and any(d.glob("*.jsonl")):
                     jobs.append((kind, [d], d.name))
         gpu_dir = REPO / DEFAULT_GPU_DIR
-        bench = REPO / DEFAULT_BENCH_DIR
+        bench = multigpu = REPO / DEFAULT_BENCH_DIR
     report = args.report if args.report.is_absolute() else Path.cwd() / args.report
     status = 0
     if bench is not None:
@@ -1118,6 +1419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             write_section(report, TIMING_SECTION_ID, body)
             print(f"wrote section {TIMING_SECTION_ID} of {report}")
+    if multigpu is not None:
+        multigpu = multigpu if multigpu.is_absolute() else Path.cwd() / multigpu
+        body = multigpu_section(multigpu, report=report)
+        if args.stdout:
+            print(body)
+        else:
+            write_section(report, MULTIGPU_SECTION_ID, body)
+            print(f"wrote section {MULTIGPU_SECTION_ID} of {report}")
     if gpu_dir is not None:
         gpu_dir = gpu_dir if gpu_dir.is_absolute() else Path.cwd() / gpu_dir
         body = gpu_section(gpu_dir, report=report, threshold=args.threshold, plots=not args.no_plots)

@@ -799,9 +799,119 @@ def test_report_timing_table_pending_and_stdout(tmp_path, capsys):
 def test_repo_report_has_gpu_and_timing_sections():
     """results/REPORT.md as committed: the GPU section, the timing table and the discussion around them."""
     text = (REPO / "results" / "REPORT.md").read_text()
-    for marker in ("BEGIN GENERATED: paper-h200", "BEGIN GENERATED: timing-h200", "END GENERATED: timing-h200"):
+    for marker in ("BEGIN GENERATED: paper-h200", "BEGIN GENERATED: timing-h200", "END GENERATED: timing-h200",
+                   "BEGIN GENERATED: multigpu-h200", "END GENERATED: multigpu-h200"):
         assert marker in text
     assert "## What the paper-scale runs show" in text and "neither confirm nor refute" in text
     assert "scripts/reproduce_figure1.sh --scale paper" in text and "scripts/reproduce_table2.sh --scale paper" in text
     for link in re.findall(r"\]\((figures/[^)]+\.png)\)", text):
         assert (REPO / "results" / link).is_file(), link
+
+
+# ------------------------------------------- 7B smoke test and multi-GPU scaling --
+
+def write_smoke(d: Path, stamp: str, *, world: int, per_gpu: int, lr: float, losses, status="ok", md=True) -> None:
+    hit = next((i for i, l in enumerate(losses) if l < 0.1), None)     # steps numbered from 0, as run_smoke_7b.sh
+    (d / f"smoke7b_{stamp}.json").write_text(json.dumps({
+        "world": world, "probes_per_gpu": per_gpu, "probes_per_step": world * per_gpu, "device_name": "NVIDIA H200",
+        "command": f"torchrun --nproc_per_node={world} distributed_rge.py --meta_perturbations {per_gpu} "
+                   f"--learning_rate {lr} --max_iters {len(losses)}",
+        "status": status, "params": 6914405668, "target_loss": 0.1, "reached_target": hit is not None,
+        "steps_to_target": hit, "steps_recorded": len(losses), "first_loss": losses[0], "final_loss": losses[-1],
+        "best_loss": min(losses), "losses": losses, "s_per_step_median": 0.25 * world,
+        "peak_gib_steps_rank0": 39.2, "peak_gib_max_over_ranks": 39.672, "summaries": world, "checksums_equal": True,
+        "paper": {"s_per_step": 19.64}}))
+    if md:
+        (d / f"smoke7b_{stamp}.md").write_text("# smoke\n")
+
+
+@pytest.fixture
+def multigpu_dir(tmp_path):
+    d = tmp_path / "bench_results"
+    d.mkdir()
+    # diverging, not reached: best 1.5 at step 2, then rising to 2,500 at step 4 (5 steps recorded)
+    write_smoke(d, "2026-11-28_100000", world=3, per_gpu=12, lr=0.01, losses=[10.0, 4.0, 1.5, 30.0, 2500.0])
+    # two 4-GPU runs with 96 probes: below 0.1 at step 3 (lr 0.01) and at step 5 (lr 0.005)
+    write_smoke(d, "2026-11-28_110000", world=4, per_gpu=24, lr=0.01, losses=[10.0, 2.0, 0.5, 0.08])
+    write_smoke(d, "2026-11-28_120000", world=4, per_gpu=24, lr=0.005, losses=[10.0, 5.0, 1.0, 0.5, 0.2, 0.09],
+                md=False)
+    (d / "smoke7b_2026-11-28_130000.json").write_text('{"world": 4, "losses": [1.0,')     # malformed: skipped
+    (d / "smoke7b_2026-11-28_140000.json").write_text('{"world": 4, "losses": 5}')        # wrong type: skipped
+    # an older scaling file (ignored) and the newest one: T1 = 2.0 s; N = 2: 2·2.0/2.02 = 1.980x, 0.990;
+    # N = 4: 4·2.0/2.05 = 3.902x, 0.976; the 4-GPU xlarge row was skipped
+    (d / "scaling_2026-11-28_090000.json").write_text(json.dumps({"env": {"date": "old"}, "rows": [
+        {"size": "tiny", "world": 1, "status": "ok", "s_per_step": 9.0}]}))
+    (d / "scaling_2026-11-28_140000.json").write_text(json.dumps({
+        "env": {"date": "2026-11-28T14:00:00", "script": "bench/run_scaling.sh --gpus 4", "probes_per_gpu": 12,
+                "batch": 1024, "dtype": "bfloat16"},
+        "rows": [
+            {"size": "xlarge", "world": 4, "params": 1162045100, "status": "skipped", "reason": "budget",
+             "probes_total": 48, "s_per_step": None, "device_name": "NVIDIA H200"},
+            {"size": "large", "world": 4, "params": 112606100, "status": "ok", "probes_total": 48, "s_per_step": 2.05,
+             "bytes_per_step": 384, "bytes_sent_per_step": 96, "checksums_equal": True,
+             "checksum_values": ["a"] * 4, "device_name": "NVIDIA H200"},
+            {"size": "large", "world": 1, "params": 112606100, "status": "ok", "probes_total": 12, "s_per_step": 2.0,
+             "bytes_per_step": 0, "bytes_sent_per_step": 0, "checksums_equal": True, "checksum_values": ["b"],
+             "device_name": "NVIDIA H200"},
+            {"size": "large", "world": 2, "params": 112606100, "status": "ok", "probes_total": 24, "s_per_step": 2.02,
+             "bytes_per_step": 192, "bytes_sent_per_step": 96, "checksums_equal": False,
+             "checksum_values": ["c", "d"], "device_name": "NVIDIA H200"}]}))
+    (d / "scaling_2026-11-28_140000.md").write_text("# scaling\n")
+    (d / "scaling_2026-11-28_150000.json").write_text("[1, 2]")            # newest by name, not an object: skipped
+    (d / "scaling_2026-11-28_145000.json").write_text('{"env": "x", "rows": [{}]}')    # wrong type: skipped
+    return d
+
+
+def test_report_multigpu_section_from_bench_json(multigpu_dir, tmp_path):
+    rep = tmp_path / "rep" / "REPORT.md"
+    rep.parent.mkdir()
+    rep.write_text("# Mine\n\nhand-written\n")
+    # --gpu writes it too (here from --multigpu DIR); the GPU section itself is pending
+    assert report.main(["--gpu", str(tmp_path / "absent"), "--multigpu", str(multigpu_dir), "--report", str(rep),
+                        "--no-plots"]) == 0
+    text = rep.read_text()
+    assert text.startswith("# Mine\n\nhand-written\n") and "BEGIN GENERATED: multigpu-h200" in text
+    sec = text[text.index("## 7B smoke test and multi-GPU scaling"):text.index("END GENERATED: multigpu-h200")]
+    assert "### 7B smoke test (the paper's `--tokenizer hf --model_type LSTM` line)" in sec
+    assert "3 run(s) of `bench/run_smoke_7b.sh`" in sec and "6,914,405,668 parameters" in sec
+    assert ("| [`2026-11-28_100000`](../bench_results/smoke7b_2026-11-28_100000.md) | 3 x H200 | 36 (12/GPU) | 0.01 "
+            "| not reached in 5 | 10 → 2,500 | 750 ms | 39.67 | yes (3 of 3 ranks) | ok |") in sec
+    assert ("| [`2026-11-28_110000`](../bench_results/smoke7b_2026-11-28_110000.md) | 4 x H200 | 96 (24/GPU) | 0.01 "
+            "| 3 | 10 → 0.08 | 1 s | 39.67 | yes (4 of 4 ranks) | ok |") in sec
+    assert "| `2026-11-28_120000` | 4 x H200 | 96 (24/GPU) | 0.005 | 5 | 10 → 0.09 |" in sec      # no .md: no link
+    assert "| the paper (README) | 8 x A40 | 96 | – | 6 | 15.95 → 0.0469 | 19.6 s | – | – | – |" in sec
+    assert ("The 3-GPU / 36-probe run (`2026-11-28_100000`) diverged from step 3 on (loss 1.5 at step 2, then rising, "
+            "to 2,500 at step 4), and both 4-GPU runs with the paper's 96 probes per step (24 per GPU) reached "
+            "loss < 0.1 (lr 0.01 in 3 steps, lr 0.005 in 5).") in sec
+    assert ("Skipped as malformed (not a JSON object of the expected form): `smoke7b_2026-11-28_130000.json`, "
+            "`smoke7b_2026-11-28_140000.json`.") in sec
+    # scaling: the newest readable file, rows per preset and GPU count
+    assert "### Multi-GPU scaling" in sec
+    assert "[`scaling_2026-11-28_140000.md`](../bench_results/scaling_2026-11-28_140000.md)" in sec
+    assert "the newest readable `scaling_*.json`" in sec and "| tiny |" not in sec
+    assert "| large | 112,606,100 | 1 | 12 | 2.000 s | 1.000x | 1.000 | 0 (sent 0) | yes (1 rank) | ok |" in sec
+    assert "| large | 112,606,100 | 2 | 24 | 2.020 s | 1.980x | 0.990 | 192 (sent 96) | no (2 ranks) | ok |" in sec
+    assert "| large | 112,606,100 | 4 | 48 | 2.050 s | 3.902x | 0.976 | 384 (sent 96) | yes (4 ranks) | ok |" in sec
+    assert "| xlarge | 1,162,045,100 | 4 | 48 | – | – | – | – | – | skipped: budget |" in sec
+    assert sec.index("| large | 112,606,100 | 1 |") < sec.index("| large | 112,606,100 | 2 |") < sec.index("| xlarge |")
+    assert "**The 8-GPU point was not run** (the paper's README times 8 GPUs): only 1, 2 and 4 H200s were available." in sec
+    assert ("Skipped as malformed (not a JSON object of the expected form): `scaling_2026-11-28_145000.json`, "
+            "`scaling_2026-11-28_150000.json`.") in sec
+    again = text
+    assert report.main(["--multigpu", str(multigpu_dir), "--report", str(rep)]) == 0
+    assert rep.read_text() == again                                                 # idempotent, one section
+    assert text.count("BEGIN GENERATED: multigpu-h200") == 1
+
+
+def test_report_multigpu_section_without_files(tmp_path, capsys):
+    d = tmp_path / "bench_results"
+    d.mkdir()
+    (d / "smoke7b_2026-11-28_100000.json").write_text("not json")
+    assert report.main(["--multigpu", str(d), "--report", str(tmp_path / "R.md"), "--stdout"]) == 0
+    out = capsys.readouterr().out
+    assert "No `smoke7b_*.json` (from `bench/run_smoke_7b.sh`) in" in out and "| run |" not in out
+    assert "Skipped as malformed (not a JSON object of the expected form): `smoke7b_2026-11-28_100000.json`." in out
+    assert "No `scaling_*.json` (from `bench/run_scaling.sh`) in" in out and "8-GPU" not in out
+    assert not (tmp_path / "R.md").exists()
+    assert report.main(["--multigpu", str(tmp_path / "absent"), "--report", str(tmp_path / "R.md")]) == 0
+    assert "No `smoke7b_*.json`" in (tmp_path / "R.md").read_text()
