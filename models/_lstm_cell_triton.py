@@ -35,6 +35,21 @@ def lstm_cell_kernel(pre_ptr, c_ptr, h_ptr, total, Dp, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _cell_coords(total, Dp, B, N, BLOCK: tl.constexpr):
+    """This program's BLOCK elements of a [K*N*B, Dp] state (rows ordered model k, head n, batch b):
+    (offsets, in-range mask, row, unit d, head k*N + n, batch b, model k, head n)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    row = offs // Dp
+    d = offs - row * Dp
+    head = row // B
+    b = row - head * B
+    k = head // N
+    n = head - k * N
+    return offs, mask, row, d, head, b, k, n
+
+
+@triton.jit
 def lstm_cell_out_kernel(pre_ptr, bias_ptr, c_ptr, h_ptr, hs_ptr, total, Dp, B, N, h_stride, hs_k_stride,
                          BLOCK: tl.constexpr):
     """Cell update for the fused chunk forward.
@@ -42,15 +57,7 @@ def lstm_cell_out_kernel(pre_ptr, bias_ptr, c_ptr, h_ptr, hs_ptr, total, Dp, B, 
     pre [R, 4*Dp] with R = K*N*B rows ordered (model k, head n, batch b); bias [K*N, 4*Dp] fp32;
     c [R, Dp] fp32 in place; h is written twice: into the next step's GEMM operand (row stride
     h_stride) and into hs, laid out [K, (T,) B, N*Dp] so the output projection is one GEMM per model."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    row = offs // Dp
-    d = offs - row * Dp
-    head = row // B                      # k*N + n
-    b = row - head * B
-    k = head // N
-    n = head - k * N
+    offs, mask, row, d, head, b, k, n = _cell_coords(total, Dp, B, N, BLOCK)
     base = row * (4 * Dp) + d
     bb = head * (4 * Dp) + d
     i = tl.load(pre_ptr + base, mask=mask, other=0.0).to(tl.float32) + tl.load(bias_ptr + bb, mask=mask, other=0.0)
@@ -74,15 +81,7 @@ def lstm_cell_gather_kernel(pre_ptr, g_ptr, tok_ptr, c_ptr, a_ptr, hs_ptr, total
     are gathered per token from g [K, V, N, 4*Dk] (tok [B, *], column t); c [K*N, B, Dk] fp32 in
     place; h goes to a [K*N, B, Dk] (the next step's GEMM operand) and to hs, element (k, b, n, d)
     at k*stride_hs_k + b*N*Dk + n*Dk + d."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    row = offs // Dk
-    d = offs - row * Dk
-    head = row // B                      # k*N + n
-    b = row - head * B
-    k = head // N
-    n = head - k * N
+    offs, mask, row, d, head, b, k, n = _cell_coords(total, Dk, B, N, BLOCK)
     tok = tl.load(tok_ptr + b * tok_stride_b + t, mask=mask, other=0)
     gb = ((k * V + tok) * N + n) * (4 * Dk) + d
     base = row * (4 * Dk) + d

@@ -1411,22 +1411,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = multigpu = REPO / DEFAULT_BENCH_DIR
     report = args.report if args.report.is_absolute() else Path.cwd() / args.report
     status = 0
-    if bench is not None:
-        bench = bench if bench.is_absolute() else Path.cwd() / bench
-        body = timing_section(bench, report=report)
+    for src, section, section_id in ((bench, timing_section, TIMING_SECTION_ID),
+                                     (multigpu, multigpu_section, MULTIGPU_SECTION_ID)):
+        if src is None:
+            continue
+        body = section(src if src.is_absolute() else Path.cwd() / src, report=report)
         if args.stdout:
             print(body)
         else:
-            write_section(report, TIMING_SECTION_ID, body)
-            print(f"wrote section {TIMING_SECTION_ID} of {report}")
-    if multigpu is not None:
-        multigpu = multigpu if multigpu.is_absolute() else Path.cwd() / multigpu
-        body = multigpu_section(multigpu, report=report)
-        if args.stdout:
-            print(body)
-        else:
-            write_section(report, MULTIGPU_SECTION_ID, body)
-            print(f"wrote section {MULTIGPU_SECTION_ID} of {report}")
+            write_section(report, section_id, body)
+            print(f"wrote section {section_id} of {report}")
     if gpu_dir is not None:
         gpu_dir = gpu_dir if gpu_dir.is_absolute() else Path.cwd() / gpu_dir
         body = gpu_section(gpu_dir, report=report, threshold=args.threshold, plots=not args.no_plots)
