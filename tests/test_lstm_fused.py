@@ -53,6 +53,11 @@ with torch.inference_mode():
     s1, _ = mf.forward_chunk_stacked(P, tok, mf.init_state_stacked(P, 4))
     s0, _ = mt.forward_chunk_stacked(P, tok, mt.init_state_stacked(P, 4))
 print("model", float((a - bb).abs().max()), float((s1 - s0).abs().max()))
+# the fused_bmm backend (cuBLAS-style bmm + lstm_cell_out_kernel) on the same stacked models
+mbm = build_model(cfg.replace(backend="fused_bmm"), generator=torch.Generator().manual_seed(1))
+with torch.inference_mode():
+    s2, _ = mbm.forward_chunk_stacked(P, tok, mbm.init_state_stacked(P, 4))
+print("bmm", float((s2 - s0).abs().max()))
 print("auto_cpu", resolve_backend("auto", "cpu", torch.float32))
 """
 
@@ -69,6 +74,7 @@ def test_fused_backend_matches_torch_reference():
     assert vals["finite"] == "True"
     m, s = map(float, vals["model"].split())
     assert m < 1e-5 and s < 1e-5
+    assert float(vals["bmm"]) < 1e-5
     assert vals["auto_cpu"] == "torch"
 
 
