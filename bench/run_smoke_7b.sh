@@ -52,7 +52,9 @@ Options:
 Model and run (defaults: the paper's smoke test):
   --vocab N           tokenizer size before <bos>/<eos>/<pad> are added (default 50257, GPT-2's)
   --hidden N (131072)  --heads N (256)  --input N (100)  --batch N (1)  --seq N (10: --min_seq_len)
-  --probes N          probes per GPU (default 12)     --lr X      learning rate = epsilon (default 0.01)
+  --probes N          probes per GPU (default: the paper's 96 per step split over the GPUs, 96 / N rounded up:
+                      12 on 8 GPUs, 24 on 4; with 36 per step the run diverged, bench/results/README.md)
+  --lr X              learning rate = epsilon (default 0.01)
   --dtype NAME        bfloat16 (default) or float32   --backend B --lstm_backend (default torch)
   --device D          cuda (default) or cpu (gloo)    --seed N    run seed (default 0)
   --tokenizer-dir D   where the tokenizer is found or built (default .cache/bpe_vocab<vocab>)
@@ -71,7 +73,7 @@ ARGV="$0 $*"
 source bench/_launch_common.sh
 
 GPUS="" LAUNCHER=torchrun MAX_ITERS=40 BUDGET=540 OUT_DIR="${OUT:-bench/results}" DRY=0
-VOCAB=50257 HIDDEN=131072 HEADS=256 INPUT=100 BATCH=1 SEQ=10 PROBES=12 LR=0.01 DTYPE=bfloat16 BACKEND=torch
+VOCAB=50257 HIDDEN=131072 HEADS=256 INPUT=100 BATCH=1 SEQ=10 PROBES="" LR=0.01 DTYPE=bfloat16 BACKEND=torch
 DEVICE=cuda SEED=0 TOKDIR="" PORT=29501 WORK="" CKPT="" REPORT="" PREP_ONLY=0 EXTRA=()
 PY=${PYTHON:-python3}
 while [[ $# -gt 0 ]]; do
@@ -109,7 +111,7 @@ done
 [[ "$LAUNCHER" == torchrun || "$LAUNCHER" == launch ]] || die "--launcher must be torchrun or launch, got $LAUNCHER"
 [[ "$DEVICE" == cuda || "$DEVICE" == cpu ]] || die "--device must be cuda or cpu, got $DEVICE"
 [[ "$DTYPE" == bfloat16 || "$DTYPE" == float32 ]] || die "--dtype must be bfloat16 or float32, got $DTYPE"
-for v in MAX_ITERS VOCAB HIDDEN HEADS INPUT BATCH SEQ PROBES PORT SEED; do
+for v in MAX_ITERS VOCAB HIDDEN HEADS INPUT BATCH SEQ PORT SEED; do
   { is_int "${!v}" && [[ ${!v} -ge 1 || $v == SEED ]]; } || die "--$(tr 'A-Z_' 'a-z-' <<<"$v") must be a whole number >= 1, got ${!v}"
 done
 is_int "$BUDGET" || die "--budget-s must be a whole number of seconds, got $BUDGET"
@@ -532,6 +534,8 @@ fi
 
 [[ -n "$GPUS" ]] || GPUS=$(visible_gpus 8) || exit 2
 { is_int "$GPUS" && [[ $GPUS -ge 1 ]]; } || die "--gpus must be a whole number >= 1, got $GPUS"
+PROBES=${PROBES:-$(( (96 + GPUS - 1) / GPUS ))}     # the paper's 8 x 12 = 96 probes per step
+{ is_int "$PROBES" && [[ $PROBES -ge 1 ]]; } || die "--probes must be a whole number >= 1, got $PROBES"
 
 STAMP=$(date +%Y-%m-%d_%H%M%S)
 WORK=${WORK:-${TMPDIR:-/tmp}/zo_smoke7b_$STAMP}

@@ -59,13 +59,13 @@ def test_dry_run_prints_both_launchers_and_the_paper_parameter_count(gpus, launc
         assert _flag(c, "--tokenizer_path").endswith("/.cache/bpe_vocab50257")
         assert _flag(c, "--hidden_size") == "131072" and _flag(c, "--num_heads") == "256"
         assert _flag(c, "--input_size") == "100" and _flag(c, "--batch_size") == "1"
-        assert _flag(c, "--min_seq_len") == "10" and _flag(c, "--meta_perturbations") == "12"
+        assert _flag(c, "--min_seq_len") == "10" and _flag(c, "--meta_perturbations") == str(96 // gpus)
         assert _flag(c, "--learning_rate") == "0.01" and _flag(c, "--adam") == "false"
         assert _flag(c, "--lstm_backend") == "torch" and _flag(c, "--dtype") == "bfloat16"
         assert _flag(c, "--device") == "cuda" and _flag(c, "--max_iters") == "40"
         assert _flag(c, "--metrics_out").endswith("/metrics.jsonl")
         assert _flag(c, "--summary_out").endswith("/summary.rank{rank}.json")
-    assert f"{gpus} GPU(s), 12 probes per GPU = {12 * gpus} per step" in r.stdout
+    assert f"{gpus} GPU(s), {96 // gpus} probes per GPU = 96 per step" in r.stdout   # the paper's 96 per step
     assert "NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1" in r.stdout
     assert "python -m torch.distributed.launch --nproc_per_node=8 distributed_rge.py --tokenizer hf " \
            "--model_type LSTM" in r.stdout                                      # the paper's line, for reference
