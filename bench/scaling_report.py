@@ -122,7 +122,8 @@ def analyse_run(r: dict) -> dict:
     per_gpu = run.get("probes_per_gpu")
     n_total = recs[-1].get("n_total") if recs else (per_gpu * world if per_gpu else None)
     phases = {k: _median([x.get(k) for x in timed])
-              for k in ("batch_s", "probe_eval_s", "all_gather_s", "sync_wait_s", "update_s", "sync_check_s")}
+              for k in ("batch_s", "probe_eval_s", "all_gather_s", "sync_wait_s", "update_s", "update_device_s",
+                        "sync_check_s")}
     text, equal = checksum_verdict(world, sums, status)
     s0 = sums[0] if sums else {}
     last_elapsed = recs[-1].get("elapsed_s") if recs else None
