@@ -251,7 +251,8 @@ class Bench:
                          "time_chunk": a.time_chunk, "micro_batch": a.micro_batch, "dtype": a.dtype,
                          "master_dtype": "float32", "lr": a.lr, "vocab": VOCAB, "input": INPUT,
                          "scored_positions": f"{SCORED_FROM}..T-1", "sections": a.sections,
-                         "sweep_T": a.sweep_T, "sweep_size": a.sweep_size, "bptt_sizes": a.bptt_sizes},
+                         "sweep_T": a.sweep_T, "sweep_size": a.sweep_size, "bptt_sizes": a.bptt_sizes,
+                         "cuda_graphs": bool(getattr(a, "cuda_graphs", False))},
             "elapsed_s": 0.0,
             "finished": False,
         }

@@ -877,14 +877,37 @@ def bench_step_files(path: Path) -> list[Path]:
     return sorted(path.glob("bench_step_*.json"), key=lambda p: p.name, reverse=True) if path.is_dir() else []
 
 
+TIMING_SIZES = ("tiny", "small", "medium", "large", "xlarge")
+
+
 def newest_bench(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest bench_step JSON that parses and holds ZO step rows."""
+    """The newest bench_step JSON that parses and holds ZO step rows for every preset of TIMING_SIZES
+    without CUDA graphs (a whole table; benches of a few sizes, or graphed passes, are skipped), else
+    the newest with any ZO step rows."""
+    fallback = None
     for f in bench_step_files(path):
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("zo_steps"):
+        if not (isinstance(data, dict) and data.get("zo_steps")):
+            continue
+        sizes = {r.get("size") for r in data["zo_steps"] if isinstance(r, dict)}
+        graphed = bool(((data.get("meta") or {}).get("settings") or {}).get("cuda_graphs"))
+        if set(TIMING_SIZES) <= sizes and not graphed:
+            return f, data
+        fallback = fallback or (f, data)
+    return fallback
+
+
+def newest_with_sweep(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest bench_step JSON that parses and holds a context sweep."""
+    for f in bench_step_files(path):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and (data.get("context_sweep") or {}).get("rows"):
             return f, data
     return None
 
@@ -1006,7 +1029,9 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
     st = meta.get("settings") or {}
     peak = data.get("peak") or {}
     lines.append(f"Source: [`{_source_label([path])}`]({_rel(path, report.parent)}), the newest "
-                 f"`bench_step_*.json` in `{label}` ({len(bench_step_files(bench_path))} there).")
+                 f"`bench_step_*.json` in `{label}` with every preset ({', '.join(TIMING_SIZES)}) run without CUDA "
+                 f"graphs ({len(bench_step_files(bench_path))} files there; newer ones of a few presets are "
+                 "summarised in bench/results/README.md).")
     gpu = f"{meta.get('gpu', '?')}"
     if _f(meta.get("gpu_memory_gib")):
         gpu += f" ({_f(meta['gpu_memory_gib']):.1f} GiB, driver {meta.get('driver', '?')})"
@@ -1031,7 +1056,12 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
     lines.append("")
     lines.append(timing_zo_table(data["zo_steps"]))
     lines.append("")
-    lines += timing_sweep_lines(data.get("context_sweep") or {})
+    sweep_src = (path, data) if (data.get("context_sweep") or {}).get("rows") else newest_with_sweep(bench_path)
+    if sweep_src is not None and sweep_src[0] != path:
+        lines.append(f"The context sweep below is from [`{_source_label([sweep_src[0]])}`]"
+                     f"({_rel(sweep_src[0], report.parent)}), the newest bench that ran it.")
+        lines.append("")
+    lines += timing_sweep_lines(sweep_src[1].get("context_sweep") if sweep_src else {})
     bptt = [r for r in data.get("bptt") or [] if r.get("status") == "ok"]
     if bptt:
         lines.append("BPTT rows (autograd forward + backward + SGD, same shapes):")

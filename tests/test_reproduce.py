@@ -786,6 +786,31 @@ def test_report_timing_table_from_newest_bench_json(bench_dir, tmp_path):
     assert text.count("BEGIN GENERATED: timing-h200") == 1
 
 
+def test_report_timing_prefers_the_newest_whole_table(tmp_path):
+    """A newer bench of a few presets, or a CUDA-graph pass, does not replace the newest bench that ran
+    every preset; with no whole table the newest bench with ZO rows is used."""
+    d = tmp_path / "b"
+    d.mkdir()
+    every = [_bench_row(sz, 1000, 12, 0.01, 1.0) for sz in ("tiny", "small", "medium", "large", "xlarge")]
+    write_bench(d, "2026-11-28_100000", every)
+    write_bench(d, "2026-11-28_110000", [_bench_row("tiny", 1000, 12, 0.002, 1.0)])           # a few presets
+    graphed = write_bench(d, "2026-11-28_120000", every)                                   # graphed: skipped
+    data = json.loads(graphed.read_text())
+    data["meta"]["settings"]["cuda_graphs"] = True
+    graphed.write_text(json.dumps(data))
+    assert report.newest_bench(d)[0].name == "bench_step_2026-11-28_100000.json"
+    # the whole table has no context sweep: the newest bench with one supplies it, named
+    write_bench(d, "2026-11-28_090000", [_bench_row("medium", 1000, 12, 0.03, 1.0)], sweep={
+        "size": "medium", "probes": 12, "B": 1024, "rows": [
+            {"T": 100, "time_chunk": 48, "s_step": 0.27, "method": "full", "peak_alloc_gib": 8.0, "status": "ok"}]})
+    body = report.timing_section(d, report=tmp_path / "R.md")
+    assert "bench_step_2026-11-28_100000.json" in body and "**Memory against context length**" in body
+    assert "The context sweep below is from [`" in body and "bench_step_2026-11-28_090000.json" in body
+    (d / "bench_step_2026-11-28_100000.json").unlink()
+    (d / "bench_step_2026-11-28_120000.json").unlink()
+    assert report.newest_bench(d)[0].name == "bench_step_2026-11-28_110000.json"
+
+
 def test_report_timing_table_pending_and_stdout(tmp_path, capsys):
     rep = tmp_path / "REPORT.md"
     assert report.main(["--timing", str(tmp_path / "empty"), "--report", str(rep)]) == 0
