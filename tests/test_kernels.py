@@ -471,6 +471,12 @@ for drop in (0.0, 0.25):
         zk.triton_update(b, seeds, p.pid, scaled, 0.01, dropout_rate=drop)
         ok_upd &= torch.equal(b, p.master)
     print("drop", drop, ok_apply, ok_upd)
+# a stack buffer that grows drops the plans that addressed the old one (they would keep it alive)
+eng = ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=3), run_seed=5)
+eng.use_kernels = True
+eng.evaluate_stacked(eng.seeds(1)[:1], grab, lr=0.1, models_per_pass=2)
+eng.evaluate_stacked(eng.seeds(1), grab, lr=0.1, models_per_pass=6)
+print("stack_plans", sum(k[0] == "stack" for k in eng._plans))
 # Adam (the full-gradient path): kernels, grouped into one launch, == the torch path after two steps
 engs = [ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=3, adam=True), run_seed=5) for _ in (0, 1)]
 for e, use in zip(engs, (True, False)):   # (both built first: each copies the model's tensors as its master)
@@ -490,4 +496,4 @@ def test_engine_kernel_path_uploads_keys_once_and_matches_per_tensor_calls():
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert lines == ["drop 0.0 True True", "drop 0.25 True True", "adam True True"], out.stdout
+    assert lines == ["drop 0.0 True True", "drop 0.25 True True", "stack_plans 1", "adam True True"], out.stdout

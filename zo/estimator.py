@@ -371,6 +371,8 @@ class ZOEngine:
         buf = self._stack_bufs.get(p.name)
         if buf is None or buf.shape[0] < M:
             self._stack_bufs.pop(p.name, None)
+            # multi-tensor plans address the old buffers (and keep them alive): drop them
+            self._plans = {k: v for k, v in self._plans.items() if k[0] != "stack"}
             buf = torch.empty((M, *p.live.shape), dtype=p.live.dtype, device=p.live.device)
             self._stack_bufs[p.name] = buf
         return buf[:M]
