@@ -16,6 +16,10 @@ The recurrent weight is stored tile-interleaved, [K*N, Dk, Dk/BD, 4, BD]: the fo
 tile of BD units are 4*BD contiguous columns, so a program's weight tile is one dense block (one
 TMA box in `lstm_step_tma_kernel`, which loads h and W through tensor descriptors).
 
+`lstm_persist_kernel` runs a whole chunk per launch for heads of any size: one program per head and
+row tile, the weight streamed per step, h and c read back from memory only that program writes
+(L2-resident), a barrier between steps. Opt-in through the tuning file (not yet timed on a GPU).
+
 Small heads (Dk <= 64: the paper's tiny and small presets) take `lstm_seq_kernel` instead: one
 launch per chunk, a program keeps its head's weight, h and c in registers for all the chunk's steps,
 so per step and unit only the input gates are read and h written (no c or h round trips, and one
@@ -235,3 +239,66 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
         h = (_sigmoid(o) * _tanh(c)).to(hs_ptr.dtype.element_ty)
         tl.store(hs_rows + t * stride_hs_t, h, mask=m2)
     tl.store(c_out_ptr + (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + d[None, :], c, mask=m2)
+
+
+@triton.jit
+def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                        B, N, V, T, tok_stride_b, stride_in_k, stride_in_b, stride_hs_k, stride_hs_t,
+                        stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+                        BK: tl.constexpr, T_LOOP: tl.constexpr, IEEE: tl.constexpr):
+    """All T steps of a chunk in one launch for heads of any size (grid (cdiv(B, BM), K * N)).
+
+    A program owns one head and BM batch rows for the whole chunk, as in `lstm_seq_kernel`, but the
+    head's weight is streamed per step (from L2: the programs of one head share it) and the state is
+    not held in registers: each step loops over the head's unit tiles of BD, computing all four gates
+    of a tile (`lstm_step_kernel`'s one-dot form), and reads h_{t-1} from hs[:, t-1] and c from c_out,
+    which only this program writes, so both stay in L2 between steps. A barrier between steps makes
+    one step's writes visible to the next step's reads of every warp of the program.
+    Layouts as in `lstm_seq_kernel`, with w tiled for BD (`tile_recurrent_weight`)."""
+    pid_m = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    k = pid_h // N
+    n = pid_h - k * N
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < B
+    m2 = rmask[:, None]
+    kk = tl.arange(0, BK)
+    e = tl.arange(0, BD)
+    q = tl.arange(0, 4 * BD)
+    w_head = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk)
+    c_rows = c_out_ptr + (pid_h.to(tl.int64) * B + rows[:, None]) * Dk
+    cin_rows = c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
+    for j in range(0, Dk // BD):                 # c_in -> c_out for these rows (c_out may be c_in)
+        cv = tl.load(cin_rows + j * BD + e[None, :], mask=m2, other=0.0)
+        tl.store(c_rows + j * BD + e[None, :], cv, mask=m2)
+    hs_rows = hs_ptr + k.to(tl.int64) * stride_hs_k + rows[:, None].to(tl.int64) * (N * Dk) + n * Dk
+    h0_rows = h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b + n * Dk
+    tok_rows = tok_ptr + rows.to(tl.int64) * tok_stride_b
+    for t in range(0, T_LOOP if T_LOOP >= 0 else T):
+        tl.debug_barrier()                       # step t-1's h and c, written by every warp, are visible
+        if t == 0:
+            a_rows = h0_rows
+        else:
+            a_rows = hs_rows + (t - 1) * stride_hs_t
+        tok = tl.load(tok_rows + t, mask=rmask, other=0)
+        g_rows = g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk)
+        for j in range(0, Dk // BD):
+            acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
+            for k0 in range(0, Dk, BK):
+                a = tl.load(a_rows + k0 + kk[None, :], mask=m2, other=0.0)
+                w = tl.load(w_head + (k0 + kk)[:, None] * (4 * Dk) + j * (4 * BD) + q[None, :])
+                if IEEE:
+                    acc = tl.dot(a, w, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, w, acc)
+            acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
+            gp = g_rows[:, None] + j * BD + e[None, :]
+            i = acc_i + tl.load(gp, mask=m2, other=0.0).to(tl.float32)
+            f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32)
+            z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32)
+            o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32)
+            c = tl.load(c_rows + j * BD + e[None, :], mask=m2, other=0.0)
+            c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
+            h = _sigmoid(o) * _tanh(c)
+            tl.store(c_rows + j * BD + e[None, :], c, mask=m2)
+            tl.store(hs_rows + t * stride_hs_t + j * BD + e[None, :], h.to(hs_ptr.dtype.element_ty), mask=m2)

@@ -177,7 +177,9 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     """Kernel launch config: the measured best for this GPU and shape when there is one, else a
     heuristic (128-row tiles, 8 warps when the tile is large). Key "seq": the whole-chunk kernel's
     config ({"BM", "num_warps"[, "prefetch"]}), or None for one step kernel per time step; key
-    "split" (measured entries only): a cuBLAS GEMM plus the cell kernel per step instead."""
+    "split" (measured entries only): a cuBLAS GEMM plus the cell kernel per step instead; key
+    "persist" ({"BM", "BD", "num_warps", "num_stages"[, "BK"]}, measured entries only): the whole chunk
+    in one launch with the state in L2 (`lstm_persist_kernel`)."""
     if device is not None and torch.device(device).type == "cuda":
         hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
         if hit:
@@ -265,6 +267,29 @@ def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: 
                                h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),
                                Dk=Dk, BM=BM, T_LOOP=T if interp else -1, IEEE=w.dtype == torch.float32,
                                PREFETCH=prefetch, num_warps=num_warps)
+
+
+def lstm_persist_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int, BM: int = 64,
+                  num_warps: int = 8, num_stages: int = 3) -> None:
+    """All steps of a chunk in one launch for heads of any size (`lstm_persist_kernel`): the state
+    stays with one program per (head, row tile) and in L2 across the steps. Same inputs and outputs
+    as `lstm_seq_`; w tiled for BD."""
+    import triton
+    from models import _lstm_step_triton as kern
+    B = c_out.shape[1]
+    T = hs.shape[1]
+    V = g.shape[1]
+    assert Dk % BD == 0 and Dk % BK == 0
+    assert hs.shape == (K, T, B, N, Dk) and hs.is_contiguous() and tok.shape[1] >= T and tok.stride(1) == 1
+    assert h_in.shape == (K, B, N, Dk) and h_in.stride(-1) == 1 and h_in.stride(-2) == Dk
+    assert c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk) and c_out.is_contiguous()
+    assert w.is_contiguous() and g.is_contiguous() and c_out.dtype == torch.float32
+    interp = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    grid = (triton.cdiv(B, BM), K * N)
+    kern.lstm_persist_kernel[grid](h_in, hs, w, g, tok, c_in, c_out, B, N, V, T, tok.stride(0), h_in.stride(0),
+                                   h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),
+                                   Dk=Dk, BM=BM, BD=BD, BK=BK, T_LOOP=T if interp else -1,
+                                   IEEE=w.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
 
 
 def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, block: int = 1024) -> None:
@@ -405,7 +430,8 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
     seq = cfg.pop("seq", None)
     split = cfg.pop("split", False) and not seq
-    bd = Dk if (seq or split) else cfg.pop("BD", BD)
+    persist = cfg.pop("persist", None) if not (seq or split) else None
+    bd = Dk if (seq or split) else (persist or {}).get("BD", cfg.pop("BD", BD))
     bk = cfg.pop("BK", BK)
     if bd not in f["W"]:
         f["W"].clear()                                          # one tiled copy at a time
@@ -415,6 +441,9 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
         lstm_seq_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk, **seq)
     elif split:                                                 # cuBLAS GEMM + cell, where measured faster
         recurrence_split_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk)
+    elif persist:                                               # the whole chunk per launch, state in L2
+        pcfg = {k_: v for k_, v in persist.items() if k_ not in ("BD", "BK")}
+        lstm_persist_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk, BD=bd, BK=persist.get("BK", bk), **pcfg)
     else:
         for t in range(T):
             lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,

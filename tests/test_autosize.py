@@ -92,9 +92,15 @@ def test_committed_tuning_file_is_valid():
         Dk = int(key.split("Dk=")[1].split("|")[0])
         assert Dk % cfg["BD"] == 0 and cfg["BM"] in (16, 32, 64, 128, 256)
         assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg) <= {"BD", "BM", "BK", "one_dot", "num_warps",
-                                                                                "num_stages", "tma", "seq", "split"}
+                                                                                "num_stages", "tma", "seq", "split",
+                                                                                "persist"}
         seq = cfg.get("seq")
         if seq is not None:   # the whole-chunk kernel: only for heads of at most SEQ_MAX_DK, a power of two
             assert Dk <= lstm_fused.SEQ_MAX_DK and Dk & (Dk - 1) == 0, key
             assert {"BM", "num_warps"} <= set(seq) <= {"BM", "num_warps", "prefetch"}, key
         assert cfg.get("split", False) in (True, False), key
+        persist = cfg.get("persist")
+        if persist is not None:
+            assert {"BD", "BM", "num_warps", "num_stages"} <= set(persist) <= {"BD", "BM", "BK", "num_warps",
+                                                                          "num_stages"}, key
+            assert Dk % persist["BD"] == 0, key

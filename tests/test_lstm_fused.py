@@ -105,7 +105,9 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
         # (another W tiling); for heads of at most 64 also the whole-chunk kernel with a row tile
         # smaller than the batch, and the default config
         scs = [{{"one_dot": False, "seq": None}}, {{"one_dot": True, "seq": None}}, {{"tma": True, "seq": None}},
-               {{"BD": 16, "BK": 16, "one_dot": True, "seq": None}}, {{}}, {{"split": True, "seq": None}}]
+               {{"BD": 16, "BK": 16, "one_dot": True, "seq": None}}, {{}}, {{"split": True, "seq": None}},
+               {{"persist": {{"BM": 16, "BD": 16, "BK": 16, "num_warps": 4}}, "seq": None}},
+               {{"persist": {{"BM": 16, "num_warps": 4}}, "seq": None}}]
         if step_tiles(D)[0] <= lstm_fused.SEQ_MAX_DK:
             scs += [{{"seq": {{"BM": 16, "num_warps": 4}}}}, {{"seq": {{"BM": 16, "num_warps": 4, "prefetch": True}}}}]
             seq_cases.append(D)
@@ -190,6 +192,13 @@ def test_lstm_kernels_compile_for_sm90():
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx
         assert "mma" in ptx  # the recurrent GEMM runs on tensor cores
+    for Dk, BD, BK, BM in ((320, 64, 64, 64), (160, 32, 32, 64)):     # the state-in-L2 kernel, large and medium
+        cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, T_LOOP=-1, IEEE=False)
+        sig = {**ptrs, **{k: "i32" for k in ints}, **{k: "constexpr" for k in cx}}
+        compiled = triton.compile(ASTSource(fn=kern.lstm_persist_kernel, signature=sig, constexprs=cx),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        ptx = compiled.asm["ptx"]
+        assert "mma" in ptx and "bar.sync" in ptx          # tensor cores, and the barrier between steps
     from models import _lstm_cell_triton as cell
     sig = {"pre_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_ptr": "*fp32", "a_ptr": "*bf16",
            "hs_ptr": "*bf16", **{k: "i32" for k in ("total", "B", "N", "V", "tok_stride_b", "t", "stride_hs_k")},
