@@ -104,6 +104,25 @@ def run_seq(cs, cfg, hs, c_out):
               N=cs["N"], Dk=Dk, **cfg)
 
 
+def time_chunk_form(run, cs, cfg, hs1, hs, c_out, ref0, flops, useful, peak) -> dict:
+    """One step of `run` against the fp32 reference (h and c errors), then its time over SEQ_T steps,
+    per step. A form that fails to compile or run is a result too (`error`)."""
+    K, N, B, Dk = cs["K"], cs["N"], cs["B"], cs["Dk"]
+    out = {}
+    try:
+        run(cs, cfg, hs1, c_out)
+        torch.cuda.synchronize()
+        hk = hs1[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
+        out["err_h"] = float((hk - ref0[0]).abs().max())
+        out["err_c"] = float((c_out - ref0[1]).abs().max())
+        t = cuda_time(lambda: run(cs, cfg, hs, c_out), reps=10) / SEQ_T
+        out.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
+        out["ok"] = out["err_h"] < 2e-2 and out["err_c"] < 2e-2
+    except Exception as e:  # noqa: BLE001
+        out.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
+    return out
+
+
 def run_split(cs, hs, c_out):
     """cuBLAS bmm + the gather cell kernel per step, over the first T tokens (the `split` form)."""
     Dk = cs["Dk"]
@@ -215,82 +234,29 @@ def main(argv=None):
                                   f"c {row['err_c']:.1e}" if "s" in row else row.get("error", "")), flush=True)
             if row.get("ok") and (best is None or row["s"] < best["s"]):
                 best = row
-        best_seq = None
+        # the whole-chunk forms and the split form, each timed over SEQ_T steps and reported per step
         hs = torch.empty(K, SEQ_T, B, N, Dk, device=dev, dtype=torch.bfloat16)
         hs1 = torch.empty(K, 1, B, N, Dk, device=dev, dtype=torch.bfloat16)
-        scfgs = seq_configs(cs)
-        if scfgs:
-            href0, cref0 = reference_step(cs, t=0)
-        for scfg in scfgs:
+        ref0 = reference_step(cs, t=0)
+        chunk_rows = {"seq": [], "persist": [], "split": []}
+        forms = ([("seq", c, run_seq, dict(BD=Dk, num_stages=0, prefetch=c["prefetch"])) for c in seq_configs(cs)]
+                 + [("persist", c, run_persist, dict(BD=c["BD"], num_stages=c["num_stages"]))
+                    for c in persist_configs(cs)]
+                 + [("split", None, lambda cs_, _c, h_, c_: run_split(cs_, h_, c_), dict(BD=Dk, num_stages=0))])
+        for form, fcfg, run, extra in forms:
             if time.time() - t_start > a.time_budget_s:
                 break
-            row = dict(base, BD=Dk, BM=scfg["BM"], one_dot=True, num_warps=scfg["num_warps"], num_stages=0, seq=True,
-                       prefetch=scfg["prefetch"])
-            try:
-                run_seq(cs, scfg, hs1, c_out)                   # one step: against the fp32 reference
-                torch.cuda.synchronize()
-                hk = hs1[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
-                row["err_h"] = float((hk - href0).abs().max())
-                row["err_c"] = float((c_out - cref0).abs().max())
-                t = cuda_time(lambda: run_seq(cs, scfg, hs, c_out), reps=20) / SEQ_T
-                row.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
-                row["ok"] = row["err_h"] < 2e-2 and row["err_c"] < 2e-2
-            except Exception as e:  # noqa: BLE001
-                row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
+            row = dict(base, BM=(fcfg or {}).get("BM", 0), one_dot=True, num_warps=(fcfg or {}).get("num_warps", 4),
+                       **extra, **{form: True})
+            row.update(time_chunk_form(run, cs, fcfg, hs1, hs, c_out, ref0, flops, useful, peak))
             rows.append(row)
-            print(f"  seq {scfg}: " + (f"{row['s'] * 1e3:.3f} ms/step {row['tflops']:.0f} TF/s err h "
-                                       f"{row['err_h']:.1e} c {row['err_c']:.1e}" if "s" in row else row.get("error", "")),
-                  flush=True)
-            if row.get("ok") and (best_seq is None or row["s"] < best_seq["s"]):
-                best_seq = row
-        best_persist = None
-        pcfgs = persist_configs(cs)
-        if pcfgs:
-            href0, cref0 = reference_step(cs, t=0)
-        for pcfg in pcfgs:
-            if time.time() - t_start > a.time_budget_s:
-                break
-            row = dict(base, BD=pcfg["BD"], BM=pcfg["BM"], one_dot=True, num_warps=pcfg["num_warps"],
-                       num_stages=pcfg["num_stages"], persist=True)
-            try:
-                run_persist(cs, pcfg, hs1, c_out)               # one step: against the fp32 reference
-                torch.cuda.synchronize()
-                hk = hs1[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
-                row["err_h"] = float((hk - href0).abs().max())
-                row["err_c"] = float((c_out - cref0).abs().max())
-                t = cuda_time(lambda: run_persist(cs, pcfg, hs, c_out), reps=10) / SEQ_T
-                row.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
-                row["ok"] = row["err_h"] < 2e-2 and row["err_c"] < 2e-2
-            except Exception as e:  # noqa: BLE001
-                row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
-            rows.append(row)
-            print(f"  persist {pcfg}: " + (f"{row['s'] * 1e3:.3f} ms/step {row['tflops']:.0f} TF/s err h "
-                                           f"{row['err_h']:.1e} c {row['err_c']:.1e}" if "s" in row
-                                           else row.get("error", "")), flush=True)
-            if row.get("ok") and (best_persist is None or row["s"] < best_persist["s"]):
-                best_persist = row
-        # the split form: cuBLAS GEMM, then the cell kernel with the token gather (per step, over SEQ_T steps)
-        split_row = None
-        if time.time() - t_start <= a.time_budget_s:
-            row = dict(base, BD=Dk, BM=0, one_dot=True, num_warps=4, num_stages=0, split=True)
-            try:
-                if not (scfgs or pcfgs):
-                    href0, cref0 = reference_step(cs, t=0)
-                run_split(cs, hs1, c_out)
-                torch.cuda.synchronize()
-                hk = hs1[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
-                row["err_h"] = float((hk - href0).abs().max())
-                row["err_c"] = float((c_out - cref0).abs().max())
-                t = cuda_time(lambda: run_split(cs, hs, c_out), reps=10) / SEQ_T
-                row.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
-                row["ok"] = row["err_h"] < 2e-2 and row["err_c"] < 2e-2
-                split_row = row if row["ok"] else None
-            except Exception as e:  # noqa: BLE001
-                row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
-            rows.append(row)
-            print("  split (cuBLAS bmm + gather cell): " + (f"{row['s'] * 1e3:.3f} ms/step err h {row['err_h']:.1e} "
-                                                           f"c {row['err_c']:.1e}" if "s" in row else row.get("error", "")),
-                  flush=True)
+            print(f"  {form} {fcfg or ''}: " + (f"{row['s'] * 1e3:.3f} ms/step {row['tflops']:.0f} TF/s err h "
+                                               f"{row['err_h']:.1e} c {row['err_c']:.1e}" if "s" in row
+                                               else row.get("error", "")), flush=True)
+            if row.get("ok"):
+                chunk_rows[form].append(row)
+        best_seq, best_persist, split_row = (min(chunk_rows[f], key=lambda r: r["s"], default=None)
+                                             for f in ("seq", "persist", "split"))
         if best is not None:
             key = tuning_key(gpu, Dk, B, K * N)
             tuning[key] = {k: best.get(k, False) for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma")}

@@ -43,6 +43,23 @@ def _split_gates(acc, BM: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _gate_tile(g_rows, col0, rmask, W: tl.constexpr, Dk: tl.constexpr):
+    """Input gates [BM, W] each (fp32, 0 where ~rmask) of units col0..col0+W-1 from the per-row
+    table rows g_rows ([BM] pointers to G[k, token, n, :], columns g*Dk + d)."""
+    gp = g_rows[:, None] + col0 + tl.arange(0, W)[None, :]
+    m2 = rmask[:, None]
+    return (tl.load(gp, mask=m2, other=0.0).to(tl.float32), tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32),
+            tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32),
+            tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _g_rows(g_ptr, tok, k, n, V, N, Dk: tl.constexpr):
+    """[BM] pointers to the table rows G[k, tok, n, :] of G [K, V, N, 4*Dk]."""
+    return g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk)
+
+
+@triton.jit
 def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                    pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
                    stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
@@ -53,13 +70,12 @@ def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_p
     rmask = rows < B
     e = tl.arange(0, BD)
     tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
-    g_rows = g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk) + pid_d * BD
-    gp = g_rows[:, None] + e[None, :]
     m2 = rmask[:, None]
-    i = acc_i + tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-    f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32)
-    z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32)
-    o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32)
+    g_i, g_f, g_z, g_o = _gate_tile(_g_rows(g_ptr, tok, k, n, V, N, Dk), pid_d * BD, rmask, BD, Dk)
+    i = acc_i + g_i
+    f = acc_f + g_f
+    z = acc_z + g_z
+    o = acc_o + g_o
     c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
     c = tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
                 + pid_d * BD + e[None, :], mask=m2, other=0.0)
@@ -168,12 +184,7 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
 def _gather_gates(g_ptr, tok_rows, t, rmask, k, n, V, N, Dk: tl.constexpr):
     """The input gates G[k, token[rows, t], n] as four [BM, Dk] fp32 tensors (0 where ~rmask)."""
     tok = tl.load(tok_rows + t, mask=rmask, other=0)
-    d = tl.arange(0, Dk)
-    gp = (g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk))[:, None] + d[None, :]
-    m2 = rmask[:, None]
-    return (tl.load(gp, mask=m2, other=0.0).to(tl.float32), tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32),
-            tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32),
-            tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32))
+    return _gate_tile(_g_rows(g_ptr, tok, k, n, V, N, Dk), 0, rmask, Dk, Dk)
 
 
 @triton.jit
@@ -280,8 +291,7 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
             a_rows = h0_rows
         else:
             a_rows = hs_rows + (t - 1) * stride_hs_t
-        tok = tl.load(tok_rows + t, mask=rmask, other=0)
-        g_rows = g_ptr + ((k * V + tok).to(tl.int64) * N + n) * (4 * Dk)
+        g_rows = _g_rows(g_ptr, tl.load(tok_rows + t, mask=rmask, other=0), k, n, V, N, Dk)
         for j in range(0, Dk // BD):
             acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
             for k0 in range(0, Dk, BK):
@@ -292,11 +302,11 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
                 else:
                     acc = tl.dot(a, w, acc)
             acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
-            gp = g_rows[:, None] + j * BD + e[None, :]
-            i = acc_i + tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-            f = acc_f + tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32)
-            z = acc_z + tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32)
-            o = acc_o + tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32)
+            g_i, g_f, g_z, g_o = _gate_tile(g_rows, j * BD, rmask, BD, Dk)
+            i = acc_i + g_i
+            f = acc_f + g_f
+            z = acc_z + g_z
+            o = acc_o + g_o
             c = tl.load(c_rows + j * BD + e[None, :], mask=m2, other=0.0)
             c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
             h = _sigmoid(o) * _tanh(c)

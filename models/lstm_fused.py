@@ -244,6 +244,16 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                                 num_warps=num_warps, num_stages=num_stages)
 
 
+def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):
+    """Checks of a whole-chunk launch's tensors; (B, T, V, interpreting)."""
+    B, T, V = c_out.shape[1], hs.shape[1], g.shape[1]
+    assert hs.shape == (K, T, B, N, Dk) and hs.is_contiguous() and tok.shape[1] >= T and tok.stride(1) == 1
+    assert h_in.shape == (K, B, N, Dk) and h_in.stride(-1) == 1 and h_in.stride(-2) == Dk
+    assert c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk) and c_out.is_contiguous()
+    assert w.is_contiguous() and g.is_contiguous() and c_out.dtype == torch.float32
+    return B, T, V, os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: int = 64,
               num_warps: int = 4, prefetch: bool = False) -> None:
     """All steps of a chunk for K*N small heads in one launch (`lstm_seq_kernel`):
@@ -253,15 +263,8 @@ def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: 
     tiled with BD = Dk; c_in as in `lstm_step_`; c_out [K*N, B, Dk] fp32 contiguous (may be c_in)."""
     import triton
     from models import _lstm_step_triton as kern
-    B = c_out.shape[1]
-    T = hs.shape[1]
-    V = g.shape[1]
     assert Dk <= SEQ_MAX_DK and Dk & (Dk - 1) == 0, "lstm_seq_kernel needs a power-of-two head of at most 64"
-    assert hs.shape == (K, T, B, N, Dk) and hs.is_contiguous() and tok.shape[1] >= T and tok.stride(1) == 1
-    assert h_in.shape == (K, B, N, Dk) and h_in.stride(-1) == 1 and h_in.stride(-2) == Dk
-    assert c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk) and c_out.is_contiguous()
-    assert w.is_contiguous() and g.is_contiguous() and c_out.dtype == torch.float32
-    interp = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    B, T, V, interp = _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, K=K, N=N, Dk=Dk)
     grid = (triton.cdiv(B, BM), K * N)
     kern.lstm_seq_kernel[grid](h_in, hs, w, g, tok, c_in, c_out, B, N, V, T, tok.stride(0), h_in.stride(0),
                                h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),
@@ -276,15 +279,8 @@ def lstm_persist_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, 
     as `lstm_seq_`; w tiled for BD."""
     import triton
     from models import _lstm_step_triton as kern
-    B = c_out.shape[1]
-    T = hs.shape[1]
-    V = g.shape[1]
     assert Dk % BD == 0 and Dk % BK == 0
-    assert hs.shape == (K, T, B, N, Dk) and hs.is_contiguous() and tok.shape[1] >= T and tok.stride(1) == 1
-    assert h_in.shape == (K, B, N, Dk) and h_in.stride(-1) == 1 and h_in.stride(-2) == Dk
-    assert c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk) and c_out.is_contiguous()
-    assert w.is_contiguous() and g.is_contiguous() and c_out.dtype == torch.float32
-    interp = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    B, T, V, interp = _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, K=K, N=N, Dk=Dk)
     grid = (triton.cdiv(B, BM), K * N)
     kern.lstm_persist_kernel[grid](h_in, hs, w, g, tok, c_in, c_out, B, N, V, T, tok.stride(0), h_in.stride(0),
                                    h_in.stride(1), hs.stride(0), hs.stride(1), c_in.stride(0), c_in.stride(1),

@@ -199,6 +199,15 @@ def test_lstm_kernels_compile_for_sm90():
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
         ptx = compiled.asm["ptx"]
         assert "mma" in ptx and "bar.sync" in ptx          # tensor cores, and the barrier between steps
+    step_sig = {"h_in_ptr": "*bf16", "h_out_ptr": "*bf16", "w_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64",
+                "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
+                **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_in_k", "stride_in_b",
+                                      "stride_out_k", "stride_hb", "stride_cin_h", "stride_cin_b")}}
+    for one in (True, False):                                         # the per-step kernel, both forms
+        cx = dict(Dk=320, BM=128, BD=64, BK=64, ONE_DOT=one, IEEE=False)
+        compiled = triton.compile(ASTSource(fn=kern.lstm_step_kernel, signature={**step_sig, **{k: "constexpr" for k in cx}},
+                                            constexprs=cx), target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        assert "mma" in compiled.asm["ptx"]
     from models import _lstm_cell_triton as cell
     sig = {"pre_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_ptr": "*fp32", "a_ptr": "*bf16",
            "hs_ptr": "*bf16", **{k: "i32" for k in ("total", "B", "N", "V", "tok_stride_b", "t", "stride_hs_k")},
