@@ -60,14 +60,20 @@ def _g_rows(g_ptr, tok, k, n, V, N, Dk: tl.constexpr):
 
 
 @triton.jit
+def _head_rows(pid_m, pid_h, N, B, BM: tl.constexpr):
+    """(model k, head n, rows, row mask) of the program owning head pid_h = k*N + n and row tile pid_m."""
+    k = pid_h // N
+    n = pid_h - k * N
+    rows = pid_m * BM + tl.arange(0, BM)
+    return k, n, rows, rows < B
+
+
+@triton.jit
 def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                    pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
                    stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out."""
-    k = pid_h // N
-    n = pid_h - k * N
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < B
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     e = tl.arange(0, BD)
     tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
     m2 = rmask[:, None]
@@ -105,10 +111,7 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     pid_d = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_h = tl.program_id(2)
-    k = pid_h // N
-    n = pid_h - k * N
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < B
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     kk = tl.arange(0, BK)
     e = tl.arange(0, BD)
     a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
@@ -212,10 +215,7 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
     behind it (the gathers do not depend on the recurrence)."""
     pid_m = tl.program_id(0)
     pid_h = tl.program_id(1)
-    k = pid_h // N
-    n = pid_h - k * N
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < B
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     m2 = rmask[:, None]
     d = tl.arange(0, Dk)
     q = tl.arange(0, 4 * Dk)
@@ -268,10 +268,7 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     Layouts as in `lstm_seq_kernel`, with w tiled for BD (`tile_recurrent_weight`)."""
     pid_m = tl.program_id(0)
     pid_h = tl.program_id(1)
-    k = pid_h // N
-    n = pid_h - k * N
-    rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < B
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     m2 = rmask[:, None]
     kk = tl.arange(0, BK)
     e = tl.arange(0, BD)

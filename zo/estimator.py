@@ -482,8 +482,10 @@ class ZOEngine:
         grads: list = [None] * len(self.params)
         for gi, grp in enumerate(self._groups):
             ps = [self.params[k] for k in grp]
-            bufs = [self._grad_bufs.setdefault(p.name, torch.empty(p.master.shape, dtype=torch.float32,
-                                                                   device=p.master.device)) for p in ps]
+            for p in ps:
+                if p.name not in self._grad_bufs:
+                    self._grad_bufs[p.name] = torch.empty(p.master.shape, dtype=torch.float32, device=p.master.device)
+            bufs = [self._grad_bufs[p.name] for p in ps]
             plan = self._plan(("grad", gi), lambda: zk.multi_update_plan(
                 [p.master for p in ps], grads=bufs, masks=None if ps[0].mask is None else [p.mask for p in ps],
                 key_rows=grp))
