@@ -224,6 +224,28 @@ def engine_kernel_checks(dev):
         zk.MULTI_MAX_NUMEL = old
 
 
+def fused_loss_checks(dev):
+    """The fused output projection + loss kernel (models/logits_ce.py) against the bf16 logits scored
+    by masked_ce_sum_stacked, at the tiny and small presets' widths and the paper's B, T and V."""
+    from models import preset
+    from tasks import Batch
+    g = torch.Generator().manual_seed(11)
+    for size in ("tiny", "small"):
+        m = build_model(preset(size, vocab_size=100, input_size=100, dtype="bfloat16", backend="fused"),
+                        generator=torch.Generator().manual_seed(12), device=dev)
+        P = {n: torch.stack([p, p * 0.99, p * 1.01]).contiguous() for n, p in m.named_parameters()}
+        tgt = torch.randint(0, 100, (1024, 11), generator=g)
+        tgt[:, :2] = -100
+        bt = Batch(inputs=torch.randint(0, 100, (1024, 11), generator=g).to(dev), targets=tgt.to(dev))
+        with torch.inference_mode():
+            fused = stacked_batch_loss(m, P, bt, time_chunk=4)
+            m.loss_chunk_stacked = lambda *a, **k: None          # the unfused path: logits, then the loss
+            ref = stacked_batch_loss(m, P, bt, time_chunk=4)
+        rel = float(((fused - ref).abs() / ref.abs()).max())
+        check(f"fused logits + loss == bf16 logits + masked CE ({size})", rel < 1e-3,
+              f"max rel diff {rel:.2e} (losses {ref.tolist()})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/gpu_checks.md")
@@ -233,8 +255,8 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cuda")
     t0 = time.time()
-    for fn in (noise_checks, restore_check, forward_check, backend_checks, graph_checks, kernel_checks,
-               engine_kernel_checks):
+    for fn in (noise_checks, restore_check, forward_check, backend_checks, fused_loss_checks, graph_checks,
+               kernel_checks, engine_kernel_checks):
         try:
             fn(dev)
         except Exception as e:  # report and continue: one broken check must not hide the others

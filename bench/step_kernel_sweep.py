@@ -168,10 +168,34 @@ def grid_configs(cs, quick: bool):
         if quick and (warps, stages) not in ((4, 3), (8, 3)):
             continue
         out.append({"BD": bd, "BM": bm, "one_dot": one, "num_warps": warps, "num_stages": stages})
+    out += persistent_configs(cs, quick)
     # h and W through tensor descriptors (TMA on Hopper), one-dot form
     for bm, (warps, stages) in itertools.product((64, 128), ((8, 3), (8, 4), (4, 3))):
         out.append({"BD": cs["BD"], "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages, "tma": True})
     return out
+
+
+def persistent_configs(cs, quick: bool):
+    """The per-step kernel as a persistent kernel (`lstm_step_persistent_kernel`, one-dot form) around
+    the per-step kernel's best region. (BM, num_warps, num_stages, occupancy, warp_specialize); BM 64
+    with 2 stages is the one BM-64 tile of which two programs fit an SM's shared memory at Dk >= 320
+    (88 KB each; 3 stages take 128 KB), i.e. the one where occupancy 2 means two resident programs.
+    warp_specialize compiles for sm_90 with Triton 3.6, but its Hopper pass leaves this pointer-load loop
+    unpartitioned (the PTX equals that without it): the WS configs check that on the GPU."""
+    full = ((128, 8, 3, 1, False), (128, 8, 4, 1, False), (64, 4, 3, 1, False), (64, 8, 3, 2, False),
+            (64, 4, 4, 2, False), (64, 4, 2, 2, False), (128, 8, 3, 1, True), (64, 4, 3, 2, True))
+    short = ((128, 8, 3, 1, False), (64, 4, 3, 2, False), (64, 4, 2, 2, False), (128, 8, 3, 1, True))
+    return [{"BD": cs["BD"], "BM": bm, "one_dot": True, "num_warps": w, "num_stages": st, "persistent": True,
+             "occupancy": occ, "warp_specialize": ws} for bm, w, st, occ, ws in (short if quick else full)]
+
+
+STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize")
+
+
+def step_entry(row) -> dict:
+    """The per-step kernel's keys of a tuning entry, from a timed row: every option of `lstm_step_`,
+    so that the entry reproduces the timed kernel (flags the row lacks are False, occupancy 1)."""
+    return {**{k: row.get(k, False) for k in STEP_KEYS}, "occupancy": row.get("occupancy", 1)}
 
 
 def main(argv=None):
@@ -259,7 +283,7 @@ def main(argv=None):
                                              for f in ("seq", "persist", "split"))
         if best is not None:
             key = tuning_key(gpu, Dk, B, K * N)
-            tuning[key] = {k: best.get(k, False) for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma")}
+            tuning[key] = step_entry(best)
             use_seq = best_seq is not None and best_seq["s"] < best["s"]
             tuning[key]["seq"] = ({k: best_seq[k] for k in ("BM", "num_warps", "prefetch")} if use_seq else None)
             fastest = min(best["s"], best_seq["s"] if use_seq else float("inf"))
@@ -299,8 +323,9 @@ def main(argv=None):
                if r.get("persist") else
                f"whole chunk (seq) BM{r['BM']} w{r['num_warps']}{' prefetch' if r.get('prefetch') else ''}"
                if r.get("seq") else
-               f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''} "
-               f"w{r['num_warps']} s{r['num_stages']}")
+               f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''}"
+               + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
+                  else "") + f" w{r['num_warps']} s{r['num_stages']}")
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "
                      f"{r['tflops']:.0f} | {r['useful_tflops']:.0f} | {r['peak_frac'] * 100:.0f}% | "
                      f"{r['cublas_bmm_s'] * 1e3:.3f} ms ({r['cublas_bmm_tflops']:.0f} TF/s) | {r['unfused_s'] * 1e3:.3f} ms | "

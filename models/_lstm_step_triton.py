@@ -16,6 +16,11 @@ The recurrent weight is stored tile-interleaved, [K*N, Dk, Dk/BD, 4, BD]: the fo
 tile of BD units are 4*BD contiguous columns, so a program's weight tile is one dense block (one
 TMA box in `lstm_step_tma_kernel`, which loads h and W through tensor descriptors).
 
+`lstm_step_persistent_kernel` is the same step (one-dot form) as a persistent kernel: a fixed grid
+of programs (SMs x occupancy) loops over the output tiles, so the software pipeline spans tile
+boundaries and the next tile's loads overlap this tile's cell epilogue (a tile's k-loop alone, 5
+iterations at Dk 320 and 14 at 896, is too short for the pipeline to reach a steady state).
+
 `lstm_persist_kernel` runs a whole chunk per launch for heads of any size: one program per head and
 row tile, the weight streamed per step, h and c read back from memory only that program writes
 (L2-resident), a barrier between steps. Opt-in through the tuning file (not yet timed on a GPU).
@@ -61,7 +66,7 @@ def _g_rows(g_ptr, tok, k, n, V, N, Dk: tl.constexpr):
 
 @triton.jit
 def _head_rows(pid_m, pid_h, N, B, BM: tl.constexpr):
-    """(model k, head n, rows, row mask) of the program owning head pid_h = k*N + n and row tile pid_m."""
+    """(model k, head n, rows, row mask) of the tile of head pid_h = k*N + n and row tile pid_m."""
     k = pid_h // N
     n = pid_h - k * N
     rows = pid_m * BM + tl.arange(0, BM)
@@ -69,10 +74,39 @@ def _head_rows(pid_m, pid_h, N, B, BM: tl.constexpr):
 
 
 @triton.jit
+def _gates_gemm(a_ptrs, rmask, w_base, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                IEEE: tl.constexpr):
+    """acc [BM, 4*BD] fp32 = h[rows, :Dk] @ W[:Dk, tile]: a_ptrs [BM, BK] points at h[rows, 0:BK]
+    (rows masked by rmask), w_base at the first column of the weight tile (row stride 4*Dk)."""
+    kk = tl.arange(0, BK)
+    q = tl.arange(0, 4 * BD)
+    acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
+    for k0 in range(0, Dk, BK):
+        a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
+        w = tl.load(w_base + (k0 + kk)[:, None] * (4 * Dk) + q[None, :])
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def _tile_ids(tile, num_m, num_d):
+    """(unit tile, row tile, head) of output tile number `tile`: row tiles fastest, then unit tiles,
+    so consecutive tiles share one head's weight tile (in L2)."""
+    pid_m = tile % num_m
+    rest = tile // num_m
+    pid_d = rest % num_d
+    return pid_d, pid_m, rest // num_d
+
+
+@triton.jit
 def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                    pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
                    stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
-    """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out."""
+    """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out, for the tile
+    (unit tile pid_d, row tile pid_m, head pid_h)."""
     k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     e = tl.arange(0, BD)
     tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
@@ -119,16 +153,7 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * (4 * BD)
     if ONE_DOT:
         # one dense [BK, 4*BD] weight tile and one accumulator
-        q = tl.arange(0, 4 * BD)
-        acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
-        for k0 in range(0, Dk, BK):
-            a = tl.load(a_ptrs + k0, mask=rmask[:, None], other=0.0)
-            w = tl.load(w_base + (k0 + kk)[:, None] * (4 * Dk) + q[None, :])
-            if IEEE:
-                acc = tl.dot(a, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, w, acc)
-        acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
+        acc_i, acc_f, acc_z, acc_o = _split_gates(_gates_gemm(a_ptrs, rmask, w_base, Dk, BM, BD, BK, IEEE), BM, BD)
     else:
         acc_i = tl.zeros((BM, BD), dtype=tl.float32)
         acc_f = tl.zeros((BM, BD), dtype=tl.float32)
@@ -181,6 +206,41 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
     _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                    pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
                    stride_cin_h, stride_cin_b, Dk, BM, BD)
+
+
+@triton.jit
+def lstm_step_persistent_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                                B, N, V, tok_stride_b, t, stride_in_k, stride_in_b, stride_out_k, stride_hb,
+                                stride_cin_h, stride_cin_b, KN,
+                                Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                                IEEE: tl.constexpr, NUM_PROGRAMS: tl.constexpr, WS: tl.constexpr):
+    """`lstm_step_kernel` (one-dot form; same arguments and layouts, KN = K*N heads) as a persistent
+    kernel: grid (NUM_PROGRAMS,), at most the number of tiles; program p takes tiles p, p + NUM_PROGRAMS, ...
+    of the KN * cdiv(B, BM) * Dk/BD output tiles (`_tile_ids`: row tiles fastest). The tile loop is
+    flattened with the k-loop, so the pipeline issues the next tile's loads during this tile's cell.
+    WS: ask the compiler to warp-specialize the loop (Triton 3.6 leaves it unpartitioned on sm_90).
+    c_out may be c_in: every tile reads and writes only its own rows and units."""
+    start = tl.program_id(0)
+    num_m = tl.cdiv(B, BM)
+    num_d: tl.constexpr = Dk // BD
+    num_tiles = KN * num_m * num_d
+    kk = tl.arange(0, BK)
+    # the epilogue's tile ids come from their own counter, as in Triton's persistent matmul tutorial
+    # (its workaround for a pipeliner bug on values used by both the loads and the epilogue)
+    tile_c = start - NUM_PROGRAMS
+    for tile in tl.range(start, num_tiles, NUM_PROGRAMS, flatten=True, warp_specialize=WS):
+        pid_d, pid_m, pid_h = _tile_ids(tile, num_m, num_d)
+        k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+        a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
+                  + n * Dk + kk[None, :])
+        w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * (4 * BD)
+        acc = _gates_gemm(a_ptrs, rmask, w_base, Dk, BM, BD, BK, IEEE)
+        tile_c += NUM_PROGRAMS
+        cd, cm, ch = _tile_ids(tile_c, num_m, num_d)
+        acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
+        _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                       cd, cm, ch, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
+                       stride_cin_h, stride_cin_b, Dk, BM, BD)
 
 
 @triton.jit
@@ -272,7 +332,6 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     m2 = rmask[:, None]
     kk = tl.arange(0, BK)
     e = tl.arange(0, BD)
-    q = tl.arange(0, 4 * BD)
     w_head = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk)
     c_rows = c_out_ptr + (pid_h.to(tl.int64) * B + rows[:, None]) * Dk
     cin_rows = c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
@@ -290,14 +349,7 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
             a_rows = hs_rows + (t - 1) * stride_hs_t
         g_rows = _g_rows(g_ptr, tl.load(tok_rows + t, mask=rmask, other=0), k, n, V, N, Dk)
         for j in range(0, Dk // BD):
-            acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
-            for k0 in range(0, Dk, BK):
-                a = tl.load(a_rows + k0 + kk[None, :], mask=m2, other=0.0)
-                w = tl.load(w_head + (k0 + kk)[:, None] * (4 * Dk) + j * (4 * BD) + q[None, :])
-                if IEEE:
-                    acc = tl.dot(a, w, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, w, acc)
+            acc = _gates_gemm(a_rows + kk[None, :], rmask, w_head + j * (4 * BD), Dk, BM, BD, BK, IEEE)
             acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
             g_i, g_f, g_z, g_o = _gate_tile(g_rows, j * BD, rmask, BD, Dk)
             i = acc_i + g_i

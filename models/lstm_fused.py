@@ -179,7 +179,8 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     config ({"BM", "num_warps"[, "prefetch"]}), or None for one step kernel per time step; key
     "split" (measured entries only): a cuBLAS GEMM plus the cell kernel per step instead; key
     "persist" ({"BM", "BD", "num_warps", "num_stages"[, "BK"]}, measured entries only): the whole chunk
-    in one launch with the state in L2 (`lstm_persist_kernel`)."""
+    in one launch with the state in L2 (`lstm_persist_kernel`); keys "persistent", "warp_specialize",
+    "occupancy": the per-step kernel as a persistent kernel (`lstm_step_`; absent means False)."""
     if device is not None and torch.device(device).type == "cuda":
         hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
         if hit:
@@ -188,7 +189,7 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
             return hit
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
     return {"BD": BD, "BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3,
-            "tma": False, "seq": default_seq_config(Dk, B)}
+            "tma": False, "persistent": False, "seq": default_seq_config(Dk, B)}
 
 
 def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int):
@@ -206,16 +207,34 @@ def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int):
     return W.view(K * N, Dk, 4 * Dk)
 
 
+_NUM_SMS: dict[int, int] = {}
+OFF_GPU_SMS = 4  # "SMs" off CUDA (the interpreter): small, so tests run several tiles per persistent program
+
+
+def num_sms(device) -> int:
+    """Streaming multiprocessors of `device` (cached per device), OFF_GPU_SMS off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return OFF_GPU_SMS
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
-               tma: bool = False) -> None:
+               tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
+               occupancy: int = 1) -> None:
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
 
     h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk; h_in may broadcast over B, stride 0);
     w [K*N, Dk, 4*Dk] tile-interleaved for this BD (`tile_recurrent_weight`); g [K, V, N, 4*Dk];
     tok [B, *] int64; c_in [K*N, B, Dk] fp32 (may broadcast over B); c_out [K*N, B, Dk] fp32
     contiguous (may be c_in). tma: read h and W through tensor descriptors (one-dot form); a
-    broadcast h_in takes the pointer kernel."""
+    broadcast h_in takes the pointer kernel. persistent: `lstm_step_persistent_kernel` (always the
+    one-dot form), SMs x occupancy programs looping over the tiles; warp_specialize asks the compiler
+    to warp-specialize its tile loop."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -228,6 +247,18 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and c_out.dtype == torch.float32
     grid = (Dk // BD, triton.cdiv(B, BM), K * N)
     ieee = w.dtype == torch.float32
+    if persistent:
+        if tma:
+            raise ValueError("step config asks for both `persistent` and `tma`: the persistent kernel reads "
+                             "through pointers; drop one of them")
+        if not isinstance(occupancy, int) or occupancy < 1:
+            raise ValueError(f"step config `occupancy` must be a positive int (programs per SM), got {occupancy!r}")
+        programs = min(grid[0] * grid[1] * grid[2], num_sms(c_out.device) * occupancy)
+        kern.lstm_step_persistent_kernel[(programs,)](
+            h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0), h_in.stride(1),
+            h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1), K * N, Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
+            NUM_PROGRAMS=programs, WS=bool(warp_specialize), num_warps=num_warps, num_stages=num_stages)
+        return
     if tma and h_in.stride(1) != 0:
         from triton.tools.tensor_descriptor import TensorDescriptor
         a_view = torch.as_strided(h_in, (K, B, N * Dk), (h_in.stride(0), N * Dk, 1))
@@ -315,24 +346,19 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
                                       hs.stride(0), Dk=Dk, BLOCK=block, num_warps=4)
 
 
-def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, chunk_bytes: int = 1 << 26):
+def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int):
     """G [K, V, N, 4*Dk] (weight dtype) = emb @ W_in + b per token, in the padded gate layout.
 
     The input of the LSTM is an embedded token, so its input projection takes only V distinct values
-    per model: computing them once per pass replaces the [B, T, I] x [I, 4H] GEMM by a lookup. The
-    products are summed in fp32 and rounded once, as a bf16 GEMM would; the work is done a few heads
-    at a time so no fp32 copy of W_in exists."""
+    per model: computing them once per pass replaces the [B, T, I] x [I, 4H] GEMM by a lookup. One
+    batched GEMM on tensor cores sums the products and the bias in fp32 and rounds once (as the
+    unfused input GEMM does); one strided copy puts the result in the padded layout."""
     K, V, I = emb.shape
-    G = torch.zeros(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
-    Wv = W_in.view(K, I, 4, N, D)
-    bv = b.view(K, 4, N, D)
-    e32 = emb.float()
-    per = max(1, chunk_bytes // max(1, K * I * 4 * D * 4))
-    for n0 in range(0, N, per):
-        n1 = min(N, n0 + per)
-        w = Wv[:, :, :, n0:n1].float().reshape(K, I, 4 * (n1 - n0) * D)
-        x = torch.bmm(e32, w).view(K, V, 4, n1 - n0, D) + bv[:, :, n0:n1].float().unsqueeze(1)
-        G[:, :, n0:n1, :, :D] = x.permute(0, 1, 3, 2, 4)
+    x = torch.baddbmm(b.reshape(K, 1, -1).to(W_in.dtype), emb.to(W_in.dtype), W_in)    # [K, V, 4*N*D]
+    G = torch.empty(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
+    if Dk > D:
+        G[..., D:] = 0
+    G[..., :D] = x.view(K, V, 4, N, D).transpose(2, 3)
     return G.view(K, V, N, 4 * Dk)
 
 
@@ -374,24 +400,13 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
     return out
 
 
-def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
-    """Backend `fused`: logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each
-    tensor of P), all on the same tokens; one kernel per time step for all K*N heads.
-
-    P may come from `prepare_fused` (layouts built once per pass) or be the raw parameters (built
-    here). Per step: `lstm_step_kernel` (GEMM + cell). After the chunk: one batched GEMM for the
-    output projection of all its steps. Hidden states live in hs [K, Tc, B, N, Dk], so the working
-    set grows with the chunk, never with T; states pass between chunks without copies.
-
-    state: (h, c) as [K*N, B, D] (e.g. init_state_stacked; a view broadcast over B costs no copy),
-    or as returned by a previous chunk: h [K, B, N, Dk] in the weight dtype (a view of that chunk's
-    hs) and c [K*N, B, Dk] fp32, both zero-padded. Returns (logits, (h, c)) in the latter form.
-    A returned state is meant for the next chunk: that chunk updates its c in place."""
+def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
+    """The recurrence of `forward_chunk_stacked_fused`: (P with its per-pass layouts, hidden states
+    hs [K, Tc, B, N, Dk] in the weight dtype, c [K*N, B, Dk] fp32 after the chunk)."""
     if "_fused" not in P:
         P = prepare_fused(P, num_heads=num_heads)
     f = P["_fused"]
     G, Wout, K, N, D, Dk, BD, BK = (f[k] for k in ("G", "Wout", "K", "N", "D", "Dk", "BD", "BK"))
-    V = Wout.shape[-1]
     B, T = tokens_BT.shape
     dt, dev = Wout.dtype, Wout.device
     h0, c0 = state
@@ -444,9 +459,42 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
         for t in range(T):
             lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
                        K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
-    logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, N * Dk), Wout)   # [K, T*B, V]
-    logits = logits.view(K, T, B, V).transpose(1, 2)
-    return logits, (hs[:, T - 1], c)
+    return P, hs, c
+
+
+def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
+    """Backend `fused`: logits [K, B, Tc, V] of K stacked LSTMs (parameters on a leading axis of each
+    tensor of P), all on the same tokens; one kernel per time step for all K*N heads.
+
+    P may come from `prepare_fused` (layouts built once per pass) or be the raw parameters (built
+    here). Per step: `lstm_step_kernel` (GEMM + cell; `lstm_step_persistent_kernel` where the step
+    config says `persistent`). After the chunk: one batched GEMM for the output projection of all its
+    steps (`loss_chunk_stacked_fused` fuses it with the loss instead). Hidden states live in hs [K, Tc, B, N, Dk], so the working
+    set grows with the chunk, never with T; states pass between chunks without copies.
+
+    state: (h, c) as [K*N, B, D] (e.g. init_state_stacked; a view broadcast over B costs no copy),
+    or as returned by a previous chunk: h [K, B, N, Dk] in the weight dtype (a view of that chunk's
+    hs) and c [K*N, B, Dk] fp32, both zero-padded. Returns (logits, (h, c)) in the latter form.
+    A returned state is meant for the next chunk: that chunk updates its c in place."""
+    P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
+    K, T, B = hs.shape[:3]
+    Wout = P["_fused"]["Wout"]
+    logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, -1), Wout)   # [K, T*B, V]
+    return logits.view(K, T, B, -1).transpose(1, 2), (hs[:, T - 1], c)
+
+
+def loss_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *, num_heads: int,
+                             ignore_index: int, step_config=None):
+    """(cross-entropy sums [K] fp64 over the chunk's scored targets, state) of K stacked LSTMs: the
+    recurrence of `forward_chunk_stacked_fused`, then the output projection and the loss in one
+    kernel (models/logits_ce.py) that reads the hidden states once and never writes the logits.
+    Vocabularies up to logits_ce.MAX_VOCAB."""
+    from models.logits_ce import ce_sum_stacked
+    P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
+    K, T, B = hs.shape[:3]
+    f = P["_fused"]
+    s = ce_sum_stacked(hs.view(K, T * B, -1), f["Wout"], P["b_out"], targets_BT, ignore_index=ignore_index)
+    return s, (hs[:, T - 1], c)
 
 
 def forward_chunk_stacked_bmm(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from tasks import Batch, LossAccumulator
-from tasks.loss import masked_ce_sum_stacked
+from tasks.loss import IGNORE_INDEX, masked_ce_sum_stacked
 
 
 def chunked_accumulator(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor, *, time_chunk: int = 0) -> LossAccumulator:
@@ -62,12 +62,20 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     total, count = None, None
     prep = getattr(model, "prepare_stacked", None)
     P = (prep(P) if prep is not None else None) or P      # per-pass layouts, built once for all chunks
+    fused_loss = getattr(model, "loss_chunk_stacked", None)
     for r0 in range(0, B, mb):
         inp, tgt = batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb]
         state = model.init_state_stacked(P, inp.shape[0])
         for t0 in range(0, T, step):
-            logits, state = model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)
-            s, c = masked_ce_sum_stacked(logits, tgt[:, t0:t0 + step])
+            tg = tgt[:, t0:t0 + step]
+            # a model that scores its chunk without materialising the logits returns the sums itself
+            out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX) if fused_loss else None
+            if out is not None:
+                s, state = out
+                c = (tg != IGNORE_INDEX).sum()
+            else:
+                logits, state = model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)
+                s, c = masked_ce_sum_stacked(logits, tg)
             total = s if total is None else total + s
             count = c if count is None else count + c
     return (total / count.clamp(min=1)).float()
