@@ -104,9 +104,24 @@ def run_seq(cs, cfg, hs, c_out):
               N=cs["N"], Dk=Dk, **cfg)
 
 
-def time_chunk_form(run, cs, cfg, hs1, hs, c_out, ref0, flops, useful, peak) -> dict:
+def step_chunk(cs):
+    """The whole SEQ_T-step chunk through the per-step kernel (default launch config): (h after the
+    last step [K, B, N, Dk], c after it), the reference the whole-chunk forms must reproduce."""
+    K, N, B, Dk, bd = cs["K"], cs["N"], cs["B"], cs["Dk"], cs["BD"]
+    if bd not in cs["W_tiled"]:
+        cs["W_tiled"][bd] = tile_recurrent_weight(cs["R"], N=N, Dk=Dk, BD=bd)
+    h = [torch.empty_like(cs["h"]), torch.empty_like(cs["h"])]
+    c = torch.empty_like(cs["c"])
+    for t in range(SEQ_T):
+        lstm_step_(cs["h"] if t == 0 else h[(t - 1) % 2], h[t % 2], cs["W_tiled"][bd], cs["G"], cs["tok"], t,
+                   cs["c"] if t == 0 else c, c, K=K, N=N, Dk=Dk, BD=bd, BK=cs["BK"], one_dot=True)
+    return h[(SEQ_T - 1) % 2], c
+
+
+def time_chunk_form(run, cs, cfg, hs1, hs, c_out, ref0, flops, useful, peak, ref_chunk=None) -> dict:
     """One step of `run` against the fp32 reference (h and c errors), then its time over SEQ_T steps,
-    per step. A form that fails to compile or run is a result too (`error`)."""
+    per step, then the whole chunk's last h and c against `ref_chunk` (the per-step kernel's; bf16
+    both, so a small drift: `err_chunk`). A form that fails to compile or run is a result too (`error`)."""
     K, N, B, Dk = cs["K"], cs["N"], cs["B"], cs["Dk"]
     out = {}
     try:
@@ -118,6 +133,12 @@ def time_chunk_form(run, cs, cfg, hs1, hs, c_out, ref0, flops, useful, peak) -> 
         t = cuda_time(lambda: run(cs, cfg, hs, c_out), reps=10) / SEQ_T
         out.update(s=t, tflops=flops / t / 1e12, useful_tflops=useful / t / 1e12, peak_frac=flops / t / 1e12 / peak)
         out["ok"] = out["err_h"] < 2e-2 and out["err_c"] < 2e-2
+        if ref_chunk is not None:
+            run(cs, cfg, hs, c_out)
+            torch.cuda.synchronize()
+            out["err_chunk"] = max(float((hs[:, -1].float() - ref_chunk[0].float()).abs().max()),
+                                   float((c_out - ref_chunk[1]).abs().max()))
+            out["ok"] = out["ok"] and out["err_chunk"] < 5e-2
     except Exception as e:  # noqa: BLE001
         out.update(ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
     return out
@@ -181,12 +202,15 @@ def persistent_configs(cs, quick: bool):
     with 2 stages is the one BM-64 tile of which two programs fit an SM's shared memory at Dk >= 320
     (88 KB each; 3 stages take 128 KB), i.e. the one where occupancy 2 means two resident programs.
     warp_specialize compiles for sm_90 with Triton 3.6, but its Hopper pass leaves this pointer-load loop
-    unpartitioned (the PTX equals that without it): the WS configs check that on the GPU."""
+    unpartitioned (the PTX equals that without it). Measured on the H200 (2026-11-28,
+    `step_kernel_sweep_2026-11-28_191658`): 1.4-1.6x slower than the per-step kernel at large, medium and
+    xlarge, WS no different, so the quick grid leaves them out."""
     full = ((128, 8, 3, 1, False), (128, 8, 4, 1, False), (64, 4, 3, 1, False), (64, 8, 3, 2, False),
             (64, 4, 4, 2, False), (64, 4, 2, 2, False), (128, 8, 3, 1, True), (64, 4, 3, 2, True))
-    short = ((128, 8, 3, 1, False), (64, 4, 3, 2, False), (64, 4, 2, 2, False), (128, 8, 3, 1, True))
+    if quick:
+        return []
     return [{"BD": cs["BD"], "BM": bm, "one_dot": True, "num_warps": w, "num_stages": st, "persistent": True,
-             "occupancy": occ, "warp_specialize": ws} for bm, w, st, occ, ws in (short if quick else full)]
+             "occupancy": occ, "warp_specialize": ws} for bm, w, st, occ, ws in full]
 
 
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize")
@@ -262,6 +286,7 @@ def main(argv=None):
         hs = torch.empty(K, SEQ_T, B, N, Dk, device=dev, dtype=torch.bfloat16)
         hs1 = torch.empty(K, 1, B, N, Dk, device=dev, dtype=torch.bfloat16)
         ref0 = reference_step(cs, t=0)
+        ref_chunk = step_chunk(cs)
         chunk_rows = {"seq": [], "persist": [], "split": []}
         forms = ([("seq", c, run_seq, dict(BD=Dk, num_stages=0, prefetch=c["prefetch"])) for c in seq_configs(cs)]
                  + [("persist", c, run_persist, dict(BD=c["BD"], num_stages=c["num_stages"]))
@@ -272,7 +297,7 @@ def main(argv=None):
                 break
             row = dict(base, BM=(fcfg or {}).get("BM", 0), one_dot=True, num_warps=(fcfg or {}).get("num_warps", 4),
                        **extra, **{form: True})
-            row.update(time_chunk_form(run, cs, fcfg, hs1, hs, c_out, ref0, flops, useful, peak))
+            row.update(time_chunk_form(run, cs, fcfg, hs1, hs, c_out, ref0, flops, useful, peak, ref_chunk))
             rows.append(row)
             print(f"  {form} {fcfg or ''}: " + (f"{row['s'] * 1e3:.3f} ms/step {row['tflops']:.0f} TF/s err h "
                                                f"{row['err_h']:.1e} c {row['err_c']:.1e}" if "s" in row
@@ -312,9 +337,11 @@ def main(argv=None):
     (out / "step_tuning.json").write_text(json.dumps(tuning, indent=1, sort_keys=True))
     lines = [f"# Fused LSTM step kernel sweep ({stamp} UTC, {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda})",
              "", f"Command: `{meta['command']}`. Dense bf16 peak measured in this run: {peak:.0f} TFLOP/s.",
-             "TF/s counts the executed GEMM (padded heads, 2·K·N·B·Dk·4Dk per step); 'useful' counts the unpadded D.",
-             "", "| size | K | N | D→Dk | config | ms/step | TF/s | useful TF/s | % peak | cuBLAS bmm alone | bmm + cell | err h | err c |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "TF/s counts the executed GEMM (padded heads, 2·K·N·B·Dk·4Dk per step); 'useful' counts the unpadded D. "
+             "err h / c: one step against an fp32 torch step; err chunk (whole-chunk forms): the last step's h and c "
+             "against the per-step kernel's over the same chunk.",
+             "", "| size | K | N | D→Dk | config | ms/step | TF/s | useful TF/s | % peak | cuBLAS bmm alone | bmm + cell | err h | err c | err chunk |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "s" not in r:
             continue
@@ -329,7 +356,8 @@ def main(argv=None):
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "
                      f"{r['tflops']:.0f} | {r['useful_tflops']:.0f} | {r['peak_frac'] * 100:.0f}% | "
                      f"{r['cublas_bmm_s'] * 1e3:.3f} ms ({r['cublas_bmm_tflops']:.0f} TF/s) | {r['unfused_s'] * 1e3:.3f} ms | "
-                     f"{r['err_h']:.1e} | {r['err_c']:.1e} |")
+                     f"{r['err_h']:.1e} | {r['err_c']:.1e} | "
+                     + (f"{r['err_chunk']:.1e} |" if "err_chunk" in r else "|"))
     (out / f"step_kernel_sweep_{stamp}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}/step_kernel_sweep_{stamp}.md and step_tuning.json", flush=True)
 

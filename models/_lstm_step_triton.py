@@ -308,7 +308,7 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
             o = acc_o + g_o
         c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
         h = (_sigmoid(o) * _tanh(c)).to(hs_ptr.dtype.element_ty)
-        tl.store(hs_rows + t * stride_hs_t, h, mask=m2)
+        tl.store(hs_rows + t * stride_hs_t.to(tl.int64), h, mask=m2)
     tl.store(c_out_ptr + (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + d[None, :], c, mask=m2)
 
 
@@ -346,7 +346,7 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
         if t == 0:
             a_rows = h0_rows
         else:
-            a_rows = hs_rows + (t - 1) * stride_hs_t
+            a_rows = hs_rows + (t - 1) * stride_hs_t.to(tl.int64)
         g_rows = _g_rows(g_ptr, tl.load(tok_rows + t, mask=rmask, other=0), k, n, V, N, Dk)
         for j in range(0, Dk // BD):
             acc = _gates_gemm(a_rows + kk[None, :], rmask, w_head + j * (4 * BD), Dk, BM, BD, BK, IEEE)
@@ -360,4 +360,4 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
             c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
             h = _sigmoid(o) * _tanh(c)
             tl.store(c_rows + j * BD + e[None, :], c, mask=m2)
-            tl.store(hs_rows + t * stride_hs_t + j * BD + e[None, :], h.to(hs_ptr.dtype.element_ty), mask=m2)
+            tl.store(hs_rows + t * stride_hs_t.to(tl.int64) + j * BD + e[None, :], h.to(hs_ptr.dtype.element_ty), mask=m2)

@@ -137,13 +137,13 @@ class LSTMModel(nn.Module):
     def loss_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *,
                            ignore_index: int):
         """(cross-entropy sums [K] fp64 over this chunk's scored targets, state) of K stacked models,
-        with the output projection and the loss fused so the logits never reach memory; None where
-        this backend or vocabulary has no fused loss (then the caller scores forward_chunk_stacked's
-        logits: same sums up to summation order)."""
+        scored by one kernel where the output GEMM left the logits; None where this backend has no
+        such loss (then the caller scores forward_chunk_stacked's logits: same sums up to summation
+        order)."""
         if self._fused() != "fused":
             return None
         from models import logits_ce, lstm_fused
-        if not logits_ce.fits(P["W_out"].shape[-1], P["W_out"].device):
+        if not logits_ce.fits(P["W_out"].device):
             return None
         return lstm_fused.loss_chunk_stacked_fused(P, tokens_BT, targets_BT, state, num_heads=self.N,
                                                    ignore_index=ignore_index)

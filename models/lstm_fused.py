@@ -375,7 +375,8 @@ def _chunk_input_gates(P: dict, tokens_BT: torch.Tensor, *, N: int, D: int, Dk: 
 def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None) -> dict:
     """P plus the per-pass layouts of the fused forward, built once for all chunks of a pass:
     the input table G = emb @ W_in + b ([K, V, N, 4*Dk], weight dtype) and the padded output weight
-    [K, N*Dk, V]; the tiled recurrent weight is built on the first chunk (its layout depends on the
+    [K, N*Dk, Vp] and bias [K, Vp] (Vp = V rounded up to a multiple of 64: aligned rows for the
+    output GEMM, zero in the padding); the tiled recurrent weight is built on the first chunk (its layout depends on the
     launch config) and kept. Valid while P's values are unchanged. When the table would exceed
     `table_max_bytes` (default: the larger of 1 GiB and 4x W_in), it is not built and each chunk
     computes its tokens' input gates instead (same values; memory then grows with the chunk)."""
@@ -392,10 +393,13 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
     # a vocabulary much larger than the input width would make the table far larger than W_in itself
     # (a 50k vocabulary at hidden 131072: ~50 GB): then the input gates are computed per chunk
     G = _input_table(P["embedding"], W_in, b, N=N, D=D, Dk=Dk) if table_bytes <= limit else None
-    Wout = torch.zeros(K, N, Dk, V, dtype=dt, device=dev)
-    Wout[:, :, :D] = W_out.view(K, N, D, V)
+    Vp = -(-V // 64) * 64
+    Wout = torch.zeros(K, N, Dk, Vp, dtype=dt, device=dev)
+    Wout[:, :, :D, :V] = W_out.view(K, N, D, V)
+    bout = torch.zeros(K, 1, Vp, dtype=P["b_out"].dtype, device=dev)
+    bout[:, 0, :V] = P["b_out"]
     out = dict(P)
-    out["_fused"] = {"G": G, "W": {}, "R": R, "Wout": Wout.view(K, N * Dk, V),
+    out["_fused"] = {"G": G, "W": {}, "R": R, "Wout": Wout.view(K, N * Dk, Vp), "bout": bout, "V": V,
                      "K": K, "N": N, "D": D, "Dk": Dk, "BD": BD, "BK": BK}
     return out
 
@@ -469,32 +473,37 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     P may come from `prepare_fused` (layouts built once per pass) or be the raw parameters (built
     here). Per step: `lstm_step_kernel` (GEMM + cell; `lstm_step_persistent_kernel` where the step
     config says `persistent`). After the chunk: one batched GEMM for the output projection of all its
-    steps (`loss_chunk_stacked_fused` fuses it with the loss instead). Hidden states live in hs [K, Tc, B, N, Dk], so the working
-    set grows with the chunk, never with T; states pass between chunks without copies.
+    steps (`loss_chunk_stacked_fused` scores them in one more kernel). Hidden states live in
+    hs [K, Tc, B, N, Dk], so the working set grows with the chunk, never with T; states pass between
+    chunks without copies.
 
     state: (h, c) as [K*N, B, D] (e.g. init_state_stacked; a view broadcast over B costs no copy),
     or as returned by a previous chunk: h [K, B, N, Dk] in the weight dtype (a view of that chunk's
     hs) and c [K*N, B, Dk] fp32, both zero-padded. Returns (logits, (h, c)) in the latter form.
     A returned state is meant for the next chunk: that chunk updates its c in place."""
+    P, logits, state = _chunk_logits(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
+    B, T = tokens_BT.shape
+    return logits.view(logits.shape[0], T, B, -1).transpose(1, 2), state
+
+
+def _chunk_logits(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
+    """(P, logits [K, Tc*B, V] (rows (t, b); a view of the padded [.., Vp] GEMM output), state)."""
     P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
     K, T, B = hs.shape[:3]
-    Wout = P["_fused"]["Wout"]
-    logits = torch.baddbmm(P["b_out"].unsqueeze(1), hs.view(K, T * B, -1), Wout)   # [K, T*B, V]
-    return logits.view(K, T, B, -1).transpose(1, 2), (hs[:, T - 1], c)
+    f = P["_fused"]
+    logits = torch.baddbmm(f["bout"], hs.view(K, T * B, -1), f["Wout"])           # [K, T*B, Vp]
+    return P, logits[..., :f["V"]], (hs[:, T - 1], c)
 
 
 def loss_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *, num_heads: int,
                              ignore_index: int, step_config=None):
     """(cross-entropy sums [K] fp64 over the chunk's scored targets, state) of K stacked LSTMs: the
-    recurrence of `forward_chunk_stacked_fused`, then the output projection and the loss in one
-    kernel (models/logits_ce.py) that reads the hidden states once and never writes the logits.
-    Vocabularies up to logits_ce.MAX_VOCAB."""
+    recurrence and output GEMM of `forward_chunk_stacked_fused`, then one kernel that scores the
+    logits where the GEMM left them (models/logits_ce.py): no fp32 copy, reordering or log-softmax
+    pass over them."""
     from models.logits_ce import ce_sum_stacked
-    P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
-    K, T, B = hs.shape[:3]
-    f = P["_fused"]
-    s = ce_sum_stacked(hs.view(K, T * B, -1), f["Wout"], P["b_out"], targets_BT, ignore_index=ignore_index)
-    return s, (hs[:, T - 1], c)
+    P, logits, state = _chunk_logits(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
+    return ce_sum_stacked(logits, targets_BT, ignore_index=ignore_index), state
 
 
 def forward_chunk_stacked_bmm(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):
