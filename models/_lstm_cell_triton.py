@@ -1,17 +1,38 @@
 """Triton kernel of the fused LSTM cell (imported lazily by models/lstm_fused.py: needs triton)."""
+import os
+
 import triton
 import triton.language as tl
 
 
+# ZO_FAST_ACT=1 (opt-in, compiled kernels only): the cell's activations from the hardware tanh
+# (tanh.approx.f32, max relative error about 2^-11), one special-function op per activation instead of
+# two (exp and a reciprocal). The cell is bound by these ops at small heads: 5 activations per unit.
+FAST_ACT = tl.constexpr(os.environ.get("ZO_FAST_ACT", "0").strip() == "1"
+                        and os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("1", "true", "yes", "on"))
+
+
+@triton.jit
+def _tanh_approx(x):
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    if FAST_ACT:
+        return 0.5 * _tanh_approx(0.5 * x) + 0.5
+    else:
+        return 1.0 / (1.0 + tl.exp(-x))
 
 
 @triton.jit
 def _tanh(x):
-    # 1 - 2 / (exp(2x) + 1): exact limits +-1 for large |x| (exp overflows to inf, never NaN)
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    if FAST_ACT:
+        return _tanh_approx(x)
+    else:
+        # 1 - 2 / (exp(2x) + 1): exact limits +-1 for large |x| (exp overflows to inf, never NaN)
+        return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
 @triton.jit

@@ -369,3 +369,41 @@ def test_step_persistent_kernel_compiles_for_sm90(ws):
         ptx = compiled.asm["ptx"]
         assert ".target sm_90" in ptx and "wgmma" in ptx and "cp.async" in ptx
         assert compiled.asm["ttgir"].count("scf.for") == 1
+
+
+def test_fast_activations_compile_to_the_hardware_tanh():
+    """ZO_FAST_ACT=1 compiles the cell's activations to tanh.approx.f32 (one special-function op each)
+    instead of exp + division; unset, the exact form. Compile only (sm_90), in subprocesses so the
+    variable is read at import."""
+    pytest.importorskip("triton.backends.compiler")
+    code = r"""
+import sys
+sys.path.insert(0, {root!r})
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from models import _lstm_step_triton as kern
+ptrs = {{"h_in_ptr": "*bf16", "hs_ptr": "*bf16", "w_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64",
+        "c_in_ptr": "*fp32", "c_out_ptr": "*fp32"}}
+ints = ["B", "N", "V", "T", "tok_stride_b", "stride_in_k", "stride_in_b", "stride_hs_k", "stride_hs_t",
+        "stride_cin_h", "stride_cin_b"]
+cx = dict(Dk=32, BM=32, T_LOOP=-1, IEEE=False, PREFETCH=False)
+sig = {{**ptrs, **{{k: "i32" for k in ints}}, **{{k: "constexpr" for k in cx}}}}
+try:
+    ptx = triton.compile(ASTSource(fn=kern.lstm_seq_kernel, signature=sig, constexprs=cx),
+                         target=GPUTarget("cuda", 90, 32), options={{"num_warps": 4}}).asm["ptx"]
+except Exception as e:
+    print("skip", repr(e)[:200]); sys.exit(0)
+print(ptx.count("tanh.approx.f32"), ptx.count("ex2.approx"))
+""".format(root=ROOT)
+    counts = {}
+    for fast in ("0", "1"):
+        env = dict(os.environ, ZO_FAST_ACT=fast)
+        env.pop("TRITON_INTERPRET", None)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        if r.stdout.startswith("skip"):
+            pytest.skip(r.stdout)
+        counts[fast] = tuple(map(int, r.stdout.split()))
+    assert counts["0"][0] == 0 and counts["0"][1] > 0          # exact: exp-based
+    assert counts["1"][0] > 0 and counts["1"][1] == 0          # fast: the hardware tanh only
