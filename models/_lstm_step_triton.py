@@ -33,7 +33,7 @@ launch instead of one per step).
 import triton
 import triton.language as tl
 
-from models._lstm_cell_triton import _sigmoid, _tanh
+from models._lstm_cell_triton import FAST_ACT, _sigmoid, _tanh
 
 
 @triton.jit
@@ -107,6 +107,7 @@ def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_p
                    stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out, for the tile
     (unit tile pid_d, row tile pid_m, head pid_h)."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_out_ptr.dtype.element_ty != tl.float32)
     k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     e = tl.arange(0, BD)
     tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
@@ -119,8 +120,8 @@ def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_p
     c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
     c = tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
                 + pid_d * BD + e[None, :], mask=m2, other=0.0)
-    c_new = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
-    h = _sigmoid(o) * _tanh(c_new)
+    c_new = _sigmoid(f, FAST) * c + _sigmoid(i, FAST) * _tanh(z, FAST)
+    h = _sigmoid(o, FAST) * _tanh(c_new, FAST)
     tl.store(c_out_ptr + c_off, c_new, mask=m2)
     h_ptrs = (h_out_ptr + k.to(tl.int64) * stride_out_k + rows[:, None].to(tl.int64) * stride_hb
               + n * Dk + pid_d * BD + e[None, :])
@@ -273,6 +274,7 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
     T_LOOP: T as a compile-time bound (the interpreter needs one), or -1 to loop to T at run time.
     PREFETCH: gather step t+1's input gates before step t's cell math, so that their latency hides
     behind it (the gathers do not depend on the recurrence)."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and hs_ptr.dtype.element_ty != tl.float32)
     pid_m = tl.program_id(0)
     pid_h = tl.program_id(1)
     k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
@@ -306,8 +308,8 @@ def lstm_seq_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr
             f = acc_f + g_f
             z = acc_z + g_z
             o = acc_o + g_o
-        c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
-        h = (_sigmoid(o) * _tanh(c)).to(hs_ptr.dtype.element_ty)
+        c = _sigmoid(f, FAST) * c + _sigmoid(i, FAST) * _tanh(z, FAST)
+        h = (_sigmoid(o, FAST) * _tanh(c, FAST)).to(hs_ptr.dtype.element_ty)
         tl.store(hs_rows + t * stride_hs_t.to(tl.int64), h, mask=m2)
     tl.store(c_out_ptr + (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + d[None, :], c, mask=m2)
 
@@ -326,6 +328,7 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     which only this program writes, so both stay in L2 between steps. A barrier between steps makes
     one step's writes visible to the next step's reads of every warp of the program.
     Layouts as in `lstm_seq_kernel`, with w tiled for BD (`tile_recurrent_weight`)."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and hs_ptr.dtype.element_ty != tl.float32)
     pid_m = tl.program_id(0)
     pid_h = tl.program_id(1)
     k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
@@ -357,7 +360,7 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
             z = acc_z + g_z
             o = acc_o + g_o
             c = tl.load(c_rows + j * BD + e[None, :], mask=m2, other=0.0)
-            c = _sigmoid(f) * c + _sigmoid(i) * _tanh(z)
-            h = _sigmoid(o) * _tanh(c)
+            c = _sigmoid(f, FAST) * c + _sigmoid(i, FAST) * _tanh(z, FAST)
+            h = _sigmoid(o, FAST) * _tanh(c, FAST)
             tl.store(c_rows + j * BD + e[None, :], c, mask=m2)
             tl.store(hs_rows + t * stride_hs_t.to(tl.int64) + j * BD + e[None, :], h.to(hs_ptr.dtype.element_ty), mask=m2)

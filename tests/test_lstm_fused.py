@@ -372,9 +372,10 @@ def test_step_persistent_kernel_compiles_for_sm90(ws):
 
 
 def test_fast_activations_compile_to_the_hardware_tanh():
-    """ZO_FAST_ACT=1 compiles the cell's activations to tanh.approx.f32 (one special-function op each)
-    instead of exp + division; unset, the exact form. Compile only (sm_90), in subprocesses so the
-    variable is read at import."""
+    """The cell's activations compile to tanh.approx.f32 (one special-function op each) for a bf16
+    state by default and with ZO_FAST_ACT=1 (also for fp32), and to the exact exp form for an fp32
+    state by default and always with ZO_FAST_ACT=0. Compile only (sm_90), in subprocesses so the
+    variable is read at import; a bad value is refused."""
     pytest.importorskip("triton.backends.compiler")
     code = r"""
 import sys
@@ -383,27 +384,33 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from models import _lstm_step_triton as kern
-ptrs = {{"h_in_ptr": "*bf16", "hs_ptr": "*bf16", "w_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64",
-        "c_in_ptr": "*fp32", "c_out_ptr": "*fp32"}}
-ints = ["B", "N", "V", "T", "tok_stride_b", "stride_in_k", "stride_in_b", "stride_hs_k", "stride_hs_t",
-        "stride_cin_h", "stride_cin_b"]
-cx = dict(Dk=32, BM=32, T_LOOP=-1, IEEE=False, PREFETCH=False)
-sig = {{**ptrs, **{{k: "i32" for k in ints}}, **{{k: "constexpr" for k in cx}}}}
-try:
-    ptx = triton.compile(ASTSource(fn=kern.lstm_seq_kernel, signature=sig, constexprs=cx),
-                         target=GPUTarget("cuda", 90, 32), options={{"num_warps": 4}}).asm["ptx"]
-except Exception as e:
-    print("skip", repr(e)[:200]); sys.exit(0)
-print(ptx.count("tanh.approx.f32"), ptx.count("ex2.approx"))
+out = []
+for dt in ("bf16", "fp32"):
+    ptrs = {{"h_in_ptr": "*" + dt, "hs_ptr": "*" + dt, "w_ptr": "*" + dt, "g_ptr": "*" + dt, "tok_ptr": "*i64",
+            "c_in_ptr": "*fp32", "c_out_ptr": "*fp32"}}
+    ints = ["B", "N", "V", "T", "tok_stride_b", "stride_in_k", "stride_in_b", "stride_hs_k", "stride_hs_t",
+            "stride_cin_h", "stride_cin_b"]
+    cx = dict(Dk=32, BM=32, T_LOOP=-1, IEEE=dt == "fp32", PREFETCH=False)
+    sig = {{**ptrs, **{{k: "i32" for k in ints}}, **{{k: "constexpr" for k in cx}}}}
+    try:
+        ptx = triton.compile(ASTSource(fn=kern.lstm_seq_kernel, signature=sig, constexprs=cx),
+                             target=GPUTarget("cuda", 90, 32), options={{"num_warps": 4}}).asm["ptx"]
+    except Exception as e:
+        print("skip", repr(e)[:200]); sys.exit(0)
+    out.append("fast" if ptx.count("tanh.approx.f32") and not ptx.count("ex2.approx") else
+               "exact" if ptx.count("ex2.approx") and not ptx.count("tanh.approx") else "mixed")
+print(*out)
 """.format(root=ROOT)
-    counts = {}
-    for fast in ("0", "1"):
-        env = dict(os.environ, ZO_FAST_ACT=fast)
+    got = {}
+    for mode in ("auto", "0", "1", "yes"):
+        env = dict(os.environ, ZO_FAST_ACT=mode)
         env.pop("TRITON_INTERPRET", None)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        if mode == "yes":
+            assert r.returncode != 0 and "ZO_FAST_ACT" in r.stderr
+            continue
         assert r.returncode == 0, r.stderr[-2000:]
         if r.stdout.startswith("skip"):
             pytest.skip(r.stdout)
-        counts[fast] = tuple(map(int, r.stdout.split()))
-    assert counts["0"][0] == 0 and counts["0"][1] > 0          # exact: exp-based
-    assert counts["1"][0] > 0 and counts["1"][1] == 0          # fast: the hardware tanh only
+        got[mode] = r.stdout.split()
+    assert got == {"auto": ["fast", "exact"], "0": ["exact", "exact"], "1": ["fast", "fast"]}
