@@ -62,8 +62,8 @@ def make_case(size: str, K: int, B: int, V: int, dev, seed: int = 0):
     W = torch.zeros(K * N, Dk, 4, Dk, device=dev, dtype=torch.bfloat16)       # natural layout (reference)
     W[:, :D, :, :D] = R.permute(0, 2, 3, 1, 4).reshape(K * N, D, 4, D)
     W = W.view(K * N, Dk, 4 * Dk)
-    G = torch.zeros(K, V, N, 4, Dk, device=dev)
-    G[..., :D] = torch.randn(K, V, N, 4, D, device=dev, generator=g) * 0.5
+    G = torch.zeros(K, V, N, 4, Dk, device=dev, dtype=torch.bfloat16)      # the weight dtype, as prepare_fused
+    G[..., :D] = (torch.randn(K, V, N, 4, D, device=dev, generator=g) * 0.5).to(torch.bfloat16)
     G = G.view(K, V, N, 4 * Dk)
     h = torch.zeros(K, B, N, Dk, device=dev, dtype=torch.bfloat16)
     h[..., :D] = (torch.rand(K, B, N, D, device=dev, generator=g) - 0.5).to(torch.bfloat16)

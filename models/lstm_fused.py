@@ -9,8 +9,11 @@ ONE kernel (models/_lstm_step_triton.py) for all heads of all K stacked probe mo
 
 Per pass (`prepare_fused`, once for all chunks): the table G [K, V, N, 4*Dk], the padded recurrent
 weight [K*N, Dk, 4*Dk] and the padded output weight. After each chunk: one batched GEMM for the
-output projection. Launch configs come from models/step_tuning.json (measured per GPU and shape by
-bench/step_kernel_sweep.py; ZO_STEP_TUNING points elsewhere), else a heuristic.
+output projection into aligned (padded) logits, which `loss_chunk_stacked_fused` scores in place
+with one kernel (models/logits_ce.py). Launch configs come from models/step_tuning.json (measured
+per GPU and shape by bench/step_kernel_sweep.py; ZO_STEP_TUNING points elsewhere), else a heuristic.
+The cell's activations use the hardware tanh where the state is bf16/fp16 (ZO_FAST_ACT, see
+models/_lstm_cell_triton.py).
 
 Backend `fused_bmm` (kept for comparison) and the bare recurrence (`recurrence_fused`, used with
 precomputed input gates, e.g. by the DNC controller): one cuBLAS batched GEMM plus one Triton cell

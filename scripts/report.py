@@ -900,6 +900,26 @@ def newest_bench(path: Path) -> tuple[Path, dict[str, Any]] | None:
     return fallback
 
 
+def newer_rows(path: Path, src: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """ZO step rows (status ok) of the benches newer than `src` run without CUDA graphs (benches of a
+    few presets, e.g. after a tuning change), the newest per (size, probes, label), in table order."""
+    seen: dict[tuple, tuple[Path, dict[str, Any]]] = {}
+    for f in bench_step_files(path):
+        if f.name <= src.name:
+            break
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict) or ((data.get("meta") or {}).get("settings") or {}).get("cuda_graphs"):
+            continue
+        for r in data.get("zo_steps") or []:
+            if isinstance(r, dict) and r.get("status") == "ok":
+                seen.setdefault((r.get("size"), int(r.get("probes") or 0), r.get("label")), (f, r))
+    return sorted(seen.values(), key=lambda fr: (int(fr[1].get("probes") or 0), _size_order(str(fr[1].get("size"))),
+                                                fr[1].get("label") is not None))
+
+
 def newest_with_sweep(path: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest bench_step JSON that parses and holds a context sweep."""
     for f in bench_step_files(path):
@@ -1056,6 +1076,19 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
     lines.append("")
     lines.append(timing_zo_table(data["zo_steps"]))
     lines.append("")
+    newer = newer_rows(bench_path, path)
+    if newer:
+        lines.append("**Newer measurements** of some presets (benches after the table's, without CUDA graphs; the "
+                     "newest per preset and probe count):")
+        lines.append("")
+        lines.append(md_table(
+            ["size", "probes (one GPU)", "s/step, ours", "peak GiB, ours", "s/step, paper's code", "speed-up", "bench"],
+            [[str(r.get("size", "?")) + (f" ({r['label']})" if r.get("label") else ""), str(r.get("probes", "?")),
+              fmt_dur(_f(r.get("s_step"))), fmt_gib(_f(r.get("peak_alloc_gib"))), fmt_dur(_f(r.get("paper_s"))),
+              f"{_f(r['paper_s']) / _f(r['s_step']):.1f}x" if _f(r.get("paper_s")) and _f(r.get("s_step")) else "–",
+              f"[`{f.stem}`]({_rel(f.with_suffix('.md'), report.parent)})" if f.with_suffix(".md").is_file()
+              else f"`{f.stem}`"] for f, r in newer]))
+        lines.append("")
     sweep_src = (path, data) if (data.get("context_sweep") or {}).get("rows") else newest_with_sweep(bench_path)
     if sweep_src is not None and sweep_src[0] != path:
         lines.append(f"The context sweep below is from [`{_source_label([sweep_src[0]])}`]"

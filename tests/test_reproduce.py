@@ -806,6 +806,9 @@ def test_report_timing_prefers_the_newest_whole_table(tmp_path):
     body = report.timing_section(d, report=tmp_path / "R.md")
     assert "bench_step_2026-11-28_100000.json" in body and "**Memory against context length**" in body
     assert "The context sweep below is from [`" in body and "bench_step_2026-11-28_090000.json" in body
+    # the newer few-preset bench is listed under the table (the graphed pass is not)
+    assert "**Newer measurements**" in body and "| tiny | 12 | 2 ms |" in body and "`bench_step_2026-11-28_110000`" in body
+    assert "bench_step_2026-11-28_120000" not in body
     (d / "bench_step_2026-11-28_100000.json").unlink()
     (d / "bench_step_2026-11-28_120000.json").unlink()
     assert report.newest_bench(d)[0].name == "bench_step_2026-11-28_110000.json"
