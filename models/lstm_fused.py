@@ -49,6 +49,24 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
+FAST_ACTIVATIONS = ("auto", "true", "false")
+
+
+def set_fast_activations(mode: str) -> None:
+    """The CLIs' --fast_activations: 'auto' (the hardware tanh where the LSTM state is bf16/fp16, the
+    exact form for fp32), 'true' (always) or 'false' (never, the exact exp form). Sets ZO_FAST_ACT,
+    which the kernels read when they are first imported; raises if they were imported under another
+    setting (call it before the first fused forward)."""
+    if mode not in FAST_ACTIVATIONS:
+        raise ValueError(f"fast activations {mode!r}: choose one of {FAST_ACTIVATIONS}")
+    os.environ["ZO_FAST_ACT"] = {"auto": "auto", "true": "1", "false": "0"}[mode]
+    import sys
+    cell = sys.modules.get("models._lstm_cell_triton")
+    if cell is not None and cell._fast_act_mode() != cell.FAST_ACT.value:
+        raise RuntimeError(f"--fast_activations {mode}: the LSTM kernels were already compiled with another "
+                           "setting in this process; choose it before the first fused forward")
+
+
 def _kernel():
     global _KERNEL
     if _KERNEL is None:

@@ -414,3 +414,34 @@ print(*out)
             pytest.skip(r.stdout)
         got[mode] = r.stdout.split()
     assert got == {"auto": ["fast", "exact"], "0": ["exact", "exact"], "1": ["fast", "fast"]}
+
+
+def test_set_fast_activations_sets_the_mode_or_refuses():
+    """--fast_activations maps to ZO_FAST_ACT before the kernels are imported; a bad mode, or a change
+    after the kernels were imported under another setting, is an error (not silently ignored)."""
+    code = r"""
+import os, sys
+sys.path.insert(0, {root!r})
+os.environ.pop("ZO_FAST_ACT", None)
+from models.lstm_fused import set_fast_activations
+for mode, env in (("true", "1"), ("false", "0"), ("auto", "auto")):
+    set_fast_activations(mode); assert os.environ["ZO_FAST_ACT"] == env
+try:
+    set_fast_activations("maybe"); print("no error")
+except ValueError:
+    pass
+set_fast_activations("true")
+import models._lstm_cell_triton as cell
+assert cell.FAST_ACT.value == 2
+set_fast_activations("true")                     # the same setting again: fine
+try:
+    set_fast_activations("false"); print("no error")
+except RuntimeError as e:
+    assert "already compiled" in str(e)
+print("ok")
+""".format(root=ROOT)
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["ok"]
