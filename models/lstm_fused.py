@@ -184,6 +184,7 @@ def _tuning() -> dict:
 
 
 SEQ_MAX_DK = 64  # heads up to this padded size run a whole chunk per launch (lstm_seq_kernel)
+TUNING_NOTES = ("ms", "fast_act")  # tuning-entry keys that record the measurement, not launch options
 
 
 def default_seq_config(Dk: int, B: int) -> dict | None:
@@ -201,11 +202,12 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     "split" (measured entries only): a cuBLAS GEMM plus the cell kernel per step instead; key
     "persist" ({"BM", "BD", "num_warps", "num_stages"[, "BK"]}, measured entries only): the whole chunk
     in one launch with the state in L2 (`lstm_persist_kernel`); keys "persistent", "warp_specialize",
-    "occupancy": the per-step kernel as a persistent kernel (`lstm_step_`; absent means False)."""
+    "occupancy": the per-step kernel as a persistent kernel (`lstm_step_`; absent means False).
+    Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, not launch options."""
     if device is not None and torch.device(device).type == "cuda":
         hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
         if hit:
-            hit = dict(hit)
+            hit = {k: v for k, v in hit.items() if k not in TUNING_NOTES}
             hit.setdefault("seq", default_seq_config(Dk, B))
             return hit
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())

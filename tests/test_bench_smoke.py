@@ -68,3 +68,21 @@ def test_bench_smoke_writes_results(tmp_path):
         assert heading in md, heading
     # the final tables are printed to stdout as well
     assert "Targets (issue 4)" in proc.stdout
+
+
+def test_sweep_keeps_a_faster_recorded_entry():
+    """The kernel sweep replaces a tuning entry only when its best is faster than the recorded one
+    measured under the same activation mode (a quick or budget-cut grid can miss the best config)."""
+    import pytest
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import step_kernel_sweep as sweep
+    old = {"BD": 64, "ms": 1.6, "fast_act": True}
+    assert sweep.keep_faster(old, {"BD": 32}, 1.8e-3, True) == (old, False)
+    assert sweep.keep_faster(old, {"BD": 32}, 1.5e-3, True) == ({"BD": 32, "ms": 1.5, "fast_act": True}, True)
+    # another activation mode, or an entry without a time: the new measurement is recorded
+    assert sweep.keep_faster(old, {"BD": 32}, 1.8e-3, False)[1]
+    assert sweep.keep_faster({"BD": 64}, {"BD": 32}, 1.8e-3, True)[1]
+    # the record keys are not launch options: the loader drops them
+    from models import lstm_fused
+    assert set(lstm_fused.TUNING_NOTES) == {"ms", "fast_act"}
