@@ -68,7 +68,7 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
         state = model.init_state_stacked(P, inp.shape[0])
         for t0 in range(0, T, step):
             tg = tgt[:, t0:t0 + step]
-            # a model that scores its chunk without materialising the logits returns the sums itself
+            # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself
             out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX) if fused_loss else None
             if out is not None:
                 s, state = out
