@@ -177,7 +177,6 @@ def main(argv=None) -> int:
         return 2
     if args.summary_out:
         import json
-        import os
         os.makedirs(os.path.dirname(os.path.abspath(args.summary_out)), exist_ok=True)
         with open(args.summary_out, "w") as f:
             json.dump(summary, f, indent=1)
