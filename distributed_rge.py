@@ -27,8 +27,8 @@ import os
 import sys
 import time
 
-from train.cli_args import (add_bool, nonneg_float, nonneg_int, positive_float, positive_int, reject_unimplemented,
-                            str2bool)
+from train.cli_args import (add_bool, add_fast_activations, apply_fast_activations, nonneg_float, nonneg_int,
+                            positive_float, positive_int, reject_unimplemented, str2bool)
 
 _T_START = time.time()  # module import: the summary's process time counts from here
 
@@ -119,10 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "vocabulary cannot afford: 53 GB at GPT-2's 50,260 ids and hidden 131,072")
     add_bool(g, "--cuda_graphs", False, "CUDA: replay the stacked probe loss as a CUDA graph (fewer launches "
                                         "for small models; costs memory on large ones)")
-    g.add_argument("--fast_activations", default="auto", choices=("auto", "true", "false"),
-                   help="fused LSTM kernels: the cell's sigmoid/tanh from the hardware tanh (one special-function "
-                        "op each, relative error ~2^-11). auto: for bf16/fp16 states, exact for fp32 (default auto; "
-                        "the environment variable ZO_FAST_ACT=0/1 does the same)")
+    add_fast_activations(g)
 
     g = p.add_argument_group("data and curriculum")
     g.add_argument("--batch_size", type=positive_int, default=4, help="sequences per batch (the paper: 1024)")
@@ -240,9 +237,7 @@ def write_summary(template: str, summary: dict, *, comm, device, extra: dict) ->
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.fast_activations != "auto" or "ZO_FAST_ACT" not in os.environ:
-        from models.lstm_fused import set_fast_activations
-        set_fast_activations(args.fast_activations)
+    apply_fast_activations(args)
     reject_unimplemented(parser, args, {
         "adaptive": (False, "adaptive step sizes are not part of this implementation; use --adam true "
                             "or a --learn_rate_schedule"),

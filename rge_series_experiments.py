@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from train.cli_args import (add_bool, distribution, nonneg_float, nonneg_int, positive_float, positive_int,
-                            reject_unimplemented)
+from train.cli_args import (add_bool, add_fast_activations, apply_fast_activations, distribution, nonneg_float,
+                            nonneg_int, positive_float, positive_int, reject_unimplemented)
 
 DEFAULTS_NOTE = ("With no arguments: copy task (lengths 2..3), LSTM hidden 32 / 2 heads (input 16), CD-RGE with "
                  "64 probes and lr = eps = 0.3, overfitting one batch of 8 for 300 steps (about a minute on a laptop CPU).")
@@ -79,10 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ZO: perturbed models evaluated per forward (0: auto from free memory; 1: one at a time)")
     add_bool(p, "--cuda_graphs", False, "ZO on CUDA: replay the stacked probe loss as a CUDA graph "
                                          "(fewer launches for small models; costs memory on large ones)")
-    p.add_argument("--fast_activations", default="auto", choices=("auto", "true", "false"),
-                   help="fused LSTM kernels: the cell's sigmoid/tanh from the hardware tanh (one special-function "
-                        "op each, relative error ~2^-11). auto: for bf16/fp16 states, exact for fp32 (default auto; "
-                        "the environment variable ZO_FAST_ACT=0/1 does the same)")
+    add_fast_activations(p)
     add_bool(p, "--save_model", False, "write a checkpoint to --checkpoint_dir at the end")
     p.add_argument("--checkpoint_dir", default="rnn_checkpoints")
     add_bool(p, "--wandb", False, "log to wandb (offline without WANDB_API_KEY)")
@@ -157,9 +154,7 @@ def config_from_args(args):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.fast_activations != "auto" or "ZO_FAST_ACT" not in os.environ:
-        from models.lstm_fused import set_fast_activations
-        set_fast_activations(args.fast_activations)
+    apply_fast_activations(args)
     reject_unimplemented(parser, args, {
         "use_adaptive_step": (False, "adaptive step sizes are not part of this implementation; "
                                      "use --learning_rate_and_epsilon with a schedule in distributed_rge.py"),

@@ -4,11 +4,13 @@ import os
 import triton
 import triton.language as tl
 
+from models.lstm_fused import interpreted
+
 
 def _fast_act_mode() -> int:
     """ZO_FAST_ACT: unset or 'auto' -> 1 (fast activations where the state is bf16/fp16), '0' -> 0
     (never), '1' -> 2 (always). The interpreter always runs the exact form."""
-    if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on"):
+    if interpreted():
         return 0
     v = os.environ.get("ZO_FAST_ACT", "auto").strip().lower()
     if v not in ("auto", "", "0", "1"):

@@ -8,21 +8,16 @@ per-model sums; row tiles without a scored target (the paper's 2 input tokens) a
 """
 from __future__ import annotations
 
-import os
-
 import torch
+
+from models.lstm_fused import available, interpreted
 
 _KERNEL = None
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
 def fits(device) -> bool:
     """Whether the kernel runs here (a CUDA device with triton, or the interpreter for tests)."""
-    from models import lstm_fused
-    return lstm_fused.available()[0] and (torch.device(device).type == "cuda" or _interpreted())
+    return available()[0] and (torch.device(device).type == "cuda" or interpreted())
 
 
 def _kernel():
@@ -53,5 +48,5 @@ def ce_sum_stacked(logits_KRV: torch.Tensor, targets_BT: torch.Tensor, *, ignore
     grid = (triton.cdiv(R, BM), K)
     out = torch.empty(K, grid[0], dtype=torch.float32, device=logits_KRV.device)
     _kernel()[grid](logits_KRV, tgt, out, R, B, V, logits_KRV.stride(0), logits_KRV.stride(1), tgt.stride(0),
-                    tgt.stride(1), ignore_index, BM=BM, VB=VB, V_LOOP=V if _interpreted() else -1, num_warps=4)
+                    tgt.stride(1), ignore_index, BM=BM, VB=VB, V_LOOP=V if interpreted() else -1, num_warps=4)
     return out.double().sum(dim=1)

@@ -39,12 +39,17 @@ import torch
 _KERNEL = None
 
 
+def interpreted() -> bool:
+    """Whether Triton runs in interpreter mode (TRITON_INTERPRET=1: kernels on CPU tensors, for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def available() -> tuple[bool, str]:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False, "triton is not installed (pip install triton)"
-    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not (torch.cuda.is_available() or interpreted()):
         return False, "no CUDA device (the fused backend needs a GPU, or TRITON_INTERPRET=1 for tests)"
     return True, ""
 
@@ -305,7 +310,7 @@ def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: 
     assert h_in.shape == (K, B, N, Dk) and h_in.stride(-1) == 1 and h_in.stride(-2) == Dk
     assert c_in.stride(-1) == 1 and c_in.stride(1) in (0, Dk) and c_out.is_contiguous()
     assert w.is_contiguous() and g.is_contiguous() and c_out.dtype == torch.float32
-    return B, T, V, os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    return B, T, V, interpreted()
 
 
 def lstm_seq_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int, BM: int = 64,

@@ -60,3 +60,19 @@ def reject_unimplemented(parser: argparse.ArgumentParser, args, flags: dict) -> 
     for dest, (default, reason) in flags.items():
         if getattr(args, dest) != default:
             parser.error(f"--{dest} {getattr(args, dest)!r} is not implemented: {reason}")
+
+
+def add_fast_activations(p) -> None:
+    """--fast_activations (both CLIs): the fused LSTM kernels' activation form."""
+    p.add_argument("--fast_activations", default="auto", choices=("auto", "true", "false"),
+                   help="fused LSTM kernels: the cell's sigmoid/tanh from the hardware tanh (one special-function "
+                        "op each, relative error ~2^-11). auto: for bf16/fp16 states, exact for fp32 (default auto; "
+                        "the environment variable ZO_FAST_ACT=0/1 does the same)")
+
+
+def apply_fast_activations(args) -> None:
+    """Apply --fast_activations before any kernel compiles; 'auto' leaves a ZO_FAST_ACT already set."""
+    import os
+    if args.fast_activations != "auto" or "ZO_FAST_ACT" not in os.environ:
+        from models.lstm_fused import set_fast_activations
+        set_fast_activations(args.fast_activations)
