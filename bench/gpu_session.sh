@@ -8,15 +8,17 @@
 #                             [--bench-args "..."] [--scaling [--scaling-args "..."]] [--no-repro] [--flashrnn]
 #                             [--graphs-sizes L [--graphs-budget S]] [--smoke [--smoke-budget S]]
 #                             [--no-sweep] [--sweep-args "..."] [--no-checks] [--update-bench]
+#                             [--profile-sizes L]
 #
 # --graphs-sizes: after the eager bench, GPU 0 benches those presets again with --cuda_graphs.
+# --profile-sizes: then GPU 0 profiles whole ZO steps of those presets (bench/profile_step.py).
 #
 # Logs and results go under $OUT (the device tool's output folder; default bench/results/session).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/session}
 BENCH_BUDGET=220 REPRO_BUDGET=380 SWEEP_BUDGET=150 SCALING=0 REPRO=1 FLASHRNN=0 SWEEP_SIZES=large,xlarge,medium,small,tiny
-GRAPHS_SIZES="" GRAPHS_BUDGET=90 SMOKE=0 SMOKE_BUDGET=520 SWEEP=1 CHECKS=1 UPDATE_BENCH=0 SWEEP_ARGS=""
+GRAPHS_SIZES="" PROFILE_SIZES="" GRAPHS_BUDGET=90 SMOKE=0 SMOKE_BUDGET=520 SWEEP=1 CHECKS=1 UPDATE_BENCH=0 SWEEP_ARGS=""
 SCALING_ARGS="--sizes large,xlarge --worlds 1,4,2 --warmup 3,xlarge=1 --iters 5,xlarge=3 --budget-s 140"
 BENCH_ARGS="--probes 12,64 --sizes tiny,small,medium,large,xlarge --sections peak,zo,breakdown,sweep --sweep_T 10,100,1000,10000"
 while [ $# -gt 0 ]; do
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
         --flashrnn) FLASHRNN=1; shift ;;
         --graphs-sizes) GRAPHS_SIZES=$2; shift 2 ;;
         --graphs-budget) GRAPHS_BUDGET=$2; shift 2 ;;
+        --profile-sizes) PROFILE_SIZES=$2; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --smoke-budget) SMOKE_BUDGET=$2; shift 2 ;;
         --no-sweep) SWEEP=0; shift ;;
@@ -72,6 +75,10 @@ lane0() {
             --time_budget_s "$GRAPHS_BUDGET" --out "$OUT" > "$OUT/bench_graphs.log" 2>&1
         echo "[lane0] bench --cuda_graphs rc=$?"
     fi
+    if [ -n "$PROFILE_SIZES" ]; then
+        python3 bench/profile_step.py --sizes "$PROFILE_SIZES" --probes 12 --out "$OUT" > "$OUT/profile_step.log" 2>&1
+        echo "[lane0] profile_step rc=$?"
+    fi
     if [ "$FLASHRNN" = 1 ]; then
         python3 bench/flashrnn_checks.py --out "$OUT/flashrnn_checks.md" > "$OUT/flashrnn.log" 2>&1
         echo "[lane0] flashrnn rc=$?"
@@ -99,7 +106,7 @@ tail -5 "$OUT"/sweep.log "$OUT"/gpu_checks.log "$OUT"/bench.log "$OUT"/bench_gra
 grep -h "best\|cuBLAS" "$OUT"/sweep.log 2>/dev/null
 # the device tool returns at most 8 files: everything goes into one archive, the key reports beside it
 (cd "$OUT" && tar czf ../session_all.tgz . && mkdir -p keep && mv ../session_all.tgz keep/ \
-    && find . -maxdepth 1 -type f ! -name 'bench_step_*.md' ! -name 'scaling_*.md' ! -name 'smoke7b_*.md' -delete \
+    && find . -maxdepth 1 -type f ! -name 'bench_step_*.md' ! -name 'scaling_*.md' ! -name 'smoke7b_*.md' ! -name 'profile_step_*.md' -delete \
     && find . -mindepth 1 -maxdepth 1 -type d ! -name keep -exec rm -rf {} + && mv keep/session_all.tgz . && rmdir keep)
 ls -la "$OUT"
 echo "[session] done $(date -u +%FT%TZ)"

@@ -180,21 +180,43 @@ def seq_configs(cs):
     return [{"BM": bm, "num_warps": w, "prefetch": p} for bm in (32, 64, 128) for w in (4, 8) for p in (False, True)]
 
 
-def grid_configs(cs, quick: bool):
-    """The config grid; small shapes (under 50 GFLOP a step) always get the quick grid."""
-    quick = quick or 2.0 * cs["K"] * cs["N"] * cs["B"] * cs["Dk"] * 4 * cs["Dk"] < 50e9
-    out = []
-    bds = [cs["BD"]] + ([32] if cs["BD"] == 64 and not quick else [])
-    for bd, bm, one, (warps, stages) in itertools.product(bds, (64, 128), (False, True),
-                                                           ((4, 3), (8, 3), (8, 4))):
-        if quick and (warps, stages) not in ((4, 3), (8, 3)):
-            continue
-        out.append({"BD": bd, "BM": bm, "one_dot": one, "num_warps": warps, "num_stages": stages})
-    out += persistent_configs(cs, quick)
-    # h and W through tensor descriptors (TMA on Hopper), one-dot form
-    for bm, (warps, stages) in itertools.product((64, 128), ((8, 3), (8, 4), (4, 3))):
-        out.append({"BD": cs["BD"], "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages, "tma": True})
-    return out
+GRIDS = ("focus", "quick", "all")
+
+
+def grid_configs(cs, grid: str, recorded: dict | None = None):
+    """The per-step kernel configs to time, most promising first (a budget cut drops the tail).
+
+    focus (default): the one-dot form (always ahead of the four-dot form on the H200), pointer and
+      TMA loads, BD in {BD, 32}, BM in {64, 128}, warps x stages around the measured best, each with
+      and without the cell's loads issued before the GEMM (prefetch);
+    quick: the recorded entry for this shape and its prefetch twin, then a few of focus;
+    all: focus plus the four-dot form and the persistent kernel (slower everywhere timed so far).
+    Small shapes (under 50 GFLOP a step, where the whole-chunk kernel runs) get the quick grid."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS}")
+    if 2.0 * cs["K"] * cs["N"] * cs["B"] * cs["Dk"] * 4 * cs["Dk"] < 50e9:
+        grid = "quick"
+    bds = [cs["BD"]] + ([32] if cs["BD"] == 64 else [])
+    focus = []
+    for pre in (False, True):
+        for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4), (4, 2), (8, 2))):
+            focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
+                          "prefetch": pre})
+        for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4))):
+            focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
+                          "tma": True, "prefetch": pre})
+    if grid == "focus":
+        return focus
+    if grid == "quick":
+        first = []
+        if recorded and not recorded.get("persistent"):
+            base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma") if k in recorded}
+            first = [dict(base, prefetch=False), dict(base, prefetch=True)]
+        rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
+        return first + rest
+    four = [{"BD": bd, "BM": bm, "one_dot": False, "num_warps": w, "num_stages": st}
+            for bd, bm, (w, st) in itertools.product(bds, (64, 128), ((4, 3), (8, 3), (8, 4)))]
+    return focus + four + persistent_configs(cs, False)
 
 
 def persistent_configs(cs, quick: bool):
@@ -205,7 +227,7 @@ def persistent_configs(cs, quick: bool):
     warp_specialize compiles for sm_90 with Triton 3.6, but its Hopper pass leaves this pointer-load loop
     unpartitioned (the PTX equals that without it). Measured on the H200 (2026-11-28,
     `step_kernel_sweep_2026-11-28_191658`): 1.4-1.6x slower than the per-step kernel at large, medium and
-    xlarge, WS no different, so the quick grid leaves them out."""
+    xlarge, WS no different, so only the `all` grid has them."""
     full = ((128, 8, 3, 1, False), (128, 8, 4, 1, False), (64, 4, 3, 1, False), (64, 8, 3, 2, False),
             (64, 4, 4, 2, False), (64, 4, 2, 2, False), (128, 8, 3, 1, True), (64, 4, 3, 2, True))
     if quick:
@@ -214,7 +236,7 @@ def persistent_configs(cs, quick: bool):
              "occupancy": occ, "warp_specialize": ws} for bm, w, st, occ, ws in full]
 
 
-STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize")
+STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch")
 
 
 def step_entry(row) -> dict:
@@ -238,7 +260,8 @@ def main(argv=None):
     ap.add_argument("--sizes", default="large,xlarge,medium,small,tiny")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=100)
-    ap.add_argument("--quick", action="store_true", help="a smaller config grid")
+    ap.add_argument("--grid", default="focus", choices=GRIDS, help="the config grid (see grid_configs)")
+    ap.add_argument("--quick", action="store_true", help="same as --grid quick")
     ap.add_argument("--time_budget_s", type=float, default=240.0)
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
     a = ap.parse_args(argv)
@@ -250,7 +273,11 @@ def main(argv=None):
     peak = peak_tflops(dev)
     print(f"{gpu}: dense bf16 peak {peak:.0f} TFLOP/s", flush=True)
     rows, tuning = [], dict(_tuning())      # measured configs of other shapes are kept
-    for size in a.sizes.split(","):
+    grid = "quick" if a.quick else a.grid
+    sizes = a.sizes.split(",")
+    for si, size in enumerate(sizes):
+        # each size gets an equal share of what is left, so a slow size cannot starve the rest
+        size_deadline = time.time() + (a.time_budget_s - (time.time() - t_start)) / (len(sizes) - si)
         K = DEFAULT_K[size]
         cs = make_case(size, K, a.batch, a.vocab, dev)
         K, N, B, Dk, D = cs["K"], cs["N"], cs["B"], cs["Dk"], cs["D"]
@@ -272,8 +299,9 @@ def main(argv=None):
         best = None
         h_out = torch.empty_like(cs["h"])
         c_out = torch.empty_like(cs["c"])
-        for cfg in grid_configs(cs, a.quick):
-            if time.time() - t_start > a.time_budget_s:
+        recorded = tuning.get(tuning_key(gpu, Dk, B, K * N))
+        for cfg in grid_configs(cs, grid, recorded):
+            if time.time() > size_deadline:
                 print("  time budget reached; remaining configs skipped", flush=True)
                 break
             row = dict(base, **cfg)
@@ -301,10 +329,10 @@ def main(argv=None):
         chunk_rows = {"seq": [], "persist": [], "split": []}
         forms = ([("seq", c, run_seq, dict(BD=Dk, num_stages=0, prefetch=c["prefetch"])) for c in seq_configs(cs)]
                  + [("persist", c, run_persist, dict(BD=c["BD"], num_stages=c["num_stages"]))
-                    for c in persist_configs(cs)]
+                    for c in (persist_configs(cs) if grid == "all" else [])]
                  + [("split", None, lambda cs_, _c, h_, c_: run_split(cs_, h_, c_), dict(BD=Dk, num_stages=0))])
         for form, fcfg, run, extra in forms:
-            if time.time() - t_start > a.time_budget_s:
+            if time.time() > size_deadline + 10:
                 break
             row = dict(base, BM=(fcfg or {}).get("BM", 0), one_dot=True, num_warps=(fcfg or {}).get("num_warps", 4),
                        **extra, **{form: True})
@@ -368,7 +396,7 @@ def main(argv=None):
                if r.get("seq") else
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
-                  else "") + f" w{r['num_warps']} s{r['num_stages']}")
+                  else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}")
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "
                      f"{r['tflops']:.0f} | {r['useful_tflops']:.0f} | {r['peak_frac'] * 100:.0f}% | "
                      f"{r['cublas_bmm_s'] * 1e3:.3f} ms ({r['cublas_bmm_tflops']:.0f} TF/s) | {r['unfused_s'] * 1e3:.3f} ms | "

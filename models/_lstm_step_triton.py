@@ -48,14 +48,20 @@ def _split_gates(acc, BM: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def _gate_tile(g_rows, col0, rmask, W: tl.constexpr, Dk: tl.constexpr):
-    """Input gates [BM, W] each (fp32, 0 where ~rmask) of units col0..col0+W-1 from the per-row
-    table rows g_rows ([BM] pointers to G[k, token, n, :], columns g*Dk + d)."""
+def _gate_tile_raw(g_rows, col0, rmask, W: tl.constexpr, Dk: tl.constexpr):
+    """Input gates [BM, W] each (the table's dtype, 0 where ~rmask) of units col0..col0+W-1 from the
+    per-row table rows g_rows ([BM] pointers to G[k, token, n, :], columns g*Dk + d)."""
     gp = g_rows[:, None] + col0 + tl.arange(0, W)[None, :]
     m2 = rmask[:, None]
-    return (tl.load(gp, mask=m2, other=0.0).to(tl.float32), tl.load(gp + Dk, mask=m2, other=0.0).to(tl.float32),
-            tl.load(gp + 2 * Dk, mask=m2, other=0.0).to(tl.float32),
-            tl.load(gp + 3 * Dk, mask=m2, other=0.0).to(tl.float32))
+    return (tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
+            tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0))
+
+
+@triton.jit
+def _gate_tile(g_rows, col0, rmask, W: tl.constexpr, Dk: tl.constexpr):
+    """`_gate_tile_raw` in fp32."""
+    g_i, g_f, g_z, g_o = _gate_tile_raw(g_rows, col0, rmask, W, Dk)
+    return g_i.to(tl.float32), g_f.to(tl.float32), g_z.to(tl.float32), g_o.to(tl.float32)
 
 
 @triton.jit
@@ -102,26 +108,35 @@ def _tile_ids(tile, num_m, num_d):
 
 
 @triton.jit
-def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
-                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
-                   stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
-    """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out, for the tile
-    (unit tile pid_d, row tile pid_m, head pid_h)."""
-    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_out_ptr.dtype.element_ty != tl.float32)
+def _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_cin_h,
+                    stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    """The cell's inputs other than the GEMM, for the tile (unit tile pid_d, row tile pid_m, head pid_h):
+    the input gates G[token] (table dtype, as loaded) and c (fp32). None depends on the GEMM, so a
+    kernel may issue these loads before its k-loop and let their latency hide behind it."""
     k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
     e = tl.arange(0, BD)
     tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
-    m2 = rmask[:, None]
-    g_i, g_f, g_z, g_o = _gate_tile(_g_rows(g_ptr, tok, k, n, V, N, Dk), pid_d * BD, rmask, BD, Dk)
-    i = acc_i + g_i
-    f = acc_f + g_f
-    z = acc_z + g_z
-    o = acc_o + g_o
-    c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
+    g_i, g_f, g_z, g_o = _gate_tile_raw(_g_rows(g_ptr, tok, k, n, V, N, Dk), pid_d * BD, rmask, BD, Dk)
     c = tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
-                + pid_d * BD + e[None, :], mask=m2, other=0.0)
+                + pid_d * BD + e[None, :], mask=rmask[:, None], other=0.0)
+    return g_i, g_f, g_z, g_o, c
+
+
+@triton.jit
+def _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                 B, N, stride_out_k, stride_hb, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_out_ptr.dtype.element_ty != tl.float32)
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+    e = tl.arange(0, BD)
+    m2 = rmask[:, None]
+    i = acc_i + g_i.to(tl.float32)
+    f = acc_f + g_f.to(tl.float32)
+    z = acc_z + g_z.to(tl.float32)
+    o = acc_o + g_o.to(tl.float32)
     c_new = _sigmoid(f, FAST) * c + _sigmoid(i, FAST) * _tanh(z, FAST)
     h = _sigmoid(o, FAST) * _tanh(c_new, FAST)
+    c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
     tl.store(c_out_ptr + c_off, c_new, mask=m2)
     h_ptrs = (h_out_ptr + k.to(tl.int64) * stride_out_k + rows[:, None].to(tl.int64) * stride_hb
               + n * Dk + pid_d * BD + e[None, :])
@@ -129,12 +144,24 @@ def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_p
 
 
 @triton.jit
+def _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
+                   stride_cin_h, stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    """`_epilogue_loads` then `_cell_finish`: the whole cell after the GEMM."""
+    g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b,
+                                            t, stride_cin_h, stride_cin_b, Dk, BM, BD)
+    _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                 B, N, stride_out_k, stride_hb, Dk, BM, BD)
+
+
+@triton.jit
 def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                      B, N, V, tok_stride_b, t, stride_in_k, stride_in_b, stride_out_k, stride_hb,
                      stride_cin_h, stride_cin_b,
                      Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
-                     ONE_DOT: tl.constexpr, IEEE: tl.constexpr):
-    """Grid (Dk // BD, cdiv(B, BM), K * N).
+                     ONE_DOT: tl.constexpr, IEEE: tl.constexpr, PREFETCH: tl.constexpr = False):
+    """Grid (Dk // BD, cdiv(B, BM), K * N). PREFETCH: load the cell's other inputs (G[token], c)
+    before the GEMM, so that their latency overlaps it (they then hold registers through the k-loop).
 
     h_in:  element (k, b, n, d) at k*stride_in_k + b*stride_in_b + n*Dk + d (stride_in_b 0: broadcast)
     h_out: element (k, b, n, d) at k*stride_out_k + b*stride_hb + n*Dk + d (weight dtype)
@@ -147,6 +174,9 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
     pid_m = tl.program_id(1)
     pid_h = tl.program_id(2)
     k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+    if PREFETCH:
+        g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
+                                                tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
     kk = tl.arange(0, BK)
     e = tl.arange(0, BD)
     a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
@@ -177,16 +207,18 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
                 acc_f = tl.dot(a, w_f, acc_f)
                 acc_z = tl.dot(a, w_z, acc_z)
                 acc_o = tl.dot(a, w_o, acc_o)
-    _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
-                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
-                   stride_cin_h, stride_cin_b, Dk, BM, BD)
+    if not PREFETCH:
+        g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
+                                                tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
+    _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                 B, N, stride_out_k, stride_hb, Dk, BM, BD)
 
 
 @triton.jit
 def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                          B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
                          Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
-                         IEEE: tl.constexpr):
+                         IEEE: tl.constexpr, PREFETCH: tl.constexpr = False):
     """`lstm_step_kernel` (one-dot form) with h and W read through tensor descriptors (TMA on Hopper):
     a_desc over h_in viewed [K, B, N*Dk] with block [1, BM, BK]; w_desc over W [K*N, Dk, 4*Dk] with
     block [1, BK, 4*BD]. h_in must not broadcast (a descriptor needs nonzero strides)."""
@@ -195,6 +227,9 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
     pid_h = tl.program_id(2)
     k = pid_h // N
     n = pid_h - k * N
+    if PREFETCH:
+        g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
+                                                tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
     acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
     for k0 in range(0, Dk, BK):
         a = a_desc.load([k, pid_m * BM, n * Dk + k0]).reshape(BM, BK)
@@ -204,9 +239,11 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
         else:
             acc = tl.dot(a, w, acc)
     acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
-    _cell_epilogue(acc_i, acc_f, acc_z, acc_o, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
-                   pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_out_k, stride_hb,
-                   stride_cin_h, stride_cin_b, Dk, BM, BD)
+    if not PREFETCH:
+        g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
+                                                tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
+    _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                 B, N, stride_out_k, stride_hb, Dk, BM, BD)
 
 
 @triton.jit

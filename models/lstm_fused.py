@@ -253,7 +253,7 @@ def num_sms(device) -> int:
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
-               occupancy: int = 1) -> None:
+               occupancy: int = 1, prefetch: bool = False) -> None:
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
 
     h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk; h_in may broadcast over B, stride 0);
@@ -262,7 +262,8 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     contiguous (may be c_in). tma: read h and W through tensor descriptors (one-dot form); a
     broadcast h_in takes the pointer kernel. persistent: `lstm_step_persistent_kernel` (always the
     one-dot form), SMs x occupancy programs looping over the tiles; warp_specialize asks the compiler
-    to warp-specialize its tile loop."""
+    to warp-specialize its tile loop. prefetch: issue the cell's loads of G[token] and c before the
+    GEMM (per-step and TMA kernels), so their latency overlaps it."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -276,6 +277,9 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     grid = (Dk // BD, triton.cdiv(B, BM), K * N)
     ieee = w.dtype == torch.float32
     if persistent:
+        if prefetch:
+            raise ValueError("step config asks for both `persistent` and `prefetch`: the persistent kernel "
+                             "overlaps the next tile's loads instead; drop one of them")
         if tma:
             raise ValueError("step config asks for both `persistent` and `tma`: the persistent kernel reads "
                              "through pointers; drop one of them")
@@ -294,13 +298,13 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
         w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, BK, 4 * BD])
         kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
                                         h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
-                                        Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
+                                        Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee, PREFETCH=bool(prefetch),
                                         num_warps=num_warps, num_stages=num_stages)
         return
     kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
                                 h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
                                 Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
-                                num_warps=num_warps, num_stages=num_stages)
+                                PREFETCH=bool(prefetch), num_warps=num_warps, num_stages=num_stages)
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):

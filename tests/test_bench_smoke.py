@@ -86,3 +86,31 @@ def test_sweep_keeps_a_faster_recorded_entry():
     # the record keys are not launch options: the loader drops them
     from models import lstm_fused
     assert set(lstm_fused.TUNING_NOTES) == {"ms", "fast_act"}
+
+
+def test_sweep_grids():
+    """The kernel sweep's grids: focus times every per-step config with and without prefetch; quick puts
+    the recorded entry and its prefetch twin first; all adds the four-dot and persistent kernels; small
+    shapes always get the quick grid; an unknown grid name is an error."""
+    import pytest
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import step_kernel_sweep as sweep
+    large = {"K": 2, "N": 220, "B": 1024, "Dk": 320, "BD": 64}
+    focus = sweep.grid_configs(large, "focus")
+    assert len(focus) == len({tuple(sorted(c.items())) for c in focus})            # no duplicates
+    assert {c["prefetch"] for c in focus} == {False, True}
+    assert sum(c["prefetch"] for c in focus) * 2 == len(focus)
+    assert all(c["one_dot"] and not c.get("persistent") for c in focus)
+    assert {c["BD"] for c in focus} == {64, 32} and any(c.get("tma") for c in focus)
+    rec = {"BD": 64, "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 3, "tma": False, "ms": 1.4}
+    quick = sweep.grid_configs(large, "quick", rec)
+    assert quick[0] == {"BD": 64, "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 3, "tma": False,
+                        "prefetch": False}
+    assert quick[1] == dict(quick[0], prefetch=True) and len(quick) < len(focus)
+    full = sweep.grid_configs(large, "all")
+    assert any(not c["one_dot"] for c in full) and any(c.get("persistent") for c in full)
+    tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32}
+    assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
+    with pytest.raises(ValueError, match="unknown grid"):
+        sweep.grid_configs(large, "fast")

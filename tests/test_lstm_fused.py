@@ -105,6 +105,7 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
         # (another W tiling); for heads of at most 64 also the whole-chunk kernel with a row tile
         # smaller than the batch, and the default config
         scs = [{{"one_dot": False, "seq": None}}, {{"one_dot": True, "seq": None}}, {{"tma": True, "seq": None}},
+               {{"one_dot": False, "prefetch": True, "seq": None}}, {{"tma": True, "prefetch": True, "seq": None}},
                {{"BD": 16, "BK": 16, "one_dot": True, "seq": None}}, {{}}, {{"split": True, "seq": None}},
                {{"persist": {{"BM": 16, "BD": 16, "BK": 16, "num_warps": 4}}, "seq": None}},
                {{"persist": {{"BM": 16, "num_warps": 4}}, "seq": None}}]
@@ -203,8 +204,8 @@ def test_lstm_kernels_compile_for_sm90():
                 "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
                 **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_in_k", "stride_in_b",
                                       "stride_out_k", "stride_hb", "stride_cin_h", "stride_cin_b")}}
-    for one in (True, False):                                         # the per-step kernel, both forms
-        cx = dict(Dk=320, BM=128, BD=64, BK=64, ONE_DOT=one, IEEE=False)
+    for one, pre in ((True, False), (False, False), (True, True)):    # the per-step kernel, both forms, prefetch
+        cx = dict(Dk=320, BM=128, BD=64, BK=64, ONE_DOT=one, IEEE=False, PREFETCH=pre)
         compiled = triton.compile(ASTSource(fn=kern.lstm_step_kernel, signature={**step_sig, **{k: "constexpr" for k in cx}},
                                             constexprs=cx), target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
         assert "mma" in compiled.asm["ptx"]
@@ -266,15 +267,17 @@ for K, N, D, Dk, BD, BK, B, BM, occ, bcast in [(2, 2, 20, 32, 16, 16, 37, 16, 1,
     c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
     h_ref = (torch.sigmoid(o) * torch.tanh(c_ref)).view(K, N, B, Dk).transpose(1, 2)
     outs = []
-    for kw in (dict(one_dot=True), dict(persistent=True, occupancy=occ, warp_specialize=True)):
+    for kw in (dict(one_dot=True), dict(persistent=True, occupancy=occ, warp_specialize=True),
+               dict(one_dot=True, prefetch=True)):
         hs = torch.full((K, 2, B, N, Dk), 7.0)                # h_out = hs[:, 1]: hs[:, 0] stays untouched
         c_out = torch.empty(K * N, B, Dk) if bcast else c.clone()
         lstm_step_(h, hs[:, 1], W, G, tok, 1, c if bcast else c_out, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
                    num_warps=4, **kw)                         # not broadcast: c_out is c_in
         outs.append((hs[:, 1], c_out))
         worst["untouched"] = max(worst["untouched"], float((hs[:, 0] - 7.0).abs().max()))
-    (hk, ck), (hp, cp) = outs
-    worst["vs_step"] = max(worst["vs_step"], float((hp - hk).abs().max()), float((cp - ck).abs().max()))
+    (hk, ck), (hp, cp), (hf, cf) = outs
+    worst["vs_step"] = max(worst["vs_step"], float((hp - hk).abs().max()), float((cp - ck).abs().max()),
+                           float((hf - hk).abs().max()), float((cf - ck).abs().max()))
     worst["vs_ref"] = max(worst["vs_ref"], float((hp - h_ref).abs().max()), float((cp - c_ref).abs().max()))
     worst["pad"] = max(worst["pad"], float(hp[..., D:].abs().max()), float(cp[..., D:].abs().max()))
     tiles = (Dk // BD) * -(-B // BM) * K * N
@@ -282,7 +285,7 @@ for K, N, D, Dk, BD, BK, B, BM, occ, bcast in [(2, 2, 20, 32, 16, 16, 37, 16, 1,
 print("kernel", *[worst[k] for k in ("vs_step", "vs_ref", "pad", "untouched")])
 print("per_program", *per_program)
 errors = []
-for bad in (dict(persistent=True, tma=True), dict(persistent=True, occupancy=0)):
+for bad in (dict(persistent=True, tma=True), dict(persistent=True, occupancy=0), dict(persistent=True, prefetch=True)):
     try:
         lstm_step_(h, hs[:, 1], W, G, tok, 1, c_out, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM, **bad)
     except ValueError:
@@ -312,8 +315,9 @@ print("forward", worst, *launches)
 
 
 def test_step_persistent_kernel_matches_step_kernel():
-    """`lstm_step_persistent_kernel` (4 programs per "GPU" off CUDA, several tiles each) against
-    `lstm_step_kernel` (identical results) and an fp32 torch step: Dk 32 and 160, ragged batches,
+    """`lstm_step_persistent_kernel` (4 programs per "GPU" off CUDA, several tiles each) and the
+    per-step kernel with the cell's loads issued before the GEMM (prefetch) against `lstm_step_kernel`
+    (identical results) and an fp32 torch step: Dk 32 and 160, ragged batches,
     c_out aliasing c_in, broadcast h and c, fewer tiles than programs; then the chunk forward with a
     step config asking for it."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
@@ -326,7 +330,7 @@ def test_step_persistent_kernel_matches_step_kernel():
     assert vs_ref < 1e-5 and pad == 0.0 and untouched == 0.0
     per_program = list(map(float, vals["per_program"].split()))
     assert per_program[0] >= 2 and per_program[1] >= 2 and per_program[2] == 1
-    assert vals["errors"] == "ValueError ValueError"
+    assert vals["errors"] == "ValueError ValueError ValueError"
     worst, *launches = vals["forward"].split()
     assert float(worst) < 1e-5
     assert launches == ["3/0", "0/3", "3/0", "0/3"]    # persistent / per-step launches, 3 steps per run

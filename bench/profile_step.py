@@ -1,0 +1,125 @@
+"""Where a whole ZO step's time goes, host and device: wall time, GPU busy time and the host's Python.
+
+    python bench/profile_step.py --sizes tiny,small,medium --probes 12 --out $OUT
+
+Per size (the step `bench/bench_step.py` times, built the same way):
+- wall seconds per step (median of --steps);
+- torch.profiler over --prof_steps steps: the union of the GPU kernels' busy intervals per step, so
+  wall - busy is the time the GPU waits for the host; the top kernels and the top host ops;
+- cProfile over --prof_steps steps: the host's Python functions by cumulative time.
+Writes `profile_step_<date>.md` under --out. Runs on CPU too (no GPU columns there).
+"""
+from __future__ import annotations
+
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_step import Bench, ZOSetup, build_parser  # noqa: E402
+
+
+def busy_seconds(events) -> float:
+    """Length of the union of the device kernels' [start, end) intervals (microseconds in, seconds out)."""
+    iv = sorted((e.time_range.start, e.time_range.end) for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in iv:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total * 1e-6
+
+
+def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
+    z = ZOSetup(b, size, probes, B=a.batch, T=a.T, time_chunk=a.time_chunk, mpp=a.models_per_pass)
+    i = 0
+    for _ in range(a.warmup):
+        z.step(i)
+        i += 1
+    b.sync()
+    walls = []
+    for _ in range(a.steps):
+        t = time.perf_counter()
+        z.step(i)
+        b.sync()
+        walls.append(time.perf_counter() - t)
+        i += 1
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if b.cuda else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        t = time.perf_counter()
+        for _ in range(a.prof_steps):
+            z.step(i)
+            i += 1
+        b.sync()
+        prof_wall = (time.perf_counter() - t) / a.prof_steps
+    busy = busy_seconds(prof.events()) / a.prof_steps if b.cuda else None
+    pr = cProfile.Profile()
+    pr.enable()
+    t = time.perf_counter()
+    for _ in range(a.prof_steps):
+        z.step(i)
+        i += 1
+    b.sync()
+    cprof_wall = (time.perf_counter() - t) / a.prof_steps
+    pr.disable()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(a.rows)
+    wall = statistics.median(walls)
+    out = [f"## {size}, {probes} probes (M = {z.M} models per pass, time chunk {z.tc})", "",
+           f"- wall per step: median {wall * 1e3:.3f} ms over {len(walls)} steps "
+           f"(min {min(walls) * 1e3:.3f}, max {max(walls) * 1e3:.3f})",
+           f"- under torch.profiler: {prof_wall * 1e3:.3f} ms per step"
+           + (f"; GPU busy {busy * 1e3:.3f} ms per step ({busy / prof_wall * 100:.0f}%), "
+              f"idle {max(0.0, prof_wall - busy) * 1e3:.3f} ms" if busy is not None else ""),
+           f"- under cProfile: {cprof_wall * 1e3:.3f} ms per step", ""]
+    if b.cuda:
+        out += ["### GPU kernels (sum over the profiled steps)", "", "```",
+                prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows), "```", ""]
+    out += ["### Host ops (sum over the profiled steps)", "", "```",
+            prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows), "```", "",
+            "### Host Python, cumulative (cProfile)", "", "```", s.getvalue(), "```", ""]
+    del z
+    b.free()
+    return out
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    p.add_argument("--prof_steps", type=int, default=3, help="steps under each profiler")
+    p.add_argument("--rows", type=int, default=30, help="rows of each table")
+    a = p.parse_args(argv)
+    a.dtype = a.dtype or "bfloat16"
+    a.smoke = False
+    b = Bench(a)
+    lines = [f"# profile_step: where a ZO step's time goes ({b.stamp})", "",
+             f"- GPU: {b.res['meta']['gpu']}; torch {torch.__version__}, CUDA {torch.version.cuda}",
+             "- command: `python bench/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+             f"- B = {a.batch}, T = {a.T}, dtype {a.dtype}, backend {a.backend}, cuda_graphs {a.cuda_graphs}", ""]
+    for size in a.sizes:
+        for probes in a.probes:
+            b.log(f"{size}, {probes} probes")
+            lines += profile_size(b, size, probes, a)
+    path = Path(a.out) / f"profile_step_{b.stamp}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:40]))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
