@@ -603,3 +603,31 @@ def test_master_checksum_is_chunked_and_order_fixed():
     whole = sum(float(t.double().sum()) + 1e-3 * float(t.double().abs().sum()) for _, t in params)
     assert abs(eng.master_checksum(chunk_elems=64) - whole) < 1e-9
     assert eng.master_checksum(chunk_elems=64) == eng.master_checksum(chunk_elems=64)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_prefetched_keys_equal_fresh_keys(dropout):
+    """`prefetch_keys` hashes this step's update keys and the next step's per-pass probe keys ahead
+    of the sync; what it caches equals the keys computed fresh, per pass exactly as
+    `evaluate_stacked` groups the seeds, and the cache stays bounded."""
+    from zo import kernels as zk
+    lin = torch.nn.Linear(5, 3)
+    eng = ZOEngine(lin.named_parameters(), config=ZOConfig(num_perturbations=5, probe_dropout_rate=dropout),
+                   run_seed=3)
+    eng.use_kernels = True                       # keys only: no kernel is launched here
+    now, nxt = eng.seeds(0), eng.seeds(1)
+    eng.prefetch_keys(now, nxt, models_per_pass=4)
+    groups = eng._probe_groups(nxt, 4)
+    assert [g for g, _ in groups] == [nxt[0:2], nxt[2:4], nxt[4:5]]
+    assert groups[0][1] == [nxt[0], nxt[0], nxt[1], nxt[1]]
+    pids = [p.pid for p in eng.params]
+    expect = {tuple(now): now, **{tuple(ms): ms for _, ms in groups}}
+    assert set(eng._keys_cache) == set(expect)
+    for t, seeds in expect.items():
+        fresh = zk.noise_keys_multi(seeds, pids, device="cpu", dropout=dropout > 0)
+        assert torch.equal(eng._keys_cache[t], fresh)
+    eng.prefetch_keys(now, nxt, models_per_pass=1)        # one seed per pass (the per-probe path)
+    assert all((s,) in eng._keys_cache for s in nxt)
+    for step in range(2, 40):
+        eng.prefetch_keys(eng.seeds(step), eng.seeds(step + 1), models_per_pass=10)
+    assert len(eng._keys_cache) <= eng.KEYS_CACHED

@@ -56,6 +56,12 @@ def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=N
     coefs = engine.coefficients(losses, lr=lr, baseline=baseline)
     mean_loss = baseline if baseline is not None else used.double().mean()
     packed = torch.cat([coefs.double().reshape(-1), mean_loss.double().reshape(1)])
+    prefetch = getattr(engine, "prefetch_keys", None)
+    if prefetch is not None:
+        # host work that needs no loss value (this update's and the next step's noise keys) runs
+        # now, while the GPU still works through the forwards
+        stacked = stacked_loss is not None and models_per_pass > 1
+        prefetch(seeds, engine.seeds(step + 1)[lo:hi], models_per_pass=models_per_pass if stacked else 1)
     ts0 = time.perf_counter()
     host = packed.tolist()  # the one sync: on a GPU, the queued forwards finish here (sync_wait_s)
     ts1 = time.perf_counter()

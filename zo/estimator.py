@@ -185,6 +185,9 @@ class ZOEngine:
         self._grouping: tuple | None = None   # (groups, singles), made on the first kernel launch
         self._plans: dict = {}
         self._grad_bufs: dict[str, torch.Tensor] = {}
+        # noise keys on the device by seed tuple (a pure function of it), so that `prefetch_keys` can
+        # hash and upload a step's keys while the GPU runs the forwards instead of after the sync
+        self._keys_cache: dict[tuple, torch.Tensor] = {}
 
     @property
     def _groups(self) -> list[list[int]]:
@@ -294,9 +297,44 @@ class ZOEngine:
         """Noise keys of `seeds` for every parameter ([P, n, w] int32) and the coefficients ([n] fp32),
         each uploaded to the device in one transfer without a host sync."""
         dev = self.params[0].master.device
-        keys = zk.noise_keys_multi(list(seeds), [p.pid for p in self.params], device=dev,
-                                   dropout=self.cfg.probe_dropout_rate > 0)
-        return keys, zk._coefs_arg([float(x) for x in coefs], len(seeds), dev)
+        return self._keys(seeds), zk._coefs_arg([float(x) for x in coefs], len(seeds), dev)
+
+    KEYS_CACHED = 16   # seed tuples whose device keys are kept (a step uses one per pass, plus the update's)
+
+    def _keys(self, seeds) -> torch.Tensor:
+        """`zk.noise_keys_multi` of `seeds` for every parameter, cached by the seed tuple."""
+        t = tuple(int(s) for s in seeds)
+        keys = self._keys_cache.get(t)
+        if keys is None:
+            keys = zk.noise_keys_multi(list(t), [p.pid for p in self.params], device=self.params[0].master.device,
+                                       dropout=self.cfg.probe_dropout_rate > 0)
+            while len(self._keys_cache) >= self.KEYS_CACHED:
+                self._keys_cache.pop(next(iter(self._keys_cache)))    # the oldest
+            self._keys_cache[t] = keys
+        return keys
+
+    def _probe_groups(self, seeds, models_per_pass: int) -> list[tuple[list[int], list[int]]]:
+        """The passes of `evaluate_stacked`: (seeds of the pass, the seed of each of its models)."""
+        per_seed = 2 if (self.cfg.central_difference or self.cfg.antithetic) else 1
+        group = max(1, models_per_pass // per_seed)
+        return [(list(seeds[g0:g0 + group]), [s for s in seeds[g0:g0 + group] for _ in range(per_seed)])
+                for g0 in range(0, len(seeds), group)]
+
+    def prefetch_keys(self, update_seeds, next_seeds, *, models_per_pass: int = 1) -> None:
+        """Hash and upload, ahead of time, the noise keys of this step's update (`update_seeds`) and
+        of the next step's probe passes (`next_seeds`, as `evaluate_stacked` with `models_per_pass`
+        models per pass, or one seed per pass when it is 1). Called while the GPU still runs this
+        step's forwards, it takes that host work off the path between the step's one sync and the
+        next kernels. Values are unchanged: keys are a pure function of the seeds."""
+        if not self.use_kernels:
+            return
+        self._keys(update_seeds)
+        if models_per_pass > 1:
+            for _, model_seeds in self._probe_groups(next_seeds, models_per_pass):
+                self._keys(model_seeds)
+        else:
+            for s in next_seeds:
+                self._keys([s])
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -341,14 +379,11 @@ class ZOEngine:
         eps = self.cfg.epsilon(lr)
         signs = (1.0, -1.0) if (self.cfg.central_difference or self.cfg.antithetic) else (1.0,)
         per_seed = len(signs)
-        group = max(1, models_per_pass // per_seed)
         out = []
-        for g0 in range(0, len(seeds), group):
-            chunk = seeds[g0:g0 + group]
-            M = len(chunk) * per_seed
+        for chunk, model_seeds in self._probe_groups(seeds, models_per_pass):
+            M = len(model_seeds)
             P = {p.name: self._stack_buffer(p, M) for p in self.params}
             if self.use_kernels:
-                model_seeds = [s for s in chunk for _ in signs]
                 alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
                 keys, c = self._kernel_args(model_seeds, alphas)
                 self._kernel_probes(keys, c, P, "stack")
