@@ -492,6 +492,17 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         pcfg = {k_: v for k_, v in persist.items() if k_ not in ("BD", "BK")}
         lstm_persist_(h_in, hs, W, G, tok, c_in, c, K=K, N=N, Dk=Dk, BD=bd, BK=persist.get("BK", bk), **pcfg)
     else:
+        # A broadcast initial state (stride 0 over B) is written out in full first: the step kernel
+        # ran 2.5x slower on a broadcast h (3.54 against 1.26 ms at large, 2.17 against 0.89 ms at
+        # medium; H200, 2026-11-28), and only a full h can go through a tensor descriptor (TMA).
+        # hs[:, T-1] serves as the buffer: no step reads it before step T-1 writes it.
+        if h_in.stride(1) == 0:
+            full = hs[:, T - 1] if T >= 2 else torch.empty(K, B, N, Dk, dtype=dt, device=dev)
+            full.copy_(h_in)
+            h_in = full
+        if c_in.stride(1) == 0:
+            c.copy_(c_in)
+            c_in = c                                            # updated in place from here
         for t in range(T):
             lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
                        K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
