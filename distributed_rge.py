@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from train.cli_args import (add_bool, add_fast_activations, apply_fast_activations, nonneg_float, nonneg_int,
+from train.cli_args import (add_bool, add_cuda_graphs, add_fast_activations, apply_fast_activations, nonneg_float, nonneg_int,
                             positive_float, positive_int, reject_unimplemented, str2bool)
 
 _T_START = time.time()  # module import: the summary's process time counts from here
@@ -117,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LSTM recurrence backend (models/lstm_backends.py; auto: fused on CUDA once it passes its "
                         "check). torch skips the fused path's per-pass [vocab, 4*hidden] input table, which a large "
                         "vocabulary cannot afford: 53 GB at GPT-2's 50,260 ids and hidden 131,072")
-    add_bool(g, "--cuda_graphs", False, "CUDA: replay the stacked probe loss as a CUDA graph (fewer launches "
-                                        "for small models; costs memory on large ones)")
+    add_cuda_graphs(g)
     add_fast_activations(g)
 
     g = p.add_argument_group("data and curriculum")

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from train.cli_args import (add_bool, add_fast_activations, apply_fast_activations, distribution, nonneg_float,
+from train.cli_args import (add_bool, add_cuda_graphs, add_fast_activations, apply_fast_activations, distribution, nonneg_float,
                             nonneg_int, positive_float, positive_int, reject_unimplemented)
 
 DEFAULTS_NOTE = ("With no arguments: copy task (lengths 2..3), LSTM hidden 32 / 2 heads (input 16), CD-RGE with "
@@ -77,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_chunk", type=nonneg_int, default=0, help="ZO forward chunk in time steps (0: 64)")
     p.add_argument("--models_per_pass", type=nonneg_int, default=0,
                    help="ZO: perturbed models evaluated per forward (0: auto from free memory; 1: one at a time)")
-    add_bool(p, "--cuda_graphs", False, "ZO on CUDA: replay the stacked probe loss as a CUDA graph "
-                                         "(fewer launches for small models; costs memory on large ones)")
+    add_cuda_graphs(p)
     add_fast_activations(p)
     add_bool(p, "--save_model", False, "write a checkpoint to --checkpoint_dir at the end")
     p.add_argument("--checkpoint_dir", default="rnn_checkpoints")

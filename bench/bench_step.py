@@ -44,7 +44,9 @@ from models.lstm_backends import BACKENDS as LSTM_BACKENDS  # noqa: E402
 from models import (SIZE_PRESETS, auto_models_per_pass, auto_time_chunk, build_model, check_fits, estimate_memory_bytes,  # noqa: E402
                     param_count, preset, supports_stacked)
 from tasks import IGNORE_INDEX, Batch, masked_cross_entropy  # noqa: E402
+from train.cli_args import add_cuda_graphs  # noqa: E402
 from train.evaluate import batch_loss, stacked_batch_loss  # noqa: E402
+from train.graphs import graphs_setting, use_cuda_graphs  # noqa: E402
 from train.series import bptt_step  # noqa: E402
 from train.zo_step import zo_step  # noqa: E402
 from zo.comm import LocalComm  # noqa: E402
@@ -252,7 +254,7 @@ class Bench:
                          "master_dtype": "float32", "lr": a.lr, "vocab": VOCAB, "input": INPUT,
                          "scored_positions": f"{SCORED_FROM}..T-1", "sections": a.sections,
                          "sweep_T": a.sweep_T, "sweep_size": a.sweep_size, "bptt_sizes": a.bptt_sizes,
-                         "cuda_graphs": bool(getattr(a, "cuda_graphs", False))},
+                         "cuda_graphs": graphs_setting(getattr(a, "cuda_graphs", "auto"))},
             "elapsed_s": 0.0,
             "finished": False,
         }
@@ -494,7 +496,8 @@ class ZOSetup:
             self.tc = auto_time_chunk(self.cfg, device=b.dev, batch_size=self.mb, models=self.M, T=T)
         self.probes = probes
         self.lr = a.lr
-        self.cuda_graphs = bool(getattr(a, "cuda_graphs", False)) and b.cuda
+        self.cuda_graphs = b.cuda and use_cuda_graphs(getattr(a, "cuda_graphs", "auto"), device=b.dev,
+                                                      n_params=param_count(self.cfg), models_per_pass=self.M)
         self.comm = LocalComm(b.dev)
         self.set_batch(make_batch(B, T, b.dev, seed=a.seed + 1))
 
@@ -650,7 +653,7 @@ def run_zo(b: Bench, size: str, probes: int, *, mpp: int | None = None, label: s
         b.sync()
         row["time_chunk"] = s.tc
         row["setup_s"] = time.perf_counter() - t0
-        row["models_per_pass"], row["path"] = s.M, s.path
+        row["models_per_pass"], row["path"], row["graphed"] = s.M, s.path, s.cuda_graphs
         row["passes_per_step"] = math.ceil(probes / s.seeds_per_pass())
         b.log(f"{tag}: setup {row['setup_s']:.1f} s, models_per_pass={s.M} ({s.path}, "
               f"{row['passes_per_step']} passes/step)")
@@ -666,6 +669,8 @@ def run_zo(b: Bench, size: str, probes: int, *, mpp: int | None = None, label: s
             row["s_step"] = res["warmup_s"][-1]
             res["notes"].append("no timed step fitted the budget: s/step is the last warm-up step")
         row["status"] = "ok" if row["steps_timed"] >= min(a.steps, 5) else "partial"
+        if s.cuda_graphs:
+            res["notes"].insert(0, "CUDA graph")
         if res["notes"]:
             row["note"] = "; ".join(res["notes"])
         _derive(b, row)
@@ -1132,8 +1137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=list(LSTM_BACKENDS),
                    help="LSTM recurrence backend (models/lstm_backends.py; auto: fused when it checks out)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate = epsilon")
-    p.add_argument("--cuda_graphs", action="store_true",
-                   help="replay the stacked probe loss as a CUDA graph (train/graphs.py)")
+    add_cuda_graphs(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gemm_n", type=int, default=8192)
     p.add_argument("--sweep_T", type=csv_ints, default=[10, 100, 1000, 10000])

@@ -893,11 +893,16 @@ def newest_bench(path: Path) -> tuple[Path, dict[str, Any]] | None:
         if not (isinstance(data, dict) and data.get("zo_steps")):
             continue
         sizes = {r.get("size") for r in data["zo_steps"] if isinstance(r, dict)}
-        graphed = bool(((data.get("meta") or {}).get("settings") or {}).get("cuda_graphs"))
+        graphed = _forced_graphs(data)
         if set(TIMING_SIZES) <= sizes and not graphed:
             return f, data
         fallback = fallback or (f, data)
     return fallback
+
+
+def _forced_graphs(data: dict) -> bool:
+    """A bench run with --cuda_graphs forced on (older benches stored true; 'auto' is the default run)."""
+    return ((data.get("meta") or {}).get("settings") or {}).get("cuda_graphs") in (True, "true")
 
 
 def newer_rows(path: Path, src: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -911,7 +916,7 @@ def newer_rows(path: Path, src: Path) -> list[tuple[Path, dict[str, Any]]]:
             data = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(data, dict) or ((data.get("meta") or {}).get("settings") or {}).get("cuda_graphs"):
+        if not isinstance(data, dict) or _forced_graphs(data):
             continue
         for r in data.get("zo_steps") or []:
             if isinstance(r, dict) and r.get("status") == "ok":

@@ -600,13 +600,28 @@ def test_torchrun_train_mode_lm(tmp_path):
 
 
 def test_cuda_graphs_flag_parses_and_is_refused_on_cpu():
-    """--cuda_graphs true|false reaches DistConfig (default false); true without CUDA is refused."""
+    """--cuda_graphs auto|true|false reaches DistConfig (default auto; a bare flag means true); a bad
+    value is a parse error; true without CUDA is refused; auto turns graphs on only for small models
+    evaluated several per pass on CUDA."""
     import distributed_rge as cli
     from train.distributed import DistConfig
+    from train.graphs import GRAPHS_AUTO_MAX_PARAMS, use_cuda_graphs
     p = cli.build_parser()
-    for flag, want in (([], False), (["--cuda_graphs", "true"], True), (["--cuda_graphs", "false"], False),
-                       (["--cuda_graphs"], True)):
-        assert cli.config_from_args(p.parse_args(flag)).cuda_graphs is want, flag
+    for flag, want in (([], "auto"), (["--cuda_graphs", "true"], "true"), (["--cuda_graphs", "false"], "false"),
+                       (["--cuda_graphs"], "true"), (["--cuda_graphs", "AUTO"], "auto")):
+        assert cli.config_from_args(p.parse_args(flag)).cuda_graphs == want, flag
+    with pytest.raises(SystemExit):
+        p.parse_args(["--cuda_graphs", "sometimes"])
+    small, big = GRAPHS_AUTO_MAX_PARAMS, GRAPHS_AUTO_MAX_PARAMS + 1
+    assert use_cuda_graphs("auto", device="cuda", n_params=small, models_per_pass=24)
+    assert not use_cuda_graphs("auto", device="cuda", n_params=big, models_per_pass=24)
+    assert not use_cuda_graphs("auto", device="cuda", n_params=small, models_per_pass=1)
+    assert not use_cuda_graphs("auto", device="cpu", n_params=small, models_per_pass=24)
+    assert use_cuda_graphs(True, device="cuda", n_params=big, models_per_pass=1)
+    assert not use_cuda_graphs("false", device="cuda", n_params=small, models_per_pass=24)
+    off = DistConfig(device="cpu", cuda_graphs=False)
+    off.validate()
+    assert off.cuda_graphs == "false"
     with pytest.raises(ValueError, match="cuda_graphs"):
         DistConfig(device="cpu", cuda_graphs=True).validate()
     DistConfig(device="cpu").validate()

@@ -19,6 +19,21 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
+def add_cuda_graphs(p) -> None:
+    """--cuda_graphs auto|true|false (a bare flag means true); see train.graphs.use_cuda_graphs."""
+    from train.graphs import GRAPHS_AUTO_MAX_PARAMS, graphs_setting
+
+    def parse(v):
+        try:
+            return graphs_setting(v)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    p.add_argument("--cuda_graphs", type=parse, nargs="?", const="true", default="auto", metavar="auto|true|false",
+                   help="ZO on CUDA: replay the stacked probe loss as a CUDA graph, one launch instead of dozens. "
+                        f"auto (default): on for models of at most {GRAPHS_AUTO_MAX_PARAMS:,} parameters evaluated "
+                        "several per pass, where launches dominate; it costs memory on large ones")
+
+
 def add_bool(p: argparse.ArgumentParser, name: str, default: bool, help: str = "", dest: str | None = None):
     kw = {"dest": dest} if dest else {}
     p.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="true|false",

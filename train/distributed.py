@@ -51,6 +51,7 @@ from models import (ModelConfig, apply_scale, auto_models_per_pass, auto_time_ch
 from tasks import LM_TASKS, build_lm_task, build_task, sample_predictions
 from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
 from train.evaluate import batch_loss, evaluate_batch, stacked_batch_loss
+from train.graphs import GraphedStackedLoss, graphs_setting, use_cuda_graphs
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.series import SYNTHETIC_TASKS, peak_memory_bytes
 from train.zo_step import NonFiniteLossError, zo_step
@@ -86,7 +87,7 @@ class DistConfig:
     memory_size: int = 0
     dtype: str | None = None            # None: float32 on CPU, bfloat16 on CUDA (fp32 master either way)
     lstm_backend: str = "auto"          # LSTM recurrence backend (models/lstm_backends.py)
-    cuda_graphs: bool = False           # replay the stacked probe loss as a CUDA graph (train/graphs.py)
+    cuda_graphs: str = "auto"           # replay the stacked probe loss as a CUDA graph (train/graphs.py)
     device: str = "cpu"
     seed: int = 0
     batch_size: int = 4
@@ -156,7 +157,8 @@ class DistConfig:
                         master_dtype=torch.float32 if self.resolved_dtype != "float32" else None)
 
     def validate(self) -> None:
-        if self.cuda_graphs and not str(self.device).startswith("cuda"):
+        self.cuda_graphs = graphs_setting(self.cuda_graphs)
+        if self.cuda_graphs == "true" and not str(self.device).startswith("cuda"):
             raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.mode not in ("test", "train"):
             raise ValueError(f"--mode must be test or train, got {self.mode!r}")
@@ -356,8 +358,8 @@ class DistributedTrainer:
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
         self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
         self._graphed = None
-        if cfg.cuda_graphs and self.models_per_pass > 1:
-            from train.graphs import GraphedStackedLoss
+        if use_cuda_graphs(cfg.cuda_graphs, device=self.device, n_params=self.n_params,
+                           models_per_pass=self.models_per_pass):
             model, mb_ = self.model, cfg.micro_batch_size
             self._graphed = GraphedStackedLoss(
                 lambda P, b: stacked_batch_loss(model, P, b, time_chunk=self.time_chunk, micro_batch_size=mb_))

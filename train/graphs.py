@@ -9,16 +9,47 @@ shapes and dtypes of P's tensors and the batch's shapes; the batch is copied int
 input tensors before each replay. The first call with a new key runs eagerly (it compiles kernels
 and settles the backend), the second captures, later ones replay. Captured memory stays reserved
 for the graph, so this helps where launches dominate (models of a few million parameters) and
-costs memory on large ones. CUDA only; both trainers expose it as an opt-in flag (--cuda_graphs).
-Measured on the H200 at 12 probes (bench/results, three runs each): tiny 2.83 / 1.78 / 2.33 ms per
-step graphed against 3.35 / 3.02 / 2.11 ms eager, small 6.77 / 4.86 / 5.48 against 6.13 / 5.70 /
-5.10 ms: inside the run-to-run spread of these host-bound steps, so it is not on by default.
+costs memory on large ones. CUDA only; both trainers take --cuda_graphs auto|true|false, auto (the
+default) turning it on for models of at most GRAPHS_AUTO_MAX_PARAMS parameters (`use_cuda_graphs`).
+Measured on the H200 at 12 probes (2026-11-28, after the step's host work was trimmed): tiny 2.00 ->
+1.09 ms per step, small 3.81 -> 3.35 ms, medium 25.7 ms either way.
 """
 from __future__ import annotations
 
 import torch
 
 from tasks import Batch
+
+
+GRAPH_SETTINGS = ("auto", "true", "false")
+# auto turns graphs on up to this size: measured on the H200 at 12 probes (2026-11-28), tiny 2.00 ->
+# 1.09 ms and small 3.81 -> 3.35 ms per step; medium (10.6M) 25.7 ms either way
+GRAPHS_AUTO_MAX_PARAMS = 5_000_000
+
+
+def graphs_setting(v) -> str:
+    """'auto', 'true' or 'false' from a flag value (bools and the CLIs' spellings of them accepted)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    s = str(v).strip().lower()
+    if s in ("auto", ""):
+        return "auto"
+    if s in ("true", "t", "1", "yes", "y"):
+        return "true"
+    if s in ("false", "f", "0", "no", "n"):
+        return "false"
+    raise ValueError(f"--cuda_graphs must be auto, true or false, got {v!r}")
+
+
+def use_cuda_graphs(setting, *, device, n_params: int, models_per_pass: int) -> bool:
+    """Whether to replay the stacked probe loss as a CUDA graph: 'true' always (the configs refuse it
+    off CUDA), 'false' never, 'auto' on CUDA when several models share a pass and the model has at
+    most GRAPHS_AUTO_MAX_PARAMS parameters (launch-bound sizes; larger models gain nothing and the
+    graph keeps its memory reserved)."""
+    s = graphs_setting(setting)
+    if s != "auto":
+        return s == "true"
+    return torch.device(device).type == "cuda" and models_per_pass > 1 and n_params <= GRAPHS_AUTO_MAX_PARAMS
 
 
 class GraphedStackedLoss:

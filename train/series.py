@@ -22,6 +22,7 @@ from models import ModelConfig, auto_models_per_pass, auto_time_chunk, build_mod
 from tasks import build_lm_task, build_task, sample_predictions
 from train.checkpoint import save_checkpoint
 from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stacked_batch_loss
+from train.graphs import GraphedStackedLoss, graphs_setting, use_cuda_graphs
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.zo_step import NonFiniteLossError, zo_step
 from zo.comm import LocalComm
@@ -69,7 +70,7 @@ class SeriesConfig:
     val_batch_size: int = 64
     time_chunk: int = 0              # ZO forward chunk (0: auto: up to 64 steps within a memory budget)
     models_per_pass: int = 0         # ZO: perturbed models per forward (0: auto from memory; 1: one at a time)
-    cuda_graphs: bool = False        # ZO, CUDA: replay the stacked probe loss as a CUDA graph (train/graphs.py)
+    cuda_graphs: str = "auto"        # ZO, CUDA: replay the stacked probe loss as a CUDA graph (train/graphs.py)
     save_model: bool = False
     checkpoint_dir: str = "rnn_checkpoints"
     wandb: bool = False
@@ -111,7 +112,8 @@ class SeriesConfig:
                              f"--micro_batch_size {self.micro_batch_size}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} was requested but CUDA is not available; use --device cpu")
-        if self.cuda_graphs and not str(self.device).startswith("cuda"):
+        self.cuda_graphs = graphs_setting(self.cuda_graphs)
+        if self.cuda_graphs == "true" and not str(self.device).startswith("cuda"):
             raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.task == "lm_char" and not self.text_path:
             raise ValueError("--task lm_char needs --text_path FILE (a local text file)")
@@ -195,8 +197,10 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
             print(f"ZO: {cfg.num_perturbations} probes, {mpp} perturbed model(s) per forward pass", file=out)
     comm = LocalComm()
     graphed = None
-    if cfg.cuda_graphs and engine is not None:
-        from train.graphs import GraphedStackedLoss
+    if engine is not None and use_cuda_graphs(cfg.cuda_graphs, device=device, models_per_pass=mpp,
+                                              n_params=sum(p.numel() for p in model.parameters())):
+        if cfg.verbose:
+            print(f"ZO: stacked probe loss replayed as a CUDA graph (--cuda_graphs {cfg.cuda_graphs})", file=out)
         graphed = GraphedStackedLoss(lambda P, b: stacked_batch_loss(model, P, b, time_chunk=time_chunk,
                                                                      micro_batch_size=cfg.micro_batch_size))
 
