@@ -91,8 +91,9 @@ def run_kernel(cs, cfg, h_out, c_out, t: int = 1):
     bd = cfg.get("BD", cs["BD"])
     if bd not in cs["W_tiled"]:
         cs["W_tiled"][bd] = tile_recurrent_weight(cs["R"], N=cs["N"], Dk=cs["Dk"], BD=bd)
-    lstm_step_(cs["h"], h_out, cs["W_tiled"][bd], cs["G"], cs["tok"], t, cs["c"], c_out, K=cs["K"], N=cs["N"],
-               Dk=cs["Dk"], BD=bd, BK=cs["BK"], **{k: v for k, v in cfg.items() if k != "BD"})
+    return lstm_step_(cs["h"], h_out, cs["W_tiled"][bd], cs["G"], cs["tok"], t, cs["c"], c_out, K=cs["K"],
+                      N=cs["N"], Dk=cs["Dk"], BD=bd, BK=cfg.get("BK", cs["BK"]),
+                      **{k: v for k, v in cfg.items() if k not in ("BD", "BK")})
 
 
 def run_seq(cs, cfg, hs, c_out):
@@ -205,6 +206,12 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4))):
             focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                           "tma": True, "prefetch": pre})
+    # a shorter or longer k-step: more pipeline stages in the same shared memory, or fewer iterations
+    bks = [bk for bk in (32, 128) if bk != cs["BK"] and cs["Dk"] % bk == 0]
+    for bk, bd, bm, (warps, stages), tma in itertools.product(bks, bds, (128, 64), ((8, 3), (4, 3), (4, 4)),
+                                                               (False, True)):
+        focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
+                      "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
     if grid == "focus":
         return focus
     if grid == "quick":
@@ -242,7 +249,10 @@ STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persisten
 def step_entry(row) -> dict:
     """The per-step kernel's keys of a tuning entry, from a timed row: every option of `lstm_step_`,
     so that the entry reproduces the timed kernel (flags the row lacks are False, occupancy 1)."""
-    return {**{k: row.get(k, False) for k in STEP_KEYS}, "occupancy": row.get("occupancy", 1)}
+    entry = {**{k: row.get(k, False) for k in STEP_KEYS}, "occupancy": row.get("occupancy", 1)}
+    if row.get("BK"):
+        entry["BK"] = row["BK"]
+    return entry
 
 
 def keep_faster(old: dict | None, new: dict, s: float, fast_act: bool) -> tuple[dict, bool]:
@@ -306,8 +316,9 @@ def main(argv=None):
                 break
             row = dict(base, **cfg)
             try:
-                run_kernel(cs, cfg, h_out, c_out)
+                compiled = run_kernel(cs, cfg, h_out, c_out)
                 torch.cuda.synchronize()
+                row["regs"], row["spills"] = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
                 hk = h_out.float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
                 row["err_h"] = float((hk - href).abs().max())
                 row["err_c"] = float((c_out - cref).abs().max())
@@ -396,7 +407,9 @@ def main(argv=None):
                if r.get("seq") else
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
-                  else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}")
+                  else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
+               + (f" BK{r['BK']}" if r.get("BK") else "") + (f" ({r['regs']} regs, {r['spills']} spills)"
+                                                              if r.get("regs") is not None else ""))
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "
                      f"{r['tflops']:.0f} | {r['useful_tflops']:.0f} | {r['peak_frac'] * 100:.0f}% | "
                      f"{r['cublas_bmm_s'] * 1e3:.3f} ms ({r['cublas_bmm_tflops']:.0f} TF/s) | {r['unfused_s'] * 1e3:.3f} ms | "

@@ -253,8 +253,9 @@ def num_sms(device) -> int:
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
-               occupancy: int = 1, prefetch: bool = False) -> None:
+               occupancy: int = 1, prefetch: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
+    Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
     h_in / h_out: [K, B, N, Dk] (views allowed: rows of N*Dk; h_in may broadcast over B, stride 0);
     w [K*N, Dk, 4*Dk] tile-interleaved for this BD (`tile_recurrent_weight`); g [K, V, N, 4*Dk];
@@ -286,7 +287,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
         if not isinstance(occupancy, int) or occupancy < 1:
             raise ValueError(f"step config `occupancy` must be a positive int (programs per SM), got {occupancy!r}")
         programs = min(grid[0] * grid[1] * grid[2], num_sms(c_out.device) * occupancy)
-        kern.lstm_step_persistent_kernel[(programs,)](
+        return kern.lstm_step_persistent_kernel[(programs,)](
             h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0), h_in.stride(1),
             h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1), K * N, Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
             NUM_PROGRAMS=programs, WS=bool(warp_specialize), num_warps=num_warps, num_stages=num_stages)
@@ -296,12 +297,12 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
         a_view = torch.as_strided(h_in, (K, B, N * Dk), (h_in.stride(0), N * Dk, 1))
         a_desc = TensorDescriptor(a_view, list(a_view.shape), list(a_view.stride()), [1, BM, BK])
         w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, BK, 4 * BD])
-        kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
+        return kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
                                         h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
                                         Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee, PREFETCH=bool(prefetch),
                                         num_warps=num_warps, num_stages=num_stages)
         return
-    kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
+    return kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
                                 h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
                                 Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
                                 PREFETCH=bool(prefetch), num_warps=num_warps, num_stages=num_stages)

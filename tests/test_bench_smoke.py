@@ -96,11 +96,15 @@ def test_sweep_grids():
     pytest.importorskip("triton")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import step_kernel_sweep as sweep
-    large = {"K": 2, "N": 220, "B": 1024, "Dk": 320, "BD": 64}
+    large = {"K": 2, "N": 220, "B": 1024, "Dk": 320, "BD": 64, "BK": 64}
     focus = sweep.grid_configs(large, "focus")
     assert len(focus) == len({tuple(sorted(c.items())) for c in focus})            # no duplicates
     assert {c["prefetch"] for c in focus} == {False, True}
-    assert sum(c["prefetch"] for c in focus) * 2 == len(focus)
+    plain = [c for c in focus if "BK" not in c]
+    assert sum(c["prefetch"] for c in plain) * 2 == len(plain)
+    assert {c["BK"] for c in focus if "BK" in c} == {32}            # Dk 320: BK 64 by default, 32 the variant
+    xl = {"K": 1, "N": 350, "B": 1024, "Dk": 896, "BD": 64, "BK": 64}
+    assert {c["BK"] for c in sweep.grid_configs(xl, "focus") if "BK" in c} == {32, 128}
     assert all(c["one_dot"] and not c.get("persistent") for c in focus)
     assert {c["BD"] for c in focus} == {64, 32} and any(c.get("tma") for c in focus)
     rec = {"BD": 64, "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 3, "tma": False, "ms": 1.4}
@@ -110,7 +114,7 @@ def test_sweep_grids():
     assert quick[1] == dict(quick[0], prefetch=True) and len(quick) < len(focus)
     full = sweep.grid_configs(large, "all")
     assert any(not c["one_dot"] for c in full) and any(c.get("persistent") for c in full)
-    tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32}
+    tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32, "BK": 32}
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):
         sweep.grid_configs(large, "fast")
