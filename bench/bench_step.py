@@ -571,7 +571,8 @@ class ZOSetup:
             Mg = 2 * min(self.probes, self.seeds_per_pass())
             P = {n: p.detach().unsqueeze(0).expand(Mg, *p.shape).contiguous()
                  for n, p in self.model.named_parameters()}
-            self.stacked(P)
+            for _ in range(2 if self.cuda_graphs else 1):   # graphed: eager on a new key, then the capture
+                self.stacked(P)
             b.sync()
             t3 = time.perf_counter()
             self.stacked(P)
