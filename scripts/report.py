@@ -971,7 +971,7 @@ def timing_zo_table(rows: list[dict[str, Any]]) -> str:
         tf, frac = _f(r.get("tflops")), _f(r.get("peak_frac"))
         paper_s = _f(r.get("paper_s"))
         body.append([
-            size + (f" ({r['label']})" if r.get("label") else ""),
+            size + (f" ({r['label']})" if r.get("label") else "") + (" *graphed*" if r.get("graphed") else ""),
             fmt(_f(r.get("params")), "int"), str(probes), fmt(_f(r.get("models_per_pass")), "int"),
             fmt_dur(s) if ok else str(r.get("status", "?")),
             f"{tf:.1f} ({100 * frac:.1f}%)" if ok and tf is not None and frac is not None else "–",
@@ -1054,9 +1054,12 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
     st = meta.get("settings") or {}
     peak = data.get("peak") or {}
     lines.append(f"Source: [`{_source_label([path])}`]({_rel(path, report.parent)}), the newest "
-                 f"`bench_step_*.json` in `{label}` with every preset ({', '.join(TIMING_SIZES)}) run without CUDA "
-                 f"graphs ({len(bench_step_files(bench_path))} files there; newer ones of a few presets are "
-                 "summarised in bench/results/README.md).")
+                 f"`bench_step_*.json` in `{label}` with every preset ({', '.join(TIMING_SIZES)}) and CUDA graphs "
+                 f"not forced on ({len(bench_step_files(bench_path))} files there; newer ones of a few presets are "
+                 "summarised in bench/results/README.md)."
+                 + (" Rows marked *graphed* replayed the stacked loss as a CUDA graph (`--cuda_graphs auto`, the "
+                    "default for small models); their peak GiB can miss the graph's memory pool."
+                    if any(r.get("graphed") for r in data.get("zo_steps") or [] if isinstance(r, dict)) else ""))
     gpu = f"{meta.get('gpu', '?')}"
     if _f(meta.get("gpu_memory_gib")):
         gpu += f" ({_f(meta['gpu_memory_gib']):.1f} GiB, driver {meta.get('driver', '?')})"
