@@ -223,15 +223,25 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
 def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int):
     """R [K, 4, N, D, D] -> W [K*N, Dk, 4*Dk] in the kernel's tile-interleaved layout
     [K*N, Dk, Dk/BD, 4, BD] (the four gates of each tile of BD units side by side), zero-padded.
-    Filled one unit tile at a time, so no temporary of W's size exists."""
+    Runs once per pass (the probes change R), so every element of W is written exactly once: one
+    strided copy for all whole unit tiles, one for the last partial tile, zeros only where W pads
+    (rows D..Dk, the partial tile's tail, tiles past D). No temporary of W's size exists."""
     K, _, _, D, _ = R.shape
     J = Dk // BD
-    W = torch.zeros(K, N, Dk, J, 4, BD, dtype=R.dtype, device=R.device)
+    full = D // BD                                                         # unit tiles without padding
+    W = torch.empty(K, N, Dk, J, 4, BD, dtype=R.dtype, device=R.device)
     Rp = R.permute(0, 2, 3, 1, 4)                                          # [K, N, Din, 4, Dout]
-    for j in range(J):
-        w = min(BD, D - j * BD)
-        if w > 0:
-            W[:, :, :D, j, :, :w] = Rp[..., j * BD:j * BD + w]
+    if full:
+        W[:, :, :D, :full] = Rp[..., :full * BD].unflatten(-1, (full, BD)).transpose(3, 4)
+    used = -(-D // BD)                                                     # tiles holding any unit
+    if used > full:                                                        # the partial last tile
+        w = D - full * BD
+        W[:, :, :D, full, :, :w] = Rp[..., full * BD:]
+        W[:, :, :D, full, :, w:] = 0
+    if J > used:                                                           # tiles of padding only
+        W[:, :, :D, used:] = 0
+    if Dk > D:
+        W[:, :, D:] = 0
     return W.view(K * N, Dk, 4 * Dk)
 
 

@@ -449,3 +449,46 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["ok"]
+
+
+def test_tile_recurrent_weight_writes_every_element():
+    """The tiled recurrent weight equals a zero-filled tile-by-tile reference bit for bit, for whole
+    and partial unit tiles and tiles of padding only, with W's memory full of NaN before it is
+    written (so an element left unwritten would show)."""
+    import torch
+    sys.path.insert(0, ROOT)
+    from models import lstm_fused
+    from models.lstm_fused import step_tiles, tile_recurrent_weight
+
+    def reference(R, *, N, Dk, BD):
+        K, _, _, D, _ = R.shape
+        W = torch.zeros(K, N, Dk, Dk // BD, 4, BD, dtype=R.dtype)
+        Rp = R.permute(0, 2, 3, 1, 4)
+        for j in range(Dk // BD):
+            w = min(BD, D - j * BD)
+            if w > 0:
+                W[:, :, :D, j, :, :w] = Rp[..., j * BD:j * BD + w]
+        return W.view(K * N, Dk, 4 * Dk)
+
+    orig = torch.empty
+
+    def nan_empty(*size, **kw):
+        t = orig(*size, **kw)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    g = torch.Generator().manual_seed(0)
+    cases = 0
+    lstm_fused.torch.empty = nan_empty
+    try:
+        for K, N, D in [(2, 3, 20), (1, 2, 50), (2, 2, 64), (1, 3, 150), (1, 1, 300), (1, 1, 5)]:
+            Dk = step_tiles(D)[0]
+            for bd in sorted({step_tiles(D)[1], 16, 32, 64, Dk}):
+                if Dk % bd:
+                    continue
+                R = torch.randn(K, 4, N, D, D, generator=g).to(torch.bfloat16)
+                assert torch.equal(tile_recurrent_weight(R, N=N, Dk=Dk, BD=bd), reference(R, N=N, Dk=Dk, BD=bd)), \
+                    (K, N, D, bd)
+                cases += 1
+    finally:
+        lstm_fused.torch.empty = orig
+    assert cases >= 15

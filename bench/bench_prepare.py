@@ -1,0 +1,110 @@
+"""The fused forward's per-pass preparation, timed per preset: what a pass costs before its first step.
+
+    python bench/bench_prepare.py --sizes medium,large,xlarge --out $OUT
+
+Every pass sees new perturbed weights, so `models.lstm_fused.prepare_fused` rebuilds, per pass, the
+input table G = emb @ W_in + b, the padded output weight and (on the first chunk) the tile-interleaved
+recurrent weight. Per preset (K stacked models as the trainer picks them at 12 probes) this times,
+with CUDA events (median of --reps):
+- `tile_recurrent_weight` at the preset's tuned BD, and the tile-by-tile form it replaced (zero W,
+  then one strided copy per unit tile), against the copy ceiling: bytes read + written / measured
+  device-to-device copy bandwidth;
+- the rest of `prepare_fused` (input table, padded output weight and bias).
+Writes `bench_prepare_<date>.md` under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models import SIZE_PRESETS, build_model, preset  # noqa: E402
+from models.lstm_fused import default_step_config, prepare_fused, step_tiles, tile_recurrent_weight  # noqa: E402
+
+DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
+
+
+def tile_by_tile(R, *, N: int, Dk: int, BD: int):
+    """The previous `tile_recurrent_weight`: W zeroed, then one strided copy per unit tile."""
+    K, _, _, D, _ = R.shape
+    W = torch.zeros(K, N, Dk, Dk // BD, 4, BD, dtype=R.dtype, device=R.device)
+    Rp = R.permute(0, 2, 3, 1, 4)
+    for j in range(Dk // BD):
+        w = min(BD, D - j * BD)
+        if w > 0:
+            W[:, :, :D, j, :, :w] = Rp[..., j * BD:j * BD + w]
+    return W.view(K * N, Dk, 4 * Dk)
+
+
+def cuda_ms(fn, reps: int) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="medium,large,xlarge")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_prepare.py needs a CUDA device")
+    dev = torch.device("cuda")
+    src = torch.empty(1 << 28, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_gbs = 2 * src.numel() / cuda_ms(lambda: dst.copy_(src), a.reps) / 1e6
+    del src, dst
+    gpu = torch.cuda.get_device_name(dev)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
+    lines = [f"# Per-pass preparation of the fused forward ({stamp} UTC, {gpu}, torch {torch.__version__})", "",
+             f"Command: `python bench/bench_prepare.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
+             f"Device-to-device copy bandwidth measured in this run: {copy_gbs:.0f} GB/s (read + write).", "",
+             "| size | K | D→Dk | BD | W GB | tile W: now | tile by tile (before) | copy ceiling | rest of prepare_fused |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for size in a.sizes.split(","):
+        H, N = SIZE_PRESETS[size]
+        K = DEFAULT_K[size]
+        cfg = preset(size, dtype="bfloat16", backend="fused")
+        m = build_model(cfg, generator=torch.Generator().manual_seed(0), device=dev)
+        P = {n: p.detach().unsqueeze(0).expand(K, *p.shape).contiguous() for n, p in m.named_parameters()}
+        del m
+        D = H // N
+        Dk, BD0, _ = step_tiles(D)
+        BD = default_step_config(1024, BD0, Dk=Dk, heads=K * N, device=dev).get("BD", BD0)
+        R = P["R"]
+        assert torch.equal(tile_recurrent_weight(R, N=N, Dk=Dk, BD=BD), tile_by_tile(R, N=N, Dk=Dk, BD=BD))
+        t_now = cuda_ms(lambda: tile_recurrent_weight(R, N=N, Dk=Dk, BD=BD), a.reps)
+        t_old = cuda_ms(lambda: tile_by_tile(R, N=N, Dk=Dk, BD=BD), a.reps)
+        w_bytes = K * N * Dk * 4 * Dk * R.element_size()
+        floor = (R.numel() * R.element_size() + w_bytes) / (copy_gbs * 1e6)
+        t_prep = cuda_ms(lambda: prepare_fused(P, num_heads=N), a.reps)
+        lines.append(f"| {size} | {K} | {D}→{Dk} | {BD} | {w_bytes / 1e9:.2f} | {t_now:.3f} ms | {t_old:.3f} ms | "
+                     f"{floor:.3f} ms | {t_prep:.3f} ms |")
+        print(lines[-1], flush=True)
+        del P, R
+        torch.cuda.empty_cache()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_prepare_{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
