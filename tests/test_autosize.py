@@ -91,9 +91,13 @@ def test_committed_tuning_file_is_valid():
     for key, cfg in tab.items():
         Dk = int(key.split("Dk=")[1].split("|")[0])
         assert Dk % cfg["BD"] == 0 and cfg["BM"] in (16, 32, 64, 128, 256)
-        assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg) <= {"BD", "BM", "BK", "one_dot", "num_warps",
-                                                                                "num_stages", "tma", "seq", "split",
-                                                                                "persist"}
+        # launch options of the per-step kernel (keyword arguments of lstm_step_), the other forms'
+        # keys, and the sweep's records of what it measured
+        import inspect
+        step_opts = {n for n, p in inspect.signature(lstm_fused.lstm_step_).parameters.items()
+                     if p.kind == p.KEYWORD_ONLY} - {"K", "N", "Dk"}
+        assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg), key
+        assert set(cfg) <= step_opts | {"seq", "split", "persist"} | set(lstm_fused.TUNING_NOTES), key
         seq = cfg.get("seq")
         if seq is not None:   # the whole-chunk kernel: only for heads of at most SEQ_MAX_DK, a power of two
             assert Dk <= lstm_fused.SEQ_MAX_DK and Dk & (Dk - 1) == 0, key

@@ -32,7 +32,12 @@ def batch_loss(model, batch: Batch, *, time_chunk: int = 0, micro_batch_size: in
     """Mean masked cross entropy over the batch (fp32 scalar on the model's device).
 
     With micro_batch_size > 0 the rows are processed in micro-batches; the result is the
-    token-weighted mean over all of them, identical to one pass up to summation order."""
+    token-weighted mean over all of them, identical to one pass up to summation order. A model
+    that evaluates stacked parameter sets takes `stacked_batch_loss` with one set: the loss alone
+    (no accuracy) and, on the fused backend, the cross-entropy kernel instead of fp32 logits."""
+    if hasattr(model, "forward_chunk_stacked"):
+        P1 = {n: p.unsqueeze(0) for n, p in model.named_parameters()}
+        return stacked_batch_loss(model, P1, batch, time_chunk=time_chunk, micro_batch_size=micro_batch_size)[0]
     B = batch.inputs.shape[0]
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     total, count = None, None
