@@ -906,7 +906,7 @@ def _forced_graphs(data: dict) -> bool:
 
 
 def newer_rows(path: Path, src: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """ZO step rows (status ok) of the benches newer than `src` run without CUDA graphs (benches of a
+    """ZO step rows (status ok) of the benches newer than `src` with CUDA graphs not forced on (benches of a
     few presets, e.g. after a tuning change), the newest per (size, probes, label), in table order."""
     seen: dict[tuple, tuple[Path, dict[str, Any]]] = {}
     for f in bench_step_files(path):
@@ -1086,12 +1086,13 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
     lines.append("")
     newer = newer_rows(bench_path, path)
     if newer:
-        lines.append("**Newer measurements** of some presets (benches after the table's, without CUDA graphs; the "
-                     "newest per preset and probe count):")
+        lines.append("**Newer measurements** of some presets (benches after the table's, CUDA graphs not forced on; "
+                     "the newest per preset and probe count):")
         lines.append("")
         lines.append(md_table(
             ["size", "probes (one GPU)", "s/step, ours", "peak GiB, ours", "s/step, paper's code", "speed-up", "bench"],
-            [[str(r.get("size", "?")) + (f" ({r['label']})" if r.get("label") else ""), str(r.get("probes", "?")),
+            [[str(r.get("size", "?")) + (f" ({r['label']})" if r.get("label") else "")
+              + (" *graphed*" if r.get("graphed") else ""), str(r.get("probes", "?")),
               fmt_dur(_f(r.get("s_step"))), fmt_gib(_f(r.get("peak_alloc_gib"))), fmt_dur(_f(r.get("paper_s"))),
               f"{_f(r['paper_s']) / _f(r['s_step']):.1f}x" if _f(r.get("paper_s")) and _f(r.get("s_step")) else "–",
               f"[`{f.stem}`]({_rel(f.with_suffix('.md'), report.parent)})" if f.with_suffix(".md").is_file()
