@@ -401,3 +401,26 @@ def lstm_persist_kernel(h_in_ptr, hs_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
             h = _sigmoid(o, FAST) * _tanh(c, FAST)
             tl.store(c_rows + j * BD + e[None, :], c, mask=m2)
             tl.store(hs_rows + t * stride_hs_t.to(tl.int64) + j * BD + e[None, :], h.to(hs_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def tile_weight_kernel(r_ptr, w_ptr, N, D, Dk, J, ROWS: tl.constexpr, BD: tl.constexpr):
+    """The recurrent weight R [K, 4, N, D, D] (contiguous) in the step kernels' layout
+    W [K*N, Dk, J, 4, BD] (J = Dk / BD), zero-padded. Grid (cdiv(Dk, ROWS), J, K*N): a program
+    writes rows i0..i0+ROWS-1 of unit tile j for all four gates, each a run of BD contiguous
+    elements loaded from one row of one gate's matrix (zero past D). Every element of W is written
+    exactly once, so W needs no prior fill."""
+    pid_i = tl.program_id(0)
+    j = tl.program_id(1)
+    kn = tl.program_id(2)
+    k = kn // N
+    n = kn - k * N
+    rows = pid_i * ROWS + tl.arange(0, ROWS)
+    cols = j * BD + tl.arange(0, BD)
+    m = (rows < D)[:, None] & (cols < D)[None, :]
+    out_rows = rows < Dk
+    for g in range(4):
+        src = r_ptr + (((k * 4 + g) * N + n).to(tl.int64) * D + rows[:, None]) * D + cols[None, :]
+        v = tl.load(src, mask=m, other=0.0)
+        dst = w_ptr + ((kn.to(tl.int64) * Dk + rows[:, None]) * J + j) * (4 * BD) + g * BD + tl.arange(0, BD)[None, :]
+        tl.store(dst, v, mask=out_rows[:, None])

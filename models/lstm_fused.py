@@ -220,14 +220,26 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
             "tma": False, "persistent": False, "seq": default_seq_config(Dk, B)}
 
 
-def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int):
+def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int, kernel: bool | None = None):
     """R [K, 4, N, D, D] -> W [K*N, Dk, 4*Dk] in the kernel's tile-interleaved layout
     [K*N, Dk, Dk/BD, 4, BD] (the four gates of each tile of BD units side by side), zero-padded.
     Runs once per pass (the probes change R), so every element of W is written exactly once: one
     strided copy for all whole unit tiles, one for the last partial tile, zeros only where W pads
-    (rows D..Dk, the partial tile's tail, tiles past D). No temporary of W's size exists."""
+    (rows D..Dk, the partial tile's tail, tiles past D). No temporary of W's size exists.
+    kernel (default: on CUDA, and in the interpreter for tests, when BD is a power of two): one
+    Triton launch (`tile_weight_kernel`) instead, which reads each gate row as one contiguous run;
+    the torch copy's permuted source ran at a third of the copy bandwidth (bench/bench_prepare.py)."""
     K, _, _, D, _ = R.shape
     J = Dk // BD
+    if kernel is None:
+        kernel = (R.is_cuda or interpreted()) and R.is_contiguous() and BD & (BD - 1) == 0 and available()[0]
+    if kernel:
+        import triton
+        from models._lstm_step_triton import tile_weight_kernel
+        W = torch.empty(K * N, Dk, 4 * Dk, dtype=R.dtype, device=R.device)
+        rows = 16
+        tile_weight_kernel[(triton.cdiv(Dk, rows), J, K * N)](R, W, N, D, Dk, J, ROWS=rows, BD=BD, num_warps=4)
+        return W
     full = D // BD                                                         # unit tiles without padding
     W = torch.empty(K, N, Dk, J, 4, BD, dtype=R.dtype, device=R.device)
     Rp = R.permute(0, 2, 3, 1, 4)                                          # [K, N, Din, 4, Dout]
