@@ -607,8 +607,8 @@ def test_master_checksum_is_chunked_and_order_fixed():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_prefetched_keys_equal_fresh_keys(dropout):
-    """`prefetch_keys` hashes this step's update keys and the next step's per-pass probe keys ahead
-    of the sync; what it caches equals the keys computed fresh, per pass exactly as
+    """`prefetch_keys` hashes this step's update keys and the next step's first-pass probe keys ahead
+    of the sync; what it caches equals the keys computed fresh, the pass grouped exactly as
     `evaluate_stacked` groups the seeds, and the cache stays bounded."""
     from zo import kernels as zk
     lin = torch.nn.Linear(5, 3)
@@ -621,13 +621,14 @@ def test_prefetched_keys_equal_fresh_keys(dropout):
     assert [g for g, _ in groups] == [nxt[0:2], nxt[2:4], nxt[4:5]]
     assert groups[0][1] == [nxt[0], nxt[0], nxt[1], nxt[1]]
     pids = [p.pid for p in eng.params]
-    expect = {tuple(now): now, **{tuple(ms): ms for _, ms in groups}}
+    expect = {tuple(now): now, tuple(groups[0][1]): groups[0][1]}
     assert set(eng._keys_cache) == set(expect)
     for t, seeds in expect.items():
         fresh = zk.noise_keys_multi(seeds, pids, device="cpu", dropout=dropout > 0)
         assert torch.equal(eng._keys_cache[t], fresh)
     eng.prefetch_keys(now, nxt, models_per_pass=1)        # one seed per pass (the per-probe path)
-    assert all((s,) in eng._keys_cache for s in nxt)
+    assert (nxt[0],) in eng._keys_cache and (nxt[1],) not in eng._keys_cache
+    eng.prefetch_keys(now, [], models_per_pass=4)         # a rank with no seeds this step
     for step in range(2, 40):
         eng.prefetch_keys(eng.seeds(step), eng.seeds(step + 1), models_per_pass=10)
     assert len(eng._keys_cache) <= eng.KEYS_CACHED

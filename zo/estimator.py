@@ -322,19 +322,20 @@ class ZOEngine:
 
     def prefetch_keys(self, update_seeds, next_seeds, *, models_per_pass: int = 1) -> None:
         """Hash and upload, ahead of time, the noise keys of this step's update (`update_seeds`) and
-        of the next step's probe passes (`next_seeds`, as `evaluate_stacked` with `models_per_pass`
-        models per pass, or one seed per pass when it is 1). Called while the GPU still runs this
-        step's forwards, it takes that host work off the path between the step's one sync and the
-        next kernels. Values are unchanged: keys are a pure function of the seeds."""
+        of the next step's first probe pass (`next_seeds`, grouped as `evaluate_stacked` groups them
+        with `models_per_pass` models per pass, or one seed per pass when it is 1). Called while the
+        GPU still runs this step's forwards, it takes that host work off the path between the step's
+        one sync and the next kernels (later passes' keys are hashed while earlier passes run).
+        Values are unchanged: keys are a pure function of the seeds."""
         if not self.use_kernels:
             return
         self._keys(update_seeds)
+        if not next_seeds:
+            return
         if models_per_pass > 1:
-            for _, model_seeds in self._probe_groups(next_seeds, models_per_pass):
-                self._keys(model_seeds)
+            self._keys(self._probe_groups(next_seeds, models_per_pass)[0][1])
         else:
-            for s in next_seeds:
-                self._keys([s])
+            self._keys([next_seeds[0]])
 
     @torch.no_grad()
     def restore(self) -> None:
