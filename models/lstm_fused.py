@@ -234,6 +234,9 @@ def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int, kernel: bool | None = 
     if kernel is None:
         kernel = (R.is_cuda or interpreted()) and R.is_contiguous() and BD & (BD - 1) == 0 and available()[0]
     if kernel:
+        if not R.is_contiguous() or BD & (BD - 1):
+            raise ValueError(f"tile_weight_kernel needs a contiguous R and a power-of-two BD (got BD {BD}, "
+                             f"contiguous {R.is_contiguous()}); pass kernel=False for the torch tiling")
         import triton
         from models._lstm_step_triton import tile_weight_kernel
         W = torch.empty(K * N, Dk, 4 * Dk, dtype=R.dtype, device=R.device)
@@ -313,21 +316,19 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
             h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0), h_in.stride(1),
             h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1), K * N, Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
             NUM_PROGRAMS=programs, WS=bool(warp_specialize), num_warps=num_warps, num_stages=num_stages)
-        return
     if tma and h_in.stride(1) != 0:
         from triton.tools.tensor_descriptor import TensorDescriptor
         a_view = torch.as_strided(h_in, (K, B, N * Dk), (h_in.stride(0), N * Dk, 1))
         a_desc = TensorDescriptor(a_view, list(a_view.shape), list(a_view.stride()), [1, BM, BK])
         w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, BK, 4 * BD])
-        return kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
-                                        h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
-                                        Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee, PREFETCH=bool(prefetch),
-                                        num_warps=num_warps, num_stages=num_stages)
-        return
-    return kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0),
-                                h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
-                                Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
-                                PREFETCH=bool(prefetch), num_warps=num_warps, num_stages=num_stages)
+        return kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0),
+                                               t, h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
+                                               Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee, PREFETCH=bool(prefetch),
+                                               num_warps=num_warps, num_stages=num_stages)
+    return kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
+                                       h_in.stride(0), h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0),
+                                       c_in.stride(1), Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
+                                       PREFETCH=bool(prefetch), num_warps=num_warps, num_stages=num_stages)
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):

@@ -38,7 +38,7 @@ def graphs_setting(v) -> str:
         return "true"
     if s in ("false", "f", "0", "no", "n"):
         return "false"
-    raise ValueError(f"--cuda_graphs must be auto, true or false, got {v!r}")
+    raise ValueError(f"--cuda_graphs must be one of {', '.join(GRAPH_SETTINGS)}, got {v!r}")
 
 
 def use_cuda_graphs(setting, *, device, n_params: int, models_per_pass: int) -> bool:
