@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS, build_model, preset  # noqa: E402
 from models.lstm_fused import default_step_config, prepare_fused, step_tiles, tile_recurrent_weight  # noqa: E402
 
@@ -45,16 +46,7 @@ def tile_by_tile(R, *, N: int, Dk: int, BD: int):
 
 
 def cuda_ms(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return time_ms(fn, reps, warmup=1)[0]
 
 
 def main(argv=None) -> int:

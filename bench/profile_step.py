@@ -47,35 +47,25 @@ def busy_seconds(events) -> float:
 
 def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
     z = ZOSetup(b, size, probes, B=a.batch, T=a.T, time_chunk=a.time_chunk, mpp=a.models_per_pass)
-    i = 0
-    for _ in range(a.warmup):
-        z.step(i)
-        i += 1
-    b.sync()
-    walls = []
-    for _ in range(a.steps):
+    step_no = iter(range(1 << 30))
+
+    def run(n: int) -> float:
+        """Seconds per step over the next n steps (synchronised at the end)."""
         t = time.perf_counter()
-        z.step(i)
+        for _ in range(n):
+            z.step(next(step_no))
         b.sync()
-        walls.append(time.perf_counter() - t)
-        i += 1
+        return (time.perf_counter() - t) / max(n, 1)
+
+    run(a.warmup)
+    walls = [run(1) for _ in range(a.steps)]
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if b.cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
-        t = time.perf_counter()
-        for _ in range(a.prof_steps):
-            z.step(i)
-            i += 1
-        b.sync()
-        prof_wall = (time.perf_counter() - t) / a.prof_steps
+        prof_wall = run(a.prof_steps)
     busy = busy_seconds(prof.events()) / a.prof_steps if b.cuda else None
     pr = cProfile.Profile()
     pr.enable()
-    t = time.perf_counter()
-    for _ in range(a.prof_steps):
-        z.step(i)
-        i += 1
-    b.sync()
-    cprof_wall = (time.perf_counter() - t) / a.prof_steps
+    cprof_wall = run(a.prof_steps)
     pr.disable()
     s = io.StringIO()
     pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(a.rows)

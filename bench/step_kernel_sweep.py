@@ -189,7 +189,8 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
 
     focus (default): the one-dot form (always ahead of the four-dot form on the H200), pointer and
       TMA loads, BD in {BD, 32}, BM in {64, 128}, warps x stages around the measured best, each with
-      and without the cell's loads issued before the GEMM (prefetch);
+      and without the cell's loads issued before the GEMM (prefetch), then BK variants (32, 128
+      where they divide Dk) of the prefetch configs;
     quick: the recorded entry for this shape and its prefetch twin, then a few of focus;
     all: focus plus the four-dot form and the persistent kernel (slower everywhere timed so far).
     Small shapes (under 50 GFLOP a step, where the whole-chunk kernel runs) get the quick grid."""

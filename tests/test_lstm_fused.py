@@ -457,18 +457,10 @@ def test_tile_recurrent_weight_writes_every_element():
     written (so an element left unwritten would show)."""
     import torch
     sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_prepare import tile_by_tile as reference      # the previous form: zero W, one copy per tile
     from models import lstm_fused
     from models.lstm_fused import step_tiles, tile_recurrent_weight
-
-    def reference(R, *, N, Dk, BD):
-        K, _, _, D, _ = R.shape
-        W = torch.zeros(K, N, Dk, Dk // BD, 4, BD, dtype=R.dtype)
-        Rp = R.permute(0, 2, 3, 1, 4)
-        for j in range(Dk // BD):
-            w = min(BD, D - j * BD)
-            if w > 0:
-                W[:, :, :D, j, :, :w] = Rp[..., j * BD:j * BD + w]
-        return W.view(K * N, Dk, 4 * Dk)
 
     orig = torch.empty
 
