@@ -181,18 +181,44 @@ def seq_configs(cs):
     return [{"BM": bm, "num_warps": w, "prefetch": p} for bm in (32, 64, 128) for w in (4, 8) for p in (False, True)]
 
 
-GRIDS = ("focus", "quick", "all")
+GRIDS = ("focus", "quick", "all", "wres")
+WRES_SMEM = 200 * 1024  # the weight tile a weight-resident program may hold in shared memory (of 227 KB)
+
+
+def wres_configs(cs):
+    """Configs of the weight-resident per-step kernel (`lstm_step_wres_kernel`): BD in {BD, 32} where
+    the weight tile [Dk, 4*BD] fits WRES_SMEM, BK the smallest of 64, 128 that holds Dk in at most 8
+    chunks; BM 64 (4 or 8 warps) and 128 (8 warps); 1 or 2 stages (the row loop's h loads); prefetch on
+    and off; all row tiles per program, or 4 per program (more programs, each weight tile read more
+    often: 4 times a step at B = 1024, BM 64)."""
+    Dk = cs["Dk"]
+    bk = next((b for b in (cs["BK"], 64, 128) if Dk % b == 0 and Dk // b <= 8), None)
+    if bk is None:
+        return []
+    out = []
+    for bd in dict.fromkeys([cs["BD"], 32]):
+        if Dk % bd or Dk * 4 * bd * 2 > WRES_SMEM:
+            continue
+        for pre in (True, False):
+            for bm, w, st in ((64, 4, 1), (64, 4, 2), (64, 8, 1), (128, 8, 1)):
+                for rt in (0, 4):
+                    out.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": w, "num_stages": st,
+                                "prefetch": pre, "wres": True, "row_tiles": rt, "BK": bk})
+    return out
 
 
 def grid_configs(cs, grid: str, recorded: dict | None = None):
     """The per-step kernel configs to time, most promising first (a budget cut drops the tail).
 
-    focus (default): the one-dot form (always ahead of the four-dot form on the H200), pointer and
+    focus (default): the weight-resident kernel (`wres_configs`), then the one-dot form (always
+      ahead of the four-dot form on the H200), pointer and
       TMA loads, BD in {BD, 32}, BM in {64, 128}, warps x stages around the measured best, each with
       and without the cell's loads issued before the GEMM (prefetch), then BK variants (32, 128
       where they divide Dk) of the prefetch configs;
     quick: the recorded entry for this shape and its prefetch twin, then a few of focus;
-    all: focus plus the four-dot form and the persistent kernel (slower everywhere timed so far).
+    all: focus plus the four-dot form and the persistent kernel (slower everywhere timed so far);
+    wres: the recorded entry, then the weight-resident kernel's configs (`wres_configs`, which
+    also lead focus).
     Small shapes (under 50 GFLOP a step, where the whole-chunk kernel runs) get the quick grid."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS}")
@@ -213,12 +239,16 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
                                                                (False, True)):
         focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                       "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
+    if grid == "wres":        # the recorded entry first, to compare with in the same run
+        first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
+        return first + wres_configs(cs)
     if grid == "focus":
-        return focus
+        return wres_configs(cs) + focus
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
-            base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma") if k in recorded}
+            base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
+                                             "row_tiles", "BK") if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
         return first + rest
@@ -244,7 +274,8 @@ def persistent_configs(cs, quick: bool):
              "occupancy": occ, "warp_specialize": ws} for bm, w, st, occ, ws in full]
 
 
-STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch")
+STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
+             "wres")
 
 
 def step_entry(row) -> dict:
@@ -253,6 +284,8 @@ def step_entry(row) -> dict:
     entry = {**{k: row.get(k, False) for k in STEP_KEYS}, "occupancy": row.get("occupancy", 1)}
     if row.get("BK"):
         entry["BK"] = row["BK"]
+    if row.get("wres"):
+        entry["row_tiles"] = row.get("row_tiles", 0)
     return entry
 
 
@@ -408,7 +441,7 @@ def main(argv=None):
                if r.get("seq") else
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
-                  else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
+                  else "") + (f" W-resident rows/{r.get('row_tiles') or 'all'}" if r.get("wres") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
                + (f" BK{r['BK']}" if r.get("BK") else "") + (f" ({r['regs']} regs, {r['spills']} spills)"
                                                               if r.get("regs") is not None else ""))
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "

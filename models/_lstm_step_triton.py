@@ -281,6 +281,94 @@ def lstm_step_persistent_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in
                        stride_cin_h, stride_cin_b, Dk, BM, BD)
 
 
+WRES_MAX_CHUNKS = 8  # the weight-resident kernel holds Dk / BK <= 8 weight chunks
+
+
+@triton.jit
+def _w_chunk(w_base, i: tl.constexpr, Dk: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr):
+    """Rows i*BK..(i+1)*BK-1 of a program's weight tile [Dk, 4*BD] (w_base: its first column; row stride 4*Dk)."""
+    kk = tl.arange(0, BK)
+    return tl.load(w_base + (i * BK + kk)[:, None] * (4 * Dk) + tl.arange(0, 4 * BD)[None, :])
+
+
+@triton.jit
+def _dot_chunk(acc, a_ptrs, m2, w, i: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):
+    """acc + h[rows, i*BK:(i+1)*BK] @ w (a_ptrs: [BM, BK] pointers at h[rows, 0:BK])."""
+    a = tl.load(a_ptrs + i * BK, mask=m2, other=0.0)
+    if IEEE:
+        acc = tl.dot(a, w, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def lstm_step_wres_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                          B, N, V, tok_stride_b, t, stride_in_k, stride_in_b, stride_out_k, stride_hb,
+                          stride_cin_h, stride_cin_b, ROW_TILES,
+                          Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                          IEEE: tl.constexpr, PREFETCH: tl.constexpr = False):
+    """`lstm_step_kernel` (one-dot form; same arguments and layouts) with the weight tile resident:
+    grid (Dk // BD, cdiv(cdiv(B, BM), ROW_TILES), K * N). A program loads its weight tile
+    W[head][:, units of tile pid_d] ([Dk, 4*BD], as Dk / BK chunks the compiler keeps in shared
+    memory) once, then loops over ROW_TILES row tiles of BM rows: per row tile only h[rows, :]
+    is read. The per-step kernel reads the weight tile once per row tile (16 times a step at
+    B = 1024, BM = 64), which at Dk = 320 is 4/5 of its L2 traffic."""
+    NKC: tl.constexpr = Dk // BK
+    tl.static_assert(NKC <= 8, "the weight-resident kernel holds at most 8 weight chunks (Dk / BK <= 8)")
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    w_base = w_ptr + pid_h.to(tl.int64) * (Dk * 4 * Dk) + pid_d * (4 * BD)
+    w0 = _w_chunk(w_base, 0, Dk, BD, BK)
+    if NKC > 1:
+        w1 = _w_chunk(w_base, 1, Dk, BD, BK)
+    if NKC > 2:
+        w2 = _w_chunk(w_base, 2, Dk, BD, BK)
+    if NKC > 3:
+        w3 = _w_chunk(w_base, 3, Dk, BD, BK)
+    if NKC > 4:
+        w4 = _w_chunk(w_base, 4, Dk, BD, BK)
+    if NKC > 5:
+        w5 = _w_chunk(w_base, 5, Dk, BD, BK)
+    if NKC > 6:
+        w6 = _w_chunk(w_base, 6, Dk, BD, BK)
+    if NKC > 7:
+        w7 = _w_chunk(w_base, 7, Dk, BD, BK)
+    kk = tl.arange(0, BK)
+    m_lo = pid_s * ROW_TILES
+    m_hi = tl.minimum(m_lo + ROW_TILES, tl.cdiv(B, BM))
+    for pid_m in range(m_lo, m_hi):
+        k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+        if PREFETCH:
+            g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
+                                                    tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
+        a_ptrs = (h_in_ptr + k.to(tl.int64) * stride_in_k + rows[:, None].to(tl.int64) * stride_in_b
+                  + n * Dk + kk[None, :])
+        m2 = rmask[:, None]
+        acc = _dot_chunk(tl.zeros((BM, 4 * BD), dtype=tl.float32), a_ptrs, m2, w0, 0, BK, IEEE)
+        if NKC > 1:
+            acc = _dot_chunk(acc, a_ptrs, m2, w1, 1, BK, IEEE)
+        if NKC > 2:
+            acc = _dot_chunk(acc, a_ptrs, m2, w2, 2, BK, IEEE)
+        if NKC > 3:
+            acc = _dot_chunk(acc, a_ptrs, m2, w3, 3, BK, IEEE)
+        if NKC > 4:
+            acc = _dot_chunk(acc, a_ptrs, m2, w4, 4, BK, IEEE)
+        if NKC > 5:
+            acc = _dot_chunk(acc, a_ptrs, m2, w5, 5, BK, IEEE)
+        if NKC > 6:
+            acc = _dot_chunk(acc, a_ptrs, m2, w6, 6, BK, IEEE)
+        if NKC > 7:
+            acc = _dot_chunk(acc, a_ptrs, m2, w7, 7, BK, IEEE)
+        acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
+        if not PREFETCH:
+            g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
+                                                    tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
+        _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                     B, N, stride_out_k, stride_hb, Dk, BM, BD)
+
+
 @triton.jit
 def _gather_gates(g_ptr, tok_rows, t, rmask, k, n, V, N, Dk: tl.constexpr):
     """The input gates G[k, token[rows, t], n] as four [BM, Dk] fp32 tensors (0 where ~rmask)."""

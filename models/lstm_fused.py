@@ -278,7 +278,7 @@ def num_sms(device) -> int:
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
-               occupancy: int = 1, prefetch: bool = False):
+               occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -289,7 +289,9 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     broadcast h_in takes the pointer kernel. persistent: `lstm_step_persistent_kernel` (always the
     one-dot form), SMs x occupancy programs looping over the tiles; warp_specialize asks the compiler
     to warp-specialize its tile loop. prefetch: issue the cell's loads of G[token] and c before the
-    GEMM (per-step and TMA kernels), so their latency overlaps it."""
+    GEMM (per-step and TMA kernels), so their latency overlaps it. wres: `lstm_step_wres_kernel`, a
+    program keeps its weight tile in shared memory for `row_tiles` row tiles of BM rows (0: all of them;
+    needs Dk / BK <= 8)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -302,6 +304,21 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and c_out.dtype == torch.float32
     grid = (Dk // BD, triton.cdiv(B, BM), K * N)
     ieee = w.dtype == torch.float32
+    if wres:
+        if persistent or tma:
+            raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
+                             "kernel is its own form (pointer loads, one launch per step); drop one of them")
+        if Dk // BK > kern.WRES_MAX_CHUNKS:
+            raise ValueError(f"step config `wres` at Dk {Dk} needs BK >= {-(-Dk // kern.WRES_MAX_CHUNKS)} (it holds at most "
+                             f"{kern.WRES_MAX_CHUNKS} weight chunks of BK rows); got BK {BK}")
+        m_tiles = triton.cdiv(B, BM)
+        if not isinstance(row_tiles, int) or row_tiles < 0:
+            raise ValueError(f"step config `row_tiles` must be an int >= 0 (0: all row tiles), got {row_tiles!r}")
+        per = row_tiles if row_tiles else m_tiles
+        return kern.lstm_step_wres_kernel[(Dk // BD, triton.cdiv(m_tiles, per), K * N)](
+            h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0), h_in.stride(1),
+            h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1), per, Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
+            PREFETCH=bool(prefetch), num_warps=num_warps, num_stages=num_stages)
     if persistent:
         if prefetch:
             raise ValueError("step config asks for both `persistent` and `prefetch`: the persistent kernel "
