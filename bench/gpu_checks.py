@@ -137,6 +137,47 @@ def backend_checks(dev):
                   f"max abs diff {dl:.2e} (losses {la.tolist()})")
 
 
+def step_form_checks(dev):
+    """Each form of the fused per-step kernel (pointer and TMA loads, the TMA kernel's descriptor
+    epilogue, prefetched cell loads, the weight-resident kernel) in the chunk forward of K = 2
+    stacked bf16 LSTMs, against the fp32 CPU reference at D = 300 and 150 (Dk 320, 160), B = 300
+    (a ragged last row tile), two chunks with the state threaded between them."""
+    from models.lstm_fused import forward_chunk_stacked_fused, prepare_fused
+    forms = {"pointer": {"one_dot": True}, "TMA": {"tma": True}, "TMA prefetch": {"tma": True, "prefetch": True},
+             "TMA + descriptor epilogue": {"tma": True, "tma_epi": True},
+             "TMA + descriptor epilogue, prefetch": {"tma": True, "tma_epi": True, "prefetch": True},
+             "weight-resident": {"wres": True, "BM": 64, "num_warps": 4, "num_stages": 1},
+             "weight-resident, prefetch, 4 row tiles": {"wres": True, "prefetch": True, "row_tiles": 4, "BM": 64,
+                                                        "num_warps": 4, "num_stages": 1, "BD": 32}}
+    g = torch.Generator().manual_seed(8)
+    for hidden, heads in ((600, 2), (300, 2)):
+        c32 = ModelConfig(vocab_size=100, input_size=100, hidden_size=hidden, num_heads=heads)
+        ref = build_model(c32, generator=torch.Generator().manual_seed(9), device="cpu")
+        tok = torch.randint(0, 100, (300, 6), generator=g)
+        P = {n: torch.stack([p, p * 0.98]) for n, p in ref.named_parameters()}
+        with torch.inference_mode():
+            a, _ = ref.forward_chunk_stacked(P, tok, ref.init_state_stacked(P, 300))
+        m = build_model(c32.replace(dtype="bfloat16", backend="fused"), generator=torch.Generator().manual_seed(9),
+                        device=dev)
+        Pd = {n: t.to(dev, torch.bfloat16) for n, t in P.items()}
+        td = tok.to(dev)
+        for name, cfg in forms.items():
+            cfg = dict(cfg, seq=None)
+            try:
+                with torch.inference_mode():
+                    Pf = prepare_fused(Pd, num_heads=heads)
+                    b1, st = forward_chunk_stacked_fused(Pf, td[:, :3], m.init_state_stacked(Pd, 300), num_heads=heads,
+                                                         step_config=cfg)
+                    b2, _ = forward_chunk_stacked_fused(Pf, td[:, 3:], st, num_heads=heads, step_config=cfg)
+                b = torch.cat([b1, b2], dim=2).float().cpu()
+                rel = float((a - b).norm() / a.norm())
+                check(f"fused step form '{name}' bf16 D={hidden // heads} logits ~ fp32 CPU", rel < 2e-2,
+                      f"rel err {rel:.2e}")
+            except Exception as e:  # noqa: BLE001  (a form that fails to compile or run is a failed check)
+                check(f"fused step form '{name}' bf16 D={hidden // heads} logits ~ fp32 CPU", False,
+                      f"{type(e).__name__}: {str(e)[:200]}")
+
+
 def graph_checks(dev):
     """The CUDA-graph replay of the stacked probe loss equals the eager call, for new parameter
     values in the same buffers and a new batch (train/graphs.py), for the LSTM and the DNC."""
@@ -255,7 +296,8 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cuda")
     t0 = time.time()
-    for fn in (noise_checks, restore_check, forward_check, backend_checks, fused_loss_checks, graph_checks,
+    for fn in (noise_checks, restore_check, forward_check, backend_checks, step_form_checks, fused_loss_checks,
+               graph_checks,
                kernel_checks, engine_kernel_checks):
         try:
             fn(dev)

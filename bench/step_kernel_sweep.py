@@ -210,12 +210,13 @@ def wres_configs(cs):
 def grid_configs(cs, grid: str, recorded: dict | None = None):
     """The per-step kernel configs to time, most promising first (a budget cut drops the tail).
 
-    focus (default): the weight-resident kernel (`wres_configs`), then the one-dot form (always
-      ahead of the four-dot form on the H200), pointer and
-      TMA loads, BD in {BD, 32}, BM in {64, 128}, warps x stages around the measured best, each with
-      and without the cell's loads issued before the GEMM (prefetch), then BK variants (32, 128
-      where they divide Dk) of the prefetch configs;
-    quick: the recorded entry for this shape and its prefetch twin, then a few of focus;
+    focus (default): the one-dot form (always ahead of the four-dot form on the H200), pointer and
+      TMA loads (the TMA kernel with and without its descriptor epilogue, `tma_epi`), BD in {BD, 32},
+      BM in {64, 128}, warps x stages around the measured best, each with and without the cell's
+      loads issued before the GEMM (prefetch), then BK variants (32, 128 where they divide Dk) of
+      the prefetch configs, then the weight-resident kernel (`wres_configs`);
+    quick: the recorded entry for this shape, its prefetch twin and (TMA entries) its descriptor-
+      epilogue twins, then a few of focus;
     all: focus plus the four-dot form and the persistent kernel (slower everywhere timed so far);
     wres: the recorded entry, then the weight-resident kernel's configs (`wres_configs`, which
     also lead focus).
@@ -230,26 +231,29 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4), (4, 2), (8, 2))):
             focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                           "prefetch": pre})
-        for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4))):
+        for bd, bm, (warps, stages), epi in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4)), (False, True)):
             focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
-                          "tma": True, "prefetch": pre})
+                          "tma": True, "prefetch": pre, **({"tma_epi": True} if epi else {})})
     # a shorter or longer k-step: more pipeline stages in the same shared memory, or fewer iterations
     bks = [bk for bk in (32, 128) if bk != cs["BK"] and cs["Dk"] % bk == 0]
     for bk, bd, bm, (warps, stages), tma in itertools.product(bks, bds, (128, 64), ((8, 3), (4, 3), (4, 4)),
-                                                               (False, True)):
+                                                               (False, True, "epi")):
         focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
-                      "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
+                      "prefetch": True, "BK": bk, **({"tma": True} if tma else {}),
+                      **({"tma_epi": True} if tma == "epi" else {})})
     if grid == "wres":        # the recorded entry first, to compare with in the same run
         first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
         return first + wres_configs(cs)
     if grid == "focus":
-        return wres_configs(cs) + focus
+        return focus + wres_configs(cs)
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
                                              "row_tiles", "BK") if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
+            if base.get("tma"):
+                first += [dict(base, prefetch=True, tma_epi=True), dict(base, prefetch=False, tma_epi=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
         return first + rest
     four = [{"BD": bd, "BM": bm, "one_dot": False, "num_warps": w, "num_stages": st}
@@ -275,7 +279,7 @@ def persistent_configs(cs, quick: bool):
 
 
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
-             "wres")
+             "wres", "tma_epi")
 
 
 def step_entry(row) -> dict:
@@ -440,6 +444,7 @@ def main(argv=None):
                f"whole chunk (seq) BM{r['BM']} w{r['num_warps']}{' prefetch' if r.get('prefetch') else ''}"
                if r.get("seq") else
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''}"
+               f"{'+epi' if r.get('tma_epi') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
                   else "") + (f" W-resident rows/{r.get('row_tiles') or 'all'}" if r.get("wres") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
                + (f" BK{r['BK']}" if r.get("BK") else "") + (f" ({r['regs']} regs, {r['spills']} spills)"

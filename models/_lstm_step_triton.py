@@ -108,39 +108,59 @@ def _tile_ids(tile, num_m, num_d):
 
 
 @triton.jit
+def _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM: tl.constexpr, BD: tl.constexpr):
+    """c (fp32) of the tile (unit tile pid_d, row tile pid_m, head pid_h); 0 in rows past B."""
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+    e = tl.arange(0, BD)
+    return tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
+                   + pid_d * BD + e[None, :], mask=rmask[:, None], other=0.0)
+
+
+@triton.jit
 def _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_cin_h,
                     stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     """The cell's inputs other than the GEMM, for the tile (unit tile pid_d, row tile pid_m, head pid_h):
     the input gates G[token] (table dtype, as loaded) and c (fp32). None depends on the GEMM, so a
     kernel may issue these loads before its k-loop and let their latency hide behind it."""
-    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
-    e = tl.arange(0, BD)
-    tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
-    g_i, g_f, g_z, g_o = _gate_tile_raw(_g_rows(g_ptr, tok, k, n, V, N, Dk), pid_d * BD, rmask, BD, Dk)
-    c = tl.load(c_in_ptr + pid_h.to(tl.int64) * stride_cin_h + rows[:, None].to(tl.int64) * stride_cin_b
-                + pid_d * BD + e[None, :], mask=rmask[:, None], other=0.0)
+    g_i, g_f, g_z, g_o = _gate_loads(g_ptr, tok_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, Dk, BM, BD)
+    c = _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD)
     return g_i, g_f, g_z, g_o, c
 
 
 @triton.jit
-def _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
-                 B, N, stride_out_k, stride_hb, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
-    """pre = acc + G[token] (input projection and bias), the cell in fp32, c and h out."""
-    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_out_ptr.dtype.element_ty != tl.float32)
-    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
-    e = tl.arange(0, BD)
-    m2 = rmask[:, None]
+def _cell_math(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, FAST: tl.constexpr):
+    """pre = acc + G[token] (input projection and bias), then the cell in fp32: (c_new, h fp32)."""
     i = acc_i + g_i.to(tl.float32)
     f = acc_f + g_f.to(tl.float32)
     z = acc_z + g_z.to(tl.float32)
     o = acc_o + g_o.to(tl.float32)
     c_new = _sigmoid(f, FAST) * c + _sigmoid(i, FAST) * _tanh(z, FAST)
-    h = _sigmoid(o, FAST) * _tanh(c_new, FAST)
+    return c_new, _sigmoid(o, FAST) * _tanh(c_new, FAST)
+
+
+@triton.jit
+def _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                 B, N, stride_out_k, stride_hb, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    """`_cell_math`, then c and h out through pointers."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_out_ptr.dtype.element_ty != tl.float32)
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+    e = tl.arange(0, BD)
+    m2 = rmask[:, None]
+    c_new, h = _cell_math(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, FAST)
     c_off = (pid_h.to(tl.int64) * B + rows[:, None]) * Dk + pid_d * BD + e[None, :]
     tl.store(c_out_ptr + c_off, c_new, mask=m2)
     h_ptrs = (h_out_ptr + k.to(tl.int64) * stride_out_k + rows[:, None].to(tl.int64) * stride_hb
               + n * Dk + pid_d * BD + e[None, :])
     tl.store(h_ptrs, h.to(h_out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _gate_loads(g_ptr, tok_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, Dk: tl.constexpr, BM: tl.constexpr,
+                BD: tl.constexpr):
+    """The input gates G[token] of the tile (unit tile pid_d, row tile pid_m, head pid_h), table dtype."""
+    k, n, rows, rmask = _head_rows(pid_m, pid_h, N, B, BM)
+    tok = tl.load(tok_ptr + rows.to(tl.int64) * tok_stride_b + t, mask=rmask, other=0)
+    return _gate_tile_raw(_g_rows(g_ptr, tok, k, n, V, N, Dk), pid_d * BD, rmask, BD, Dk)
 
 
 @triton.jit
@@ -218,18 +238,25 @@ def lstm_step_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, c_out
 def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                          B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
                          Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
-                         IEEE: tl.constexpr, PREFETCH: tl.constexpr = False):
+                         IEEE: tl.constexpr, PREFETCH: tl.constexpr = False, TMA_EPI: tl.constexpr = False):
     """`lstm_step_kernel` (one-dot form) with h and W read through tensor descriptors (TMA on Hopper):
     a_desc over h_in viewed [K, B, N*Dk] with block [1, BM, BK]; w_desc over W [K*N, Dk, 4*Dk] with
-    block [1, BK, 4*BD]. h_in must not broadcast (a descriptor needs nonzero strides)."""
+    block [1, BK, 4*BD]. h_in must not broadcast (a descriptor needs nonzero strides).
+    TMA_EPI: c_in_ptr, c_out_ptr and h_out_ptr are descriptors too (c over [K*N, B, Dk], h_out over
+    [K, B, N*Dk], blocks [1, BM, BD]): c is loaded and c and h stored as whole tiles, with no per-element
+    addresses and no register layout change on the way to or from memory (c_in must not broadcast)."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and g_ptr.dtype.element_ty != tl.float32)
     pid_d = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_h = tl.program_id(2)
     k = pid_h // N
     n = pid_h - k * N
     if PREFETCH:
-        g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
-                                                tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
+        g_i, g_f, g_z, g_o = _gate_loads(g_ptr, tok_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, Dk, BM, BD)
+        if TMA_EPI:
+            c = c_in_ptr.load([pid_h, pid_m * BM, pid_d * BD]).reshape(BM, BD)
+        else:
+            c = _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD)
     acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
     for k0 in range(0, Dk, BK):
         a = a_desc.load([k, pid_m * BM, n * Dk + k0]).reshape(BM, BK)
@@ -240,10 +267,18 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
             acc = tl.dot(a, w, acc)
     acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
     if not PREFETCH:
-        g_i, g_f, g_z, g_o, c = _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V,
-                                                tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BM, BD)
-    _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
-                 B, N, stride_out_k, stride_hb, Dk, BM, BD)
+        g_i, g_f, g_z, g_o = _gate_loads(g_ptr, tok_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, Dk, BM, BD)
+        if TMA_EPI:
+            c = c_in_ptr.load([pid_h, pid_m * BM, pid_d * BD]).reshape(BM, BD)
+        else:
+            c = _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD)
+    if TMA_EPI:
+        c_new, h = _cell_math(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, FAST)
+        c_out_ptr.store([pid_h, pid_m * BM, pid_d * BD], c_new.reshape(1, BM, BD))
+        h_out_ptr.store([k, pid_m * BM, n * Dk + pid_d * BD], h.to(g_ptr.dtype.element_ty).reshape(1, BM, BD))
+    else:
+        _cell_finish(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, h_out_ptr, c_out_ptr, pid_d, pid_m, pid_h,
+                     B, N, stride_out_k, stride_hb, Dk, BM, BD)
 
 
 @triton.jit

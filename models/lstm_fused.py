@@ -278,7 +278,8 @@ def num_sms(device) -> int:
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
-               occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0):
+               occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
+               tma_epi: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -291,7 +292,8 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     to warp-specialize its tile loop. prefetch: issue the cell's loads of G[token] and c before the
     GEMM (per-step and TMA kernels), so their latency overlaps it. wres: `lstm_step_wres_kernel`, a
     program keeps its weight tile in shared memory for `row_tiles` row tiles of BM rows (0: all of them;
-    needs Dk / BK <= 8)."""
+    needs Dk / BK <= 8). tma_epi (with tma): c loaded, c and h stored through tensor descriptors too
+    (needs a c_in that does not broadcast)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -333,14 +335,29 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
             h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_in.stride(0), h_in.stride(1),
             h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1), K * N, Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
             NUM_PROGRAMS=programs, WS=bool(warp_specialize), num_warps=num_warps, num_stages=num_stages)
+    if tma_epi and not tma:
+        raise ValueError("step config asks for `tma_epi` without `tma`: the descriptor epilogue belongs to the TMA "
+                         "kernel; add tma or drop tma_epi")
     if tma and h_in.stride(1) != 0:
         from triton.tools.tensor_descriptor import TensorDescriptor
-        a_view = torch.as_strided(h_in, (K, B, N * Dk), (h_in.stride(0), N * Dk, 1))
-        a_desc = TensorDescriptor(a_view, list(a_view.shape), list(a_view.stride()), [1, BM, BK])
-        w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, BK, 4 * BD])
-        return kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0),
-                                               t, h_out.stride(0), N * Dk, c_in.stride(0), c_in.stride(1),
-                                               Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee, PREFETCH=bool(prefetch),
+
+        def desc(x, shape, strides, block):
+            v = torch.as_strided(x, shape, strides)
+            return TensorDescriptor(v, list(v.shape), list(v.stride()), block)
+        a_desc = desc(h_in, (K, B, N * Dk), (h_in.stride(0), N * Dk, 1), [1, BM, BK])
+        w_desc = desc(w, tuple(w.shape), tuple(w.stride()), [1, BK, 4 * BD])
+        h_arg, c_in_arg, c_out_arg = h_out, c_in, c_out
+        if tma_epi:
+            if c_in.stride(1) == 0:
+                raise ValueError("step config `tma_epi` needs a c_in that does not broadcast over the batch "
+                                 "(a descriptor needs nonzero strides); write c out in full first")
+            h_arg = desc(h_out, (K, B, N * Dk), (h_out.stride(0), N * Dk, 1), [1, BM, BD])
+            c_in_arg = desc(c_in, (K * N, B, Dk), (c_in.stride(0), c_in.stride(1), 1), [1, BM, BD])
+            c_out_arg = desc(c_out, (K * N, B, Dk), (B * Dk, Dk, 1), [1, BM, BD])
+        return kern.lstm_step_tma_kernel[grid](a_desc, w_desc, h_arg, g, tok, c_in_arg, c_out_arg, B, N, V,
+                                               tok.stride(0), t, h_out.stride(0), N * Dk, c_in.stride(0),
+                                               c_in.stride(1), Dk=Dk, BM=BM, BD=BD, BK=BK, IEEE=ieee,
+                                               PREFETCH=bool(prefetch), TMA_EPI=bool(tma_epi),
                                                num_warps=num_warps, num_stages=num_stages)
     return kern.lstm_step_kernel[grid](h_in, h_out, w, g, tok, c_in, c_out, B, N, V, tok.stride(0), t,
                                        h_in.stride(0), h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0),

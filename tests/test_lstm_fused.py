@@ -79,6 +79,19 @@ def test_fused_backend_matches_torch_reference():
     assert vals["auto_cpu"] == "torch"
 
 
+# Kernels whose loops start or end at run-time values (the persistent and weight-resident kernels'
+# tile loops start at their program id): Triton 3.6's interpreter turns such a bound into an int with
+# int() of a shape-(1,) array, which numpy >= 2.4 refuses. Prepended to the interpreter scripts.
+INTERP_PATCH = r"""
+from triton.runtime import interpreter
+_patch_lang = interpreter._patch_lang
+def _patch_lang_index(fn):
+    scope = _patch_lang(fn)
+    scope.set_attr(interpreter.tl.core.tensor, "__index__", lambda self: int(self.handle.data.item()))
+    return scope
+interpreter._patch_lang = _patch_lang_index
+"""
+
 STEP_SCRIPT = r"""
 import sys, torch
 sys.path.insert(0, {root!r})
@@ -103,13 +116,16 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
         ref, st_ref = m.forward_chunk_stacked(P, tok, m.init_state_stacked(P, B))
         Pf = prepare_fused(P, num_heads=N)
         # the per-step kernel in both forms, the tensor-descriptor (TMA) kernel and a smaller unit tile
-        # (another W tiling); for heads of at most 64 also the whole-chunk kernel with a row tile
+        # (another W tiling), the TMA kernel's descriptor epilogue, the weight-resident kernel; for heads
+        # of at most 64 also the whole-chunk kernel with a row tile
         # smaller than the batch, and the default config
         scs = [{{"one_dot": False, "seq": None}}, {{"one_dot": True, "seq": None}}, {{"tma": True, "seq": None}},
                {{"one_dot": False, "prefetch": True, "seq": None}}, {{"tma": True, "prefetch": True, "seq": None}},
                {{"BD": 16, "BK": 16, "one_dot": True, "seq": None}}, {{}}, {{"split": True, "seq": None}},
                {{"persist": {{"BM": 16, "BD": 16, "BK": 16, "num_warps": 4}}, "seq": None}},
-               {{"persist": {{"BM": 16, "num_warps": 4}}, "seq": None}}]
+               {{"persist": {{"BM": 16, "num_warps": 4}}, "seq": None}},
+               {{"tma": True, "tma_epi": True, "seq": None}}, {{"tma": True, "tma_epi": True, "prefetch": True, "seq": None}},
+               {{"wres": True, "seq": None}}, {{"wres": True, "prefetch": True, "row_tiles": 1, "BM": 16, "seq": None}}]
         if step_tiles(D)[0] <= lstm_fused.SEQ_MAX_DK:
             scs += [{{"seq": {{"BM": 16, "num_warps": 4}}}}, {{"seq": {{"BM": 16, "num_warps": 4, "prefetch": True}}}}]
             seq_cases.append(D)
@@ -152,7 +168,7 @@ def test_gemm_cell_kernel_matches_torch_reference():
     """The `fused` chunk forward (one GEMM+cell kernel per step, input projection by token lookup)
     against the torch path: both kernel variants, padded heads, batches off the tile, two chunks."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", STEP_SCRIPT.format(root=ROOT)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + STEP_SCRIPT).format(root=ROOT)], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     vals = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
@@ -224,15 +240,6 @@ PERSISTENT_SCRIPT = r"""
 import sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from triton.runtime import interpreter
-# The persistent kernel's tile loop starts at its program id, a run-time value; Triton 3.6's interpreter
-# turns such a loop bound into an int with int() of a shape-(1,) array, which numpy >= 2.4 refuses.
-_patch_lang = interpreter._patch_lang
-def _patch_lang_index(fn):
-    scope = _patch_lang(fn)
-    scope.set_attr(interpreter.tl.core.tensor, "__index__", lambda self: int(self.handle.data.item()))
-    return scope
-interpreter._patch_lang = _patch_lang_index
 from models import ModelConfig, build_model
 from models import _lstm_step_triton as kern
 from models.lstm_fused import OFF_GPU_SMS, forward_chunk_stacked_fused, lstm_step_, prepare_fused, tile_recurrent_weight
@@ -325,7 +332,7 @@ def test_step_persistent_kernel_matches_step_kernel():
     c_out aliasing c_in, broadcast h and c, fewer tiles than programs; then the chunk forward with a
     step config asking for it."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", PERSISTENT_SCRIPT.format(root=ROOT)], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + PERSISTENT_SCRIPT).format(root=ROOT)], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     vals = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
