@@ -139,16 +139,17 @@ def backend_checks(dev):
 
 def step_form_checks(dev):
     """Each form of the fused per-step kernel (pointer and TMA loads, the TMA kernel's descriptor
-    epilogue, prefetched cell loads, the weight-resident kernel) in the chunk forward of K = 2
+    epilogue, prefetched cell loads, the weight-resident kernel; each config on top of this GPU's
+    tuning entry, as a user's step config is) in the chunk forward of K = 2
     stacked bf16 LSTMs, against the fp32 CPU reference at D = 300 and 150 (Dk 320, 160), B = 300
     (a ragged last row tile), two chunks with the state threaded between them."""
     from models.lstm_fused import forward_chunk_stacked_fused, prepare_fused
     forms = {"pointer": {"one_dot": True}, "TMA": {"tma": True}, "TMA prefetch": {"tma": True, "prefetch": True},
              "TMA + descriptor epilogue": {"tma": True, "tma_epi": True},
              "TMA + descriptor epilogue, prefetch": {"tma": True, "tma_epi": True, "prefetch": True},
-             "weight-resident": {"wres": True, "BM": 64, "num_warps": 4, "num_stages": 1},
-             "weight-resident, prefetch, 4 row tiles": {"wres": True, "prefetch": True, "row_tiles": 4, "BM": 64,
-                                                        "num_warps": 4, "num_stages": 1, "BD": 32}}
+             "weight-resident": {"wres": True, "tma": False, "BM": 64, "num_warps": 4, "num_stages": 1},
+             "weight-resident, prefetch, 4 row tiles": {"wres": True, "tma": False, "prefetch": True, "row_tiles": 4,
+                                                        "BM": 64, "num_warps": 4, "num_stages": 1, "BD": 32}}
     g = torch.Generator().manual_seed(8)
     for hidden, heads in ((600, 2), (300, 2)):
         c32 = ModelConfig(vocab_size=100, input_size=100, hidden_size=hidden, num_heads=heads)

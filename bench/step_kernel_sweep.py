@@ -211,15 +211,13 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
     """The per-step kernel configs to time, most promising first (a budget cut drops the tail).
 
     focus (default): the one-dot form (always ahead of the four-dot form on the H200), pointer and
-      TMA loads (the TMA kernel with and without its descriptor epilogue, `tma_epi`), BD in {BD, 32},
-      BM in {64, 128}, warps x stages around the measured best, each with and without the cell's
-      loads issued before the GEMM (prefetch), then BK variants (32, 128 where they divide Dk) of
-      the prefetch configs, then the weight-resident kernel (`wres_configs`);
-    quick: the recorded entry for this shape, its prefetch twin and (TMA entries) its descriptor-
-      epilogue twins, then a few of focus;
-    all: focus plus the four-dot form and the persistent kernel (slower everywhere timed so far);
-    wres: the recorded entry, then the weight-resident kernel's configs (`wres_configs`, which
-    also lead focus).
+      TMA loads, BD in {BD, 32}, BM in {64, 128}, warps x stages around the measured best, each with
+      and without the cell's loads issued before the GEMM (prefetch), then BK variants (32, 128
+      where they divide Dk) of the prefetch configs;
+    quick: the recorded entry for this shape and its prefetch twin, then a few of focus;
+    all: focus plus the forms slower everywhere timed so far: the four-dot form, the persistent
+      kernel, the TMA kernel's descriptor epilogue (`tma_epi`) and the weight-resident kernel;
+    wres: the recorded entry, then the weight-resident kernel's configs (`wres_configs`).
     Small shapes (under 50 GFLOP a step, where the whole-chunk kernel runs) get the quick grid."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS}")
@@ -231,34 +229,34 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4), (4, 2), (8, 2))):
             focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                           "prefetch": pre})
-        for bd, bm, (warps, stages), epi in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4)), (False, True)):
+        for bd, bm, (warps, stages) in itertools.product(bds, (128, 64), ((8, 3), (4, 3), (8, 4))):
             focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
-                          "tma": True, "prefetch": pre, **({"tma_epi": True} if epi else {})})
+                          "tma": True, "prefetch": pre})
     # a shorter or longer k-step: more pipeline stages in the same shared memory, or fewer iterations
     bks = [bk for bk in (32, 128) if bk != cs["BK"] and cs["Dk"] % bk == 0]
     for bk, bd, bm, (warps, stages), tma in itertools.product(bks, bds, (128, 64), ((8, 3), (4, 3), (4, 4)),
-                                                               (False, True, "epi")):
+                                                               (False, True)):
         focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
-                      "prefetch": True, "BK": bk, **({"tma": True} if tma else {}),
-                      **({"tma_epi": True} if tma == "epi" else {})})
+                      "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
     if grid == "wres":        # the recorded entry first, to compare with in the same run
         first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
         return first + wres_configs(cs)
     if grid == "focus":
-        return focus + wres_configs(cs)
+        return focus
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
                                              "row_tiles", "BK") if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
-            if base.get("tma"):
-                first += [dict(base, prefetch=True, tma_epi=True), dict(base, prefetch=False, tma_epi=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
         return first + rest
     four = [{"BD": bd, "BM": bm, "one_dot": False, "num_warps": w, "num_stages": st}
             for bd, bm, (w, st) in itertools.product(bds, (64, 128), ((4, 3), (8, 3), (8, 4)))]
-    return focus + four + persistent_configs(cs, False)
+    # the TMA kernel's descriptor epilogue: 3-7% slower than its pointer epilogue at large, xlarge and
+    # medium on the H200 (`step_kernel_sweep_2026-11-28_222323`), so only here
+    epi = [dict(c, tma_epi=True) for c in focus if c.get("tma")]
+    return focus + four + persistent_configs(cs, False) + epi + wres_configs(cs)
 
 
 def persistent_configs(cs, quick: bool):

@@ -23,7 +23,12 @@ iterations at Dk 320 and 14 at 896, is too short for the pipeline to reach a ste
 
 `lstm_persist_kernel` runs a whole chunk per launch for heads of any size: one program per head and
 row tile, the weight streamed per step, h and c read back from memory only that program writes
-(L2-resident), a barrier between steps. Opt-in through the tuning file (not yet timed on a GPU).
+(L2-resident), a barrier between steps. Opt-in through the tuning file (timed on the H200: slower than
+the per-step kernel at large, medium and xlarge).
+
+`lstm_step_wres_kernel` is the per-step kernel with a program's weight tile held in shared memory
+across its row tiles (the weight read once a step instead of once per row tile). Timed on the H200:
+slower at large (1.63 against 1.28 ms a step), equal at medium; opt-in through the tuning file.
 
 Small heads (Dk <= 64: the paper's tiny and small presets) take `lstm_seq_kernel` instead: one
 launch per chunk, a program keeps its head's weight, h and c in registers for all the chunk's steps,
@@ -244,7 +249,10 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
     block [1, BK, 4*BD]. h_in must not broadcast (a descriptor needs nonzero strides).
     TMA_EPI: c_in_ptr, c_out_ptr and h_out_ptr are descriptors too (c over [K*N, B, Dk], h_out over
     [K, B, N*Dk], blocks [1, BM, BD]): c is loaded and c and h stored as whole tiles, with no per-element
-    addresses and no register layout change on the way to or from memory (c_in must not broadcast)."""
+    addresses and no register layout change on the way to or from memory (c_in must not broadcast).
+    15% fewer instructions at large, yet 3-7% slower at large, xlarge and medium on the H200
+    (`step_kernel_sweep_2026-11-28_222323`): the c tile's load and the stores' completion now wait
+    on the copy engine; kept for the sweep's `all` grid."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and g_ptr.dtype.element_ty != tl.float32)
     pid_d = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -348,7 +356,11 @@ def lstm_step_wres_kernel(h_in_ptr, h_out_ptr, w_ptr, g_ptr, tok_ptr, c_in_ptr, 
     W[head][:, units of tile pid_d] ([Dk, 4*BD], as Dk / BK chunks the compiler keeps in shared
     memory) once, then loops over ROW_TILES row tiles of BM rows: per row tile only h[rows, :]
     is read. The per-step kernel reads the weight tile once per row tile (16 times a step at
-    B = 1024, BM = 64), which at Dk = 320 is 4/5 of its L2 traffic."""
+    B = 1024, BM = 64), which at Dk = 320 is 4/5 of its L2 traffic. Measured on the H200
+    (`step_kernel_sweep_2026-11-28_221033`): large 1.63 ms a step at best (BD 64, BM 128, 8 warps) against
+    1.28 ms for the per-step kernel in the same run, medium 1.036 against 1.038 ms: the per-step kernel
+    is bound by latency, not by L2 traffic, and a weight tile of 160 KB leaves room for one program per
+    SM and no pipelining of the h loads."""
     NKC: tl.constexpr = Dk // BK
     tl.static_assert(NKC <= 8, "the weight-resident kernel holds at most 8 weight chunks (Dk / BK <= 8)")
     pid_d = tl.program_id(0)

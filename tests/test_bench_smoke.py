@@ -89,10 +89,9 @@ def test_sweep_keeps_a_faster_recorded_entry():
 
 
 def test_sweep_grids():
-    """The kernel sweep's grids: focus times every per-step config with and without prefetch, the TMA
-    kernel with and without its descriptor epilogue, then the weight-resident kernel; quick puts the
-    recorded entry and its prefetch (and descriptor-epilogue) twins first; wres the recorded entry,
-    then the weight-resident kernel; all adds the four-dot and persistent kernels; small
+    """The kernel sweep's grids: focus times every per-step config with and without prefetch; quick puts
+    the recorded entry and its prefetch twin first; wres the recorded entry, then the weight-resident
+    kernel; all adds the four-dot, persistent, descriptor-epilogue and weight-resident forms; small
     shapes always get the quick grid; an unknown grid name is an error."""
     import pytest
     pytest.importorskip("triton")
@@ -104,14 +103,11 @@ def test_sweep_grids():
     assert {c["prefetch"] for c in focus} == {False, True}
     plain = [c for c in focus if "BK" not in c]
     assert sum(c["prefetch"] for c in plain) * 2 == len(plain)
-    step = [c for c in focus if not c.get("wres")]
-    assert {c["BK"] for c in step if "BK" in c} == {32}             # Dk 320: BK 64 by default, 32 the variant
-    assert all(c["tma"] for c in focus if c.get("tma_epi")) and any(c.get("tma_epi") for c in focus)
-    wres = [c for c in focus if c.get("wres")]                      # the weight-resident kernel, last
-    assert wres and focus[-len(wres):] == wres and all(320 // c["BK"] <= 8 for c in wres)
+    assert {c["BK"] for c in focus if "BK" in c} == {32}            # Dk 320: BK 64 by default, 32 the variant
+    assert not any(c.get("tma_epi") or c.get("wres") for c in focus)
     xl = {"K": 1, "N": 350, "B": 1024, "Dk": 896, "BD": 64, "BK": 64}
     assert {c["BK"] for c in sweep.grid_configs(xl, "focus") if "BK" in c} == {32, 128}
-    assert not any(c.get("wres") for c in sweep.grid_configs(xl, "focus"))   # W tile over the shared memory
+    assert not any(c.get("wres") for c in sweep.grid_configs(xl, "all"))     # W tile over the shared memory
     assert all(c["one_dot"] and not c.get("persistent") for c in focus)
     assert {c["BD"] for c in focus} == {64, 32} and any(c.get("tma") for c in focus)
     rec = {"BD": 64, "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 3, "tma": False, "ms": 1.4}
@@ -119,11 +115,12 @@ def test_sweep_grids():
     assert quick[0] == {"BD": 64, "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 3, "tma": False,
                         "prefetch": False}
     assert quick[1] == dict(quick[0], prefetch=True) and len(quick) < len(focus)
-    quick_tma = sweep.grid_configs(large, "quick", dict(rec, tma=True))
-    assert quick_tma[2] == dict(quick_tma[0], prefetch=True, tma_epi=True) and quick_tma[3]["tma_epi"]
-    assert sweep.grid_configs(large, "wres", rec)[0]["BM"] == 128 and sweep.grid_configs(large, "wres", rec)[1]["wres"]
+    wres = sweep.grid_configs(large, "wres", rec)
+    assert wres[0]["BM"] == 128 and all(c["wres"] and 320 // c["BK"] <= 8 for c in wres[1:])
     full = sweep.grid_configs(large, "all")
     assert any(not c["one_dot"] for c in full) and any(c.get("persistent") for c in full)
+    assert any(c.get("wres") for c in full) and all(c["tma"] for c in full if c.get("tma_epi"))
+    assert any(c.get("tma_epi") for c in full) and len(full) == len({tuple(sorted(c.items())) for c in full})
     tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32, "BK": 32}
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):
