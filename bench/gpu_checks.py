@@ -143,7 +143,7 @@ def step_form_checks(dev):
     tuning entry, as a user's step config is) in the chunk forward of K = 2
     stacked bf16 LSTMs, against the fp32 CPU reference at D = 300 and 150 (Dk 320, 160), B = 300
     (a ragged last row tile), two chunks with the state threaded between them."""
-    from models.lstm_fused import forward_chunk_stacked_fused, prepare_fused
+    from models.lstm_fused import forward_chunk_stacked_fused, prepare_fused, step_tiles
     forms = {"pointer": {"one_dot": True}, "TMA": {"tma": True}, "TMA prefetch": {"tma": True, "prefetch": True},
              "TMA + descriptor epilogue": {"tma": True, "tma_epi": True},
              "TMA + descriptor epilogue, prefetch": {"tma": True, "tma_epi": True, "prefetch": True},
@@ -162,8 +162,11 @@ def step_form_checks(dev):
                         device=dev)
         Pd = {n: t.to(dev, torch.bfloat16) for n, t in P.items()}
         td = tok.to(dev)
+        Dk = step_tiles(hidden // heads)[0]
         for name, cfg in forms.items():
             cfg = dict(cfg, seq=None)
+            if cfg.get("wres"):          # at most 8 weight chunks (the tuning entry's BK may be smaller)
+                cfg["BK"] = 64 if Dk % 64 == 0 else 32
             try:
                 with torch.inference_mode():
                     Pf = prepare_fused(Pd, num_heads=heads)
