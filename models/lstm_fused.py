@@ -207,7 +207,9 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     "split" (measured entries only): a cuBLAS GEMM plus the cell kernel per step instead; key
     "persist" ({"BM", "BD", "num_warps", "num_stages"[, "BK"]}, measured entries only): the whole chunk
     in one launch with the state in L2 (`lstm_persist_kernel`); keys "persistent", "warp_specialize",
-    "occupancy": the per-step kernel as a persistent kernel (`lstm_step_`; absent means False).
+    "occupancy": the per-step kernel as a persistent kernel; "wres", "row_tiles": the weight-resident
+    per-step kernel; "tma_epi": the TMA kernel's descriptor epilogue (`lstm_step_`; absent means False).
+    A caller's step config is applied on top of this, so it inherits the entry's other keys.
     Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, not launch options."""
     if device is not None and torch.device(device).type == "cuda":
         hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
