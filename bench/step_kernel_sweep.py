@@ -181,7 +181,26 @@ def seq_configs(cs):
     return [{"BM": bm, "num_warps": w, "prefetch": p} for bm in (32, 64, 128) for w in (4, 8) for p in (False, True)]
 
 
-GRIDS = ("focus", "quick", "all", "wres")
+GRIDS = ("focus", "quick", "all", "wres", "ws")
+WS_SMEM = 200 * 1024  # the warp-specialised kernel's ring of stages (of 227 KB)
+
+
+def ws_configs(cs):
+    """Configs of the warp-specialised Gluon kernel (`ws`): BD 64 where it divides Dk (else the
+    preset's), BK 64 and 32, as many stages as fit WS_SMEM (at most 8) and two fewer."""
+    Dk = cs["Dk"]
+    bd = 64 if Dk % 64 == 0 else cs["BD"]
+    out = []
+    for bk in (64, 32):
+        if Dk % bk:
+            continue
+        most = min(8, WS_SMEM // ((64 * bk + 4 * bk * bd) * 2))
+        for st in sorted({most, most - 1, most - 2}, reverse=True):
+            if st >= 2:
+                out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
+                            "ws": True, "consumer_regs": 232})
+    return out
+
 WRES_SMEM = 200 * 1024  # the weight tile a weight-resident program may hold in shared memory (of 227 KB)
 
 
@@ -238,11 +257,14 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
                                                                (False, True)):
         focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                       "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
+    if grid == "ws":          # the recorded entry first, to compare with in the same run
+        first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
+        return first + ws_configs(cs)
     if grid == "wres":        # the recorded entry first, to compare with in the same run
         first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
         return first + wres_configs(cs)
     if grid == "focus":
-        return focus
+        return ws_configs(cs) + focus
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
@@ -277,7 +299,7 @@ def persistent_configs(cs, quick: bool):
 
 
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
-             "wres", "tma_epi")
+             "wres", "tma_epi", "ws")
 
 
 def step_entry(row) -> dict:
@@ -288,6 +310,8 @@ def step_entry(row) -> dict:
         entry["BK"] = row["BK"]
     if row.get("wres"):
         entry["row_tiles"] = row.get("row_tiles", 0)
+    if row.get("ws"):
+        entry["consumer_regs"] = row.get("consumer_regs", 232)
     return entry
 
 
@@ -444,7 +468,8 @@ def main(argv=None):
                f"BD{r['BD']} BM{r['BM']} {'1dot' if r['one_dot'] else '4dot'}{' TMA' if r.get('tma') else ''}"
                f"{'+epi' if r.get('tma_epi') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
-                  else "") + (f" W-resident rows/{r.get('row_tiles') or 'all'}" if r.get("wres") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
+                  else "") + (f" W-resident rows/{r.get('row_tiles') or 'all'}" if r.get("wres") else "")
+               + (" warp-specialised (Gluon)" if r.get("ws") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
                + (f" BK{r['BK']}" if r.get("BK") else "") + (f" ({r['regs']} regs, {r['spills']} spills)"
                                                               if r.get("regs") is not None else ""))
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "

@@ -281,7 +281,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
-               tma_epi: bool = False):
+               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 232):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -295,7 +295,9 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     GEMM (per-step and TMA kernels), so their latency overlaps it. wres: `lstm_step_wres_kernel`, a
     program keeps its weight tile in shared memory for `row_tiles` row tiles of BM rows (0: all of them;
     needs Dk / BK <= 8). tma_epi (with tma): c loaded, c and h stored through tensor descriptors too
-    (needs a c_in that does not broadcast)."""
+    (needs a c_in that does not broadcast). ws: the warp-specialised Gluon kernel
+    (models/_lstm_step_gluon.py: Hopper, bf16, BM 64, num_stages shared-memory stages; it has its own
+    loads and epilogue, so tma, one_dot and prefetch do not apply to it)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -308,6 +310,12 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     assert Dk % BD == 0 and Dk % BK == 0 and c_in.dtype == torch.float32 and c_out.dtype == torch.float32
     grid = (Dk // BD, triton.cdiv(B, BM), K * N)
     ieee = w.dtype == torch.float32
+    if ws:
+        if persistent or wres or tma_epi:
+            raise ValueError("step config asks for `ws` together with `persistent`, `wres` or `tma_epi`: the "
+                             "warp-specialised kernel is its own form; drop one of them")
+        return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
+                             stages=num_stages, consumer_regs=consumer_regs)
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -365,6 +373,55 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                                        h_in.stride(0), h_in.stride(1), h_out.stride(0), N * Dk, c_in.stride(0),
                                        c_in.stride(1), Dk=Dk, BM=BM, BD=BD, BK=BK, ONE_DOT=one_dot or tma, IEEE=ieee,
                                        PREFETCH=bool(prefetch), num_warps=num_warps, num_stages=num_stages)
+
+
+def ws_available(device) -> tuple[bool, str]:
+    """Whether the warp-specialised Gluon step kernel can run on `device` (and why not)."""
+    if interpreted() or torch.device(device).type != "cuda":
+        return False, "the warp-specialised kernel needs a CUDA device (Gluon has no interpreter)"
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return False, f"the warp-specialised kernel is written for Hopper (sm_90); this GPU is sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}"
+    try:
+        import triton.experimental.gluon  # noqa: F401
+    except ImportError as e:
+        return False, f"this triton has no Gluon ({e}); triton >= 3.6 has it"
+    return True, ""
+
+
+def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs):
+    """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
+    ok, why = ws_available(h_out.device)
+    if not ok:
+        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
+    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
+        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
+                         f"{h_out.dtype}); drop `ws` for other dtypes")
+    if BM != 64 or BD % 8 or BD > 256 or Dk % BD or Dk % BK or BK % 16:
+        raise ValueError(f"step config `ws` needs BM 64, BD a multiple of 8 dividing Dk and BK a multiple of 16 "
+                         f"dividing Dk (got BM {BM}, BD {BD}, BK {BK}, Dk {Dk})")
+    if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
+        raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
+                         "batch and its model stride must be whole rows; write h out in full first")
+    import triton
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from models import _lstm_step_gluon as kern
+    B, V = c_out.shape[1], g.shape[1]
+    rows_per_k = h_in.stride(0) // (N * Dk)
+    rows = (K - 1) * rows_per_k + B
+    a_view = torch.as_strided(h_in, (rows, N * Dk), (N * Dk, 1))
+    a_desc = TensorDescriptor(a_view, [rows, N * Dk], [N * Dk, 1], [BM, BK],
+                              gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16))
+    w2 = w.view(K * N * Dk, 4 * Dk)
+    w_desc = TensorDescriptor(w2, list(w2.shape), list(w2.stride()), [BK, BD],
+                              gl.NVMMASharedLayout.get_default_for([BK, BD], gl.bfloat16))
+    num_m = triton.cdiv(B, BM)
+    num_tiles = K * N * num_m * (Dk // BD)
+    programs = min(num_tiles, num_sms(c_out.device))
+    return kern.lstm_step_ws_kernel[(programs,)](
+        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
+        c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):
