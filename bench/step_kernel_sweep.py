@@ -187,14 +187,14 @@ WS_SMEM = 200 * 1024  # the warp-specialised kernel's ring of stages (of 227 KB)
 
 def ws_configs(cs):
     """Configs of the warp-specialised Gluon kernel (`ws`): BD 64 where it divides Dk (else the
-    preset's), BK 64 and 32, as many stages as fit WS_SMEM (at most 8) and two fewer."""
+    preset's), BK 64 and 32, as many stages per consumer ring as fit WS_SMEM (at most 8) and two fewer."""
     Dk = cs["Dk"]
     bd = 64 if Dk % 64 == 0 else cs["BD"]
     out = []
     for bk in (64, 32):
         if Dk % bk:
             continue
-        most = min(8, WS_SMEM // ((64 * bk + 4 * bk * bd) * 2))
+        most = min(8, WS_SMEM // ((64 * bk + 4 * bk * bd) * 2 * 2))     # two rings of stages
         for st in sorted({most, most - 1, most - 2}, reverse=True):
             if st >= 2:
                 out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,

@@ -7,8 +7,10 @@ capability 9.x, bf16 weights). A persistent grid of one program per SM loops ove
 (tile = BM batch rows x BD hidden units of one head of one stacked model, all four gates), in three
 partitions of warps:
 
-    producer  (1 warp):   TMA loads of h[rows, k-step] and the four gates' W[k-step, units] into a
-                          ring of STAGES shared-memory stages (mbarriers `ready` / `empty`)
+    producer  (1 warp):   TMA loads of h[rows, k-step] and the four gates' W[k-step, units] into
+                          two rings of STAGES shared-memory stages, one per consumer (mbarriers
+                          `ready` / `empty`; with one shared ring a consumer could run two phases of
+                          a stage ahead, and an mbarrier's phase parity cannot tell them apart)
     consumer 0 (4 warps): even tiles of the program: per k-step, h into registers and four wgmma
                           (one accumulator [BM, BD] per gate), then the cell: input gates G[token]
                           and c loaded straight into the accumulators' register layout, c and h out
@@ -52,14 +54,16 @@ def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     pid = gl.program_id(0)
-    count = 0
+    i = 0
     for tile in range(pid, num_tiles, NUM_PROGRAMS):
         pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
         k = pid_h // N
         n = pid_h - k * N
         a_row = k * a_rows_per_k + pid_m * BM
+        ring = i % 2                                  # tile i goes to consumer i % 2, through its own ring
         for kk in gl.static_range(NK):
-            s = count % STAGES
+            count = (i // 2) * NK + kk
+            s = ring * STAGES + count % STAGES
             mbarrier.wait(empty.index(s), ((count // STAGES) & 1) ^ 1)
             bar = ready.index(s)
             mbarrier.expect(bar, a_desc.block_type.nbytes + 4 * w_desc.block_type.nbytes)
@@ -67,7 +71,7 @@ def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
             for g in gl.static_range(4):
                 tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD) + g * BD], bar,
                                                 w_bufs.index(s * 4 + g))
-            count += 1
+        i += 1
 
 
 @gluon.jit
@@ -84,7 +88,7 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
     col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
     pid = gl.program_id(0)
     cols = gl.arange(0, BD, layout=col_layout)
-    local = WHICH
+    local = 0
     for tile in range(pid + WHICH * NUM_PROGRAMS, num_tiles, 2 * NUM_PROGRAMS):
         acc_i = gl.zeros([BM, BD], gl.float32, acc_layout)
         acc_f = gl.zeros([BM, BD], gl.float32, acc_layout)
@@ -92,7 +96,7 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
         acc_o = gl.zeros([BM, BD], gl.float32, acc_layout)
         for kk in gl.static_range(NK):
             count = local * NK + kk
-            s = count % STAGES
+            s = WHICH * STAGES + count % STAGES
             mbarrier.wait(ready.index(s), (count // STAGES) & 1)
             a = a_bufs.index(s).load(a_layout)
             acc_i = warpgroup_mma(a, w_bufs.index(s * 4 + 0), acc_i, is_async=True)
@@ -102,7 +106,7 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
             acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=0, deps=(acc_i, acc_f, acc_z, acc_o))
             fence_async_shared()
             mbarrier.arrive(empty.index(s), count=1)
-        local += 2
+        local += 1
         # the cell, in the accumulators' register layout
         pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
         k = pid_h // N
@@ -140,11 +144,11 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     a_desc: h_in as rows [k * a_rows_per_k + b, N*Dk] (bf16), block [BM, BK];
     w_desc: W [K*N*Dk, 4*Dk] tile-interleaved for BD (`tile_recurrent_weight`), block [BK, BD];
     the rest as in `lstm_step_kernel` (g [K, V, N, 4*Dk] bf16, tok int64, c fp32, h_out bf16)."""
-    a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
-    w_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES * 4, BK, BD], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
+    a_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BM, BK], a_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES * 4, BK, BD], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(2 * STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=1)
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
