@@ -196,9 +196,10 @@ def ws_configs(cs):
             continue
         most = min(8, WS_SMEM // ((64 * bk + 4 * bk * bd) * 2 * 2))     # two rings of stages
         for st in sorted({most, most - 1, most - 2}, reverse=True):
-            if st >= 2:
-                out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
-                            "ws": True, "consumer_regs": 232})
+            for a_reg in (False, True):
+                if st >= 2:
+                    out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
+                                "ws": True, "consumer_regs": 232, "a_reg": a_reg})
     return out
 
 WRES_SMEM = 200 * 1024  # the weight tile a weight-resident program may hold in shared memory (of 227 KB)
@@ -312,6 +313,7 @@ def step_entry(row) -> dict:
         entry["row_tiles"] = row.get("row_tiles", 0)
     if row.get("ws"):
         entry["consumer_regs"] = row.get("consumer_regs", 232)
+        entry["a_reg"] = row.get("a_reg", False)
     return entry
 
 
@@ -469,7 +471,7 @@ def main(argv=None):
                f"{'+epi' if r.get('tma_epi') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
                   else "") + (f" W-resident rows/{r.get('row_tiles') or 'all'}" if r.get("wres") else "")
-               + (" warp-specialised (Gluon)" if r.get("ws") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
+               + (f" warp-specialised (Gluon){' A in registers' if r.get('a_reg') else ''}" if r.get("ws") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
                + (f" BK{r['BK']}" if r.get("BK") else "") + (f" ({r['regs']} regs, {r['spills']} spills)"
                                                               if r.get("regs") is not None else ""))
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "

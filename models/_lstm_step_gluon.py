@@ -11,8 +11,9 @@ partitions of warps:
                           two rings of STAGES shared-memory stages, one per consumer (mbarriers
                           `ready` / `empty`; with one shared ring a consumer could run two phases of
                           a stage ahead, and an mbarrier's phase parity cannot tell them apart)
-    consumer 0 (4 warps): even tiles of the program: per k-step, h into registers and four wgmma
-                          (one accumulator [BM, BD] per gate), then the cell: input gates G[token]
+    consumer 0 (4 warps): even tiles of the program: per k-step four wgmma (one accumulator [BM, BD]
+                          per gate; h from shared memory, or A_REG: from registers), the previous
+                          step's still in flight, then the cell: input gates G[token]
                           and c loaded straight into the accumulators' register layout, c and h out
     consumer 1 (4 warps): odd tiles, the same
 
@@ -48,7 +49,7 @@ def _tile_coords(tile, num_m, NUM_D: gl.constexpr):
 
 @gluon.jit
 def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-              NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
+              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
      B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
@@ -76,7 +77,7 @@ def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
 
 @gluon.jit
 def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-              NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
+              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
      B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
@@ -94,18 +95,29 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
         acc_f = gl.zeros([BM, BD], gl.float32, acc_layout)
         acc_z = gl.zeros([BM, BD], gl.float32, acc_layout)
         acc_o = gl.zeros([BM, BD], gl.float32, acc_layout)
+        s_prev = 0
         for kk in gl.static_range(NK):
             count = local * NK + kk
             s = WHICH * STAGES + count % STAGES
             mbarrier.wait(ready.index(s), (count // STAGES) & 1)
-            a = a_bufs.index(s).load(a_layout)
+            if A_REG:
+                a = a_bufs.index(s).load(a_layout)
+            else:
+                a = a_bufs.index(s)
             acc_i = warpgroup_mma(a, w_bufs.index(s * 4 + 0), acc_i, is_async=True)
             acc_f = warpgroup_mma(a, w_bufs.index(s * 4 + 1), acc_f, is_async=True)
             acc_z = warpgroup_mma(a, w_bufs.index(s * 4 + 2), acc_z, is_async=True)
             acc_o = warpgroup_mma(a, w_bufs.index(s * 4 + 3), acc_o, is_async=True)
-            acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=0, deps=(acc_i, acc_f, acc_z, acc_o))
-            fence_async_shared()
-            mbarrier.arrive(empty.index(s), count=1)
+            if kk > 0:
+                # the previous k-step's four MMAs are done (this step's four stay in flight): free its stage
+                acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=4,
+                                                                deps=(acc_i, acc_f, acc_z, acc_o))
+                fence_async_shared()
+                mbarrier.arrive(empty.index(s_prev), count=1)
+            s_prev = s
+        acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=0, deps=(acc_i, acc_f, acc_z, acc_o))
+        fence_async_shared()
+        mbarrier.arrive(empty.index(s_prev), count=1)
         local += 1
         # the cell, in the accumulators' register layout
         pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
@@ -138,7 +150,8 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
                         num_tiles, num_m, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
-                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                        A_REG: gl.constexpr = False):
     """Grid (NUM_PROGRAMS,), num_warps 4 (the default partition: consumer 0).
 
     a_desc: h_in as rows [k * a_rows_per_k + b, N*Dk] (bf16), block [BM, BK];
@@ -154,7 +167,7 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
             B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m,
             a_rows_per_k)
-    gl.warp_specialize([(_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0)),
-                        (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 1)),
-                        (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0))],
+    gl.warp_specialize([(_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, 0)),
+                        (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, 1)),
+                        (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, 0))],
                        [4, 1], [CONSUMER_REGS, 40])

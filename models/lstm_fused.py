@@ -281,7 +281,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
-               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 232):
+               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 232, a_reg: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -315,7 +315,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
             raise ValueError("step config asks for `ws` together with `persistent`, `wres` or `tma_epi`: the "
                              "warp-specialised kernel is its own form; drop one of them")
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
-                             stages=num_stages, consumer_regs=consumer_regs)
+                             stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg)
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -388,7 +388,8 @@ def ws_available(device) -> tuple[bool, str]:
     return True, ""
 
 
-def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs):
+def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
+                  a_reg=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     ok, why = ws_available(h_out.device)
     if not ok:
@@ -421,7 +422,7 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     return kern.lstm_step_ws_kernel[(programs,)](
         a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
         c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), num_warps=4, maxnreg=168)
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):
