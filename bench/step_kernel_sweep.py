@@ -187,7 +187,8 @@ WS_SMEM = 200 * 1024  # the warp-specialised kernel's ring of stages (of 227 KB)
 
 def ws_configs(cs):
     """Configs of the warp-specialised Gluon kernel (`ws`): BD 64 where it divides Dk (else the
-    preset's), BK 64 and 32, as many stages per consumer ring as fit WS_SMEM (at most 8) and two fewer."""
+    preset's), BK 64 and 32, as many stages per consumer ring as fit WS_SMEM (at most 8) and two fewer,
+    each with the cell's loads after and before the GEMM (prefetch)."""
     Dk = cs["Dk"]
     bd = 64 if Dk % 64 == 0 else cs["BD"]
     out = []
@@ -196,10 +197,10 @@ def ws_configs(cs):
             continue
         most = min(8, WS_SMEM // ((64 * bk + 4 * bk * bd) * 2 * 2))     # two rings of stages
         for st in sorted({most, most - 1, most - 2}, reverse=True):
-            for a_reg in (False, True):
+            for pre in (False, True):
                 if st >= 2:
                     out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
-                                "ws": True, "consumer_regs": 232, "a_reg": a_reg})
+                                "ws": True, "consumer_regs": 240, "prefetch": pre})
     return out
 
 WRES_SMEM = 200 * 1024  # the weight tile a weight-resident program may hold in shared memory (of 227 KB)
@@ -312,7 +313,7 @@ def step_entry(row) -> dict:
     if row.get("wres"):
         entry["row_tiles"] = row.get("row_tiles", 0)
     if row.get("ws"):
-        entry["consumer_regs"] = row.get("consumer_regs", 232)
+        entry["consumer_regs"] = row.get("consumer_regs", 240)
         entry["a_reg"] = row.get("a_reg", False)
     return entry
 

@@ -49,7 +49,7 @@ def _tile_coords(tile, num_m, NUM_D: gl.constexpr):
 
 @gluon.jit
 def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, WHICH: gl.constexpr):
+              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, PREFETCH: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
      B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
@@ -77,7 +77,7 @@ def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
 
 @gluon.jit
 def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, WHICH: gl.constexpr):
+              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, PREFETCH: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
      B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
@@ -91,6 +91,15 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
     cols = gl.arange(0, BD, layout=col_layout)
     local = 0
     for tile in range(pid + WHICH * NUM_PROGRAMS, num_tiles, 2 * NUM_PROGRAMS):
+        pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
+        k = pid_h // N
+        n = pid_h - k * N
+        rows = pid_m * BM + gl.arange(0, BM, layout=row_layout)
+        rmask = rows < B
+        m2 = gl.expand_dims(rmask, 1) & gl.expand_dims(cols < BD, 0)
+        if PREFETCH:       # the cell's loads before the GEMM: their latency hides behind it
+            g_i, g_f, g_z, g_o, c = _cell_loads(g_ptr, tok_ptr, c_in_ptr, rows, rmask, m2, cols, k, n, pid_d, pid_h,
+                                                V, N, tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BD)
         acc_i = gl.zeros([BM, BD], gl.float32, acc_layout)
         acc_f = gl.zeros([BM, BD], gl.float32, acc_layout)
         acc_z = gl.zeros([BM, BD], gl.float32, acc_layout)
@@ -120,22 +129,13 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
         mbarrier.arrive(empty.index(s_prev), count=1)
         local += 1
         # the cell, in the accumulators' register layout
-        pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
-        k = pid_h // N
-        n = pid_h - k * N
-        rows = pid_m * BM + gl.arange(0, BM, layout=row_layout)
-        rmask = rows < B
-        m2 = gl.expand_dims(rmask, 1) & gl.expand_dims(cols < BD, 0)
-        tok = gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=rmask, other=0)
-        g_row = ((k * V + tok) * N + n) * (4 * Dk)
-        gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + cols, 0))
-        c_in_off = (pid_h.to(gl.int64) * stride_cin_h + gl.expand_dims(rows.to(gl.int64) * stride_cin_b, 1)
-                    + gl.expand_dims(pid_d * BD + cols, 0))
-        c = gl.load(c_in_ptr + c_in_off, mask=m2, other=0.0)
-        i_g = acc_i + gl.load(gp, mask=m2, other=0.0).to(gl.float32)
-        f_g = acc_f + gl.load(gp + Dk, mask=m2, other=0.0).to(gl.float32)
-        z_g = acc_z + gl.load(gp + 2 * Dk, mask=m2, other=0.0).to(gl.float32)
-        o_g = acc_o + gl.load(gp + 3 * Dk, mask=m2, other=0.0).to(gl.float32)
+        if not PREFETCH:
+            g_i, g_f, g_z, g_o, c = _cell_loads(g_ptr, tok_ptr, c_in_ptr, rows, rmask, m2, cols, k, n, pid_d, pid_h,
+                                                V, N, tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BD)
+        i_g = acc_i + g_i.to(gl.float32)
+        f_g = acc_f + g_f.to(gl.float32)
+        z_g = acc_z + g_z.to(gl.float32)
+        o_g = acc_o + g_o.to(gl.float32)
         c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
         h = _sig_fast(o_g) * _tanh_fast(c_new)
         c_off = gl.expand_dims((pid_h.to(gl.int64) * B + rows) * Dk, 1) + gl.expand_dims(pid_d * BD + cols, 0)
@@ -146,12 +146,26 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
 
 
 @gluon.jit
+def _cell_loads(g_ptr, tok_ptr, c_in_ptr, rows, rmask, m2, cols, k, n, pid_d, pid_h, V, N, tok_stride_b, t,
+                stride_cin_h, stride_cin_b, Dk: gl.constexpr, BD: gl.constexpr):
+    """The input gates G[token] (bf16) and c (fp32) of a tile, in the layout of `rows` / `cols`."""
+    tok = gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=rmask, other=0)
+    g_row = ((k * V + tok) * N + n) * (4 * Dk)
+    gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + cols, 0))
+    c_in_off = (pid_h.to(gl.int64) * stride_cin_h + gl.expand_dims(rows.to(gl.int64) * stride_cin_b, 1)
+                + gl.expand_dims(pid_d * BD + cols, 0))
+    return (gl.load(gp, mask=m2, other=0.0), gl.load(gp + Dk, mask=m2, other=0.0),
+            gl.load(gp + 2 * Dk, mask=m2, other=0.0), gl.load(gp + 3 * Dk, mask=m2, other=0.0),
+            gl.load(c_in_ptr + c_in_off, mask=m2, other=0.0))
+
+
+@gluon.jit
 def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                         B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
                         num_tiles, num_m, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                         STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        A_REG: gl.constexpr = False):
+                        A_REG: gl.constexpr = False, PREFETCH: gl.constexpr = False):
     """Grid (NUM_PROGRAMS,), num_warps 4 (the default partition: consumer 0).
 
     a_desc: h_in as rows [k * a_rows_per_k + b, N*Dk] (bf16), block [BM, BK];
@@ -167,7 +181,7 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
             B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m,
             a_rows_per_k)
-    gl.warp_specialize([(_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, 0)),
-                        (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, 1)),
-                        (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, 0))],
-                       [4, 1], [CONSUMER_REGS, 40])
+    gl.warp_specialize([(_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, 0)),
+                        (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, 1)),
+                        (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, 0))],
+                       [4, 1], [CONSUMER_REGS, 24])

@@ -281,7 +281,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
-               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 232, a_reg: bool = False):
+               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -296,8 +296,9 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     program keeps its weight tile in shared memory for `row_tiles` row tiles of BM rows (0: all of them;
     needs Dk / BK <= 8). tma_epi (with tma): c loaded, c and h stored through tensor descriptors too
     (needs a c_in that does not broadcast). ws: the warp-specialised Gluon kernel
-    (models/_lstm_step_gluon.py: Hopper, bf16, BM 64, num_stages shared-memory stages; it has its own
-    loads and epilogue, so tma, one_dot and prefetch do not apply to it)."""
+    (models/_lstm_step_gluon.py: Hopper, bf16, BM 64, num_stages shared-memory stages per consumer,
+    consumer_regs registers per consumer thread, a_reg: h through registers; prefetch as above; it has
+    its own loads, so tma and one_dot do not apply to it)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -315,7 +316,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
             raise ValueError("step config asks for `ws` together with `persistent`, `wres` or `tma_epi`: the "
                              "warp-specialised kernel is its own form; drop one of them")
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
-                             stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg)
+                             stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch)
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -389,7 +390,7 @@ def ws_available(device) -> tuple[bool, str]:
 
 
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
-                  a_reg=False):
+                  a_reg=False, prefetch=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     ok, why = ws_available(h_out.device)
     if not ok:
@@ -422,7 +423,8 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     return kern.lstm_step_ws_kernel[(programs,)](
         a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
         c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), num_warps=4, maxnreg=168)
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), PREFETCH=bool(prefetch),
+        num_warps=4, maxnreg=168)
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):
