@@ -139,7 +139,8 @@ def backend_checks(dev):
 
 def step_form_checks(dev):
     """Each form of the fused per-step kernel (pointer and TMA loads, the TMA kernel's descriptor
-    epilogue, prefetched cell loads, the weight-resident kernel; each config on top of this GPU's
+    epilogue, prefetched cell loads, the weight-resident kernel, the warp-specialised Gluon kernel;
+    each config on top of this GPU's
     tuning entry, as a user's step config is) in the chunk forward of K = 2
     stacked bf16 LSTMs, against the fp32 CPU reference at D = 300 and 150 (Dk 320, 160), B = 300
     (a ragged last row tile), two chunks with the state threaded between them."""
@@ -149,7 +150,9 @@ def step_form_checks(dev):
              "TMA + descriptor epilogue, prefetch": {"tma": True, "tma_epi": True, "prefetch": True},
              "weight-resident": {"wres": True, "tma": False, "BM": 64, "num_warps": 4, "num_stages": 1},
              "weight-resident, prefetch, 4 row tiles": {"wres": True, "tma": False, "prefetch": True, "row_tiles": 4,
-                                                        "BM": 64, "num_warps": 4, "num_stages": 1, "BD": 32}}
+                                                        "BM": 64, "num_warps": 4, "num_stages": 1, "BD": 32},
+             "warp-specialised (Gluon)": {"ws": True, "tma": False, "prefetch": False, "BM": 64, "BK": 32,
+                                          "num_stages": 4}}
     g = torch.Generator().manual_seed(8)
     for hidden, heads in ((600, 2), (300, 2)):
         c32 = ModelConfig(vocab_size=100, input_size=100, hidden_size=hidden, num_heads=heads)

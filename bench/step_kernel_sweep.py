@@ -237,8 +237,10 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
       where they divide Dk) of the prefetch configs;
     quick: the recorded entry for this shape and its prefetch twin, then a few of focus;
     all: focus plus the forms slower everywhere timed so far: the four-dot form, the persistent
-      kernel, the TMA kernel's descriptor epilogue (`tma_epi`) and the weight-resident kernel;
-    wres: the recorded entry, then the weight-resident kernel's configs (`wres_configs`).
+      kernel, the TMA kernel's descriptor epilogue (`tma_epi`), the weight-resident kernel and the
+      warp-specialised Gluon kernel (`ws`);
+    wres, ws: the recorded entry, then the weight-resident (`wres_configs`) or the warp-specialised
+      kernel's configs (`ws_configs`).
     Small shapes (under 50 GFLOP a step, where the whole-chunk kernel runs) get the quick grid."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS}")
@@ -266,7 +268,7 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
         return first + wres_configs(cs)
     if grid == "focus":
-        return ws_configs(cs) + focus
+        return focus
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
@@ -280,7 +282,7 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
     # the TMA kernel's descriptor epilogue: 3-7% slower than its pointer epilogue at large, xlarge and
     # medium on the H200 (`step_kernel_sweep_2026-11-28_222323`), so only here
     epi = [dict(c, tma_epi=True) for c in focus if c.get("tma")]
-    return focus + four + persistent_configs(cs, False) + epi + wres_configs(cs)
+    return focus + four + persistent_configs(cs, False) + epi + wres_configs(cs) + ws_configs(cs)
 
 
 def persistent_configs(cs, quick: bool):

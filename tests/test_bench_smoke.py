@@ -90,8 +90,9 @@ def test_sweep_keeps_a_faster_recorded_entry():
 
 def test_sweep_grids():
     """The kernel sweep's grids: focus times every per-step config with and without prefetch; quick puts
-    the recorded entry and its prefetch twin first; wres the recorded entry, then the weight-resident
-    kernel; all adds the four-dot, persistent, descriptor-epilogue and weight-resident forms; small
+    the recorded entry and its prefetch twin first; wres / ws the recorded entry, then the weight-resident
+    / warp-specialised kernel; all adds the four-dot, persistent, descriptor-epilogue, weight-resident and
+    warp-specialised forms; small
     shapes always get the quick grid; an unknown grid name is an error."""
     import pytest
     pytest.importorskip("triton")
@@ -104,7 +105,7 @@ def test_sweep_grids():
     plain = [c for c in focus if "BK" not in c]
     assert sum(c["prefetch"] for c in plain) * 2 == len(plain)
     assert {c["BK"] for c in focus if "BK" in c} == {32}            # Dk 320: BK 64 by default, 32 the variant
-    assert not any(c.get("tma_epi") or c.get("wres") for c in focus)
+    assert not any(c.get("tma_epi") or c.get("wres") or c.get("ws") for c in focus)
     xl = {"K": 1, "N": 350, "B": 1024, "Dk": 896, "BD": 64, "BK": 64}
     assert {c["BK"] for c in sweep.grid_configs(xl, "focus") if "BK" in c} == {32, 128}
     assert not any(c.get("wres") for c in sweep.grid_configs(xl, "all"))     # W tile over the shared memory
@@ -121,6 +122,9 @@ def test_sweep_grids():
     assert any(not c["one_dot"] for c in full) and any(c.get("persistent") for c in full)
     assert any(c.get("wres") for c in full) and all(c["tma"] for c in full if c.get("tma_epi"))
     assert any(c.get("tma_epi") for c in full) and len(full) == len({tuple(sorted(c.items())) for c in full})
+    ws = sweep.grid_configs(large, "ws", rec)
+    assert ws[0]["BM"] == 128 and ws[1:] and all(c["ws"] and c["BM"] == 64 and 320 % c["BK"] == 0 for c in ws[1:])
+    assert all(c in full for c in ws[1:])
     tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32, "BK": 32}
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):

@@ -561,3 +561,57 @@ def test_weight_resident_kernel_keeps_its_weight_in_shared_memory():
         assert not w_alloc.findall(ttgir[loop:])                     # none inside the loop
         assert "wgmma" in compiled.asm["ptx"]
         assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
+
+
+@pytest.mark.parametrize("Dk, BD, BK, stages", [(320, 64, 32, 5), (160, 32, 32, 8)])
+def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages):
+    """The warp-specialised Gluon step kernel compiled for sm_90 (no GPU needed) at the large and medium
+    presets' heads: three partitions (the warp_specialize region, with register reallocation), the GEMM
+    on tensor cores (two consumers x Dk/BK k-steps x 4 gates x BK/16 wgmma), within 227 KB of shared
+    memory."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon._runtime import GluonASTSource
+    except Exception as e:  # pragma: no cover - triton without Gluon
+        pytest.skip(f"no Gluon compile API: {e!r}")
+    from models import _lstm_step_gluon as kern
+    BM = 64
+    a_l = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16)
+    w_l = gl.NVMMASharedLayout.get_default_for([BK, BD], gl.bfloat16)
+    sig = {"a_desc": f"tensordesc<bf16[{BM},{BK}],{a_l!r}>", "w_desc": f"tensordesc<bf16[{BK},{BD}],{w_l!r}>",
+           "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
+           **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
+                                 "stride_cin_b", "num_tiles", "num_m", "a_rows_per_k")}}
+    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, A_REG=False,
+              PREFETCH=False)
+    src = GluonASTSource(fn=kern.lstm_step_ws_kernel, signature={**sig, **{k: "constexpr" for k in cx}},
+                         constexprs=cx)
+    try:
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168})
+    except Exception as e:
+        if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
+            pytest.skip(f"no ptxas: {e!r}")
+        raise
+    ptx = compiled.asm["ptx"]
+    assert "ttg.warp_specialize" in compiled.asm["ttgir"] and "setmaxnreg" in ptx
+    assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * 4 * (BK // 16)
+    assert compiled.metadata.shared <= 227 * 1024
+
+
+def test_warp_specialised_kernel_refuses_what_it_cannot_run():
+    """`ws` in a step config: off a Hopper GPU, with another kernel form, or with other dtypes, a clear
+    error that names the fix (nothing falls back to another kernel silently)."""
+    import torch
+    from models.lstm_fused import lstm_step_
+    K, N, Dk, B = 1, 2, 64, 8
+    h = torch.zeros(K, B, N, Dk, dtype=torch.bfloat16)
+    W = torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16)
+    G = torch.zeros(K, 3, N, 4 * Dk, dtype=torch.bfloat16)
+    tok = torch.zeros(B, 2, dtype=torch.int64)
+    c = torch.zeros(K * N, B, Dk)
+    with pytest.raises(ValueError, match="needs a CUDA device.*drop `ws`"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True)
+    with pytest.raises(ValueError, match="`ws` together with"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True, wres=True)
