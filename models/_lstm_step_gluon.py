@@ -19,7 +19,12 @@ partitions of warps:
 
 so while one consumer runs its cell (special-function ops, loads, stores) the other keeps the tensor
 cores busy. The arithmetic is `lstm_step_tma_kernel`'s (fp32 accumulation, the cell in fp32 with the
-hardware tanh, h rounded to bf16); only the order of the GEMM's fp32 sums may differ.
+hardware tanh, h rounded to bf16); on the H200 its h and c equal that kernel's bit for bit.
+
+Opt-in (step-config key `ws`; the sweep's `ws` and `all` grids). Measured on the H200
+(bench/results/step_kernel_sweep_2026-11-28_225414, _225645, _225955): 8-12% slower than the Triton per-step kernel
+at large, 26-34% at medium: a consumer's cell, its loads in the accumulator layout with their latency
+exposed, takes several times the tile's MMA; issuing them before the GEMM spills registers.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
