@@ -129,3 +129,19 @@ def test_sweep_grids():
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):
         sweep.grid_configs(large, "fast")
+
+
+def test_ncu_step_refuses_bad_input_clearly():
+    """bench/ncu_step.py (one preset's step kernel launched for Nsight Compute): a --config that is not a
+    JSON object is a usage error naming the form, and without a GPU it says so and exits 2."""
+    script = REPO / "bench" / "ncu_step.py"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    bad = subprocess.run([sys.executable, str(script), "--config", "{ws: true}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--config is not JSON" in bad.stderr
+    arr = subprocess.run([sys.executable, str(script), "--config", "[1]"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert arr.returncode == 2 and "JSON object" in arr.stderr
+    nogpu = subprocess.run([sys.executable, str(script), "--size", "medium"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert nogpu.returncode == 2 and "needs a CUDA device" in nogpu.stderr
