@@ -261,19 +261,16 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
                                                                (False, True)):
         focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                       "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
-    if grid == "ws":          # the recorded entry first, to compare with in the same run
-        first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
-        return first + ws_configs(cs)
-    if grid == "wres":        # the recorded entry first, to compare with in the same run
-        first = [{k: v for k, v in recorded.items() if k in STEP_KEYS + ("BK", "row_tiles", "occupancy")}] if recorded else []
-        return first + wres_configs(cs)
+    if grid in ("wres", "ws"):      # the recorded entry first, to compare with in the same run
+        first = [{k: v for k, v in recorded.items() if k in ENTRY_KEYS}] if recorded else []
+        return first + (wres_configs(cs) if grid == "wres" else ws_configs(cs))
     if grid == "focus":
         return focus
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
-                                             "row_tiles", "BK") if k in recorded}
+                                             "row_tiles", "BK", "ws", "consumer_regs") if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
         return first + rest
@@ -304,6 +301,8 @@ def persistent_configs(cs, quick: bool):
 
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
              "wres", "tma_epi", "ws")
+# every launch option a tuning entry may hold (STEP_KEYS and the form-specific ones)
+ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg")
 
 
 def step_entry(row) -> dict:

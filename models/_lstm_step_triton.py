@@ -122,6 +122,17 @@ def _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM:
 
 
 @triton.jit
+def _c_tile_any(c_in, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM: tl.constexpr, BD: tl.constexpr,
+                DESC: tl.constexpr):
+    """`_c_tile`, or with DESC the same tile through c_in as a tensor descriptor (block [1, BM, BD])."""
+    if DESC:
+        c = c_in.load([pid_h, pid_m * BM, pid_d * BD]).reshape(BM, BD)
+    else:
+        c = _c_tile(c_in, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD)
+    return c
+
+
+@triton.jit
 def _epilogue_loads(g_ptr, tok_ptr, c_in_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, stride_cin_h,
                     stride_cin_b, Dk: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     """The cell's inputs other than the GEMM, for the tile (unit tile pid_d, row tile pid_m, head pid_h):
@@ -261,10 +272,7 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
     n = pid_h - k * N
     if PREFETCH:
         g_i, g_f, g_z, g_o = _gate_loads(g_ptr, tok_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, Dk, BM, BD)
-        if TMA_EPI:
-            c = c_in_ptr.load([pid_h, pid_m * BM, pid_d * BD]).reshape(BM, BD)
-        else:
-            c = _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD)
+        c = _c_tile_any(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD, TMA_EPI)
     acc = tl.zeros((BM, 4 * BD), dtype=tl.float32)
     for k0 in range(0, Dk, BK):
         a = a_desc.load([k, pid_m * BM, n * Dk + k0]).reshape(BM, BK)
@@ -276,10 +284,7 @@ def lstm_step_tma_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_
     acc_i, acc_f, acc_z, acc_o = _split_gates(acc, BM, BD)
     if not PREFETCH:
         g_i, g_f, g_z, g_o = _gate_loads(g_ptr, tok_ptr, pid_d, pid_m, pid_h, B, N, V, tok_stride_b, t, Dk, BM, BD)
-        if TMA_EPI:
-            c = c_in_ptr.load([pid_h, pid_m * BM, pid_d * BD]).reshape(BM, BD)
-        else:
-            c = _c_tile(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD)
+        c = _c_tile_any(c_in_ptr, pid_d, pid_m, pid_h, B, N, stride_cin_h, stride_cin_b, BM, BD, TMA_EPI)
     if TMA_EPI:
         c_new, h = _cell_math(acc_i, acc_f, acc_z, acc_o, g_i, g_f, g_z, g_o, c, FAST)
         c_out_ptr.store([pid_h, pid_m * BM, pid_d * BD], c_new.reshape(1, BM, BD))

@@ -392,6 +392,9 @@ def ws_available(device) -> tuple[bool, str]:
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
                   a_reg=False, prefetch=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
+    if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
+        raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
+                         f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
     ok, why = ws_available(h_out.device)
     if not ok:
         raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")

@@ -613,5 +613,8 @@ def test_warp_specialised_kernel_refuses_what_it_cannot_run():
     c = torch.zeros(K * N, B, Dk)
     with pytest.raises(ValueError, match="needs a CUDA device.*drop `ws`"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True)
+    with pytest.raises(ValueError, match="consumer_regs` must be a multiple of 8"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True,
+                   consumer_regs=256)
     with pytest.raises(ValueError, match="`ws` together with"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True, wres=True)
