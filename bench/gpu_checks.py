@@ -152,7 +152,15 @@ def step_form_checks(dev):
              "weight-resident, prefetch, 4 row tiles": {"wres": True, "tma": False, "prefetch": True, "row_tiles": 4,
                                                         "BM": 64, "num_warps": 4, "num_stages": 1, "BD": 32},
              "warp-specialised (Gluon)": {"ws": True, "tma": False, "prefetch": False, "BM": 64, "BK": 32,
-                                          "num_stages": 4}}
+                                          "num_stages": 4},
+             "warp-specialised (Gluon), cell inputs staged": {"ws": True, "tma": False, "prefetch": True, "BM": 64,
+                                                              "BK": 32, "num_stages": 3},
+             "warp-specialised, one dot, cooperative, staged in and out": {
+                 "ws": True, "tma": False, "prefetch": True, "stage_out": True, "coop": True, "one_dot": True,
+                 "BM": 64, "BK": 32, "num_stages": 3},
+             "warp-specialised, four dots, alternate tiles": {"ws": True, "tma": False, "prefetch": False,
+                                                              "stage_out": False, "coop": False, "one_dot": False,
+                                                              "BM": 64, "BK": 32, "num_stages": 3}}
     g = torch.Generator().manual_seed(8)
     for hidden, heads in ((600, 2), (300, 2)):
         c32 = ModelConfig(vocab_size=100, input_size=100, hidden_size=hidden, num_heads=heads)

@@ -182,26 +182,33 @@ def seq_configs(cs):
 
 
 GRIDS = ("focus", "quick", "all", "wres", "ws")
-WS_SMEM = 200 * 1024  # the warp-specialised kernel's ring of stages (of 227 KB)
+WS_SMEM = 220 * 1024  # shared memory the warp-specialised kernel may take (of 227 KB)
 
 
 def ws_configs(cs):
     """Configs of the warp-specialised Gluon kernel (`ws`): BD 64 where it divides Dk (else the
-    preset's), BK 64 and 32, as many stages per consumer ring as fit WS_SMEM (at most 8) and two fewer,
-    each with the cell's loads after and before the GEMM (prefetch)."""
+    preset's), BK 64 and 32; consumers on alternate tiles of 64 rows (a ring of stages each) or
+    cooperating on tiles of 128 rows (`coop`: one ring, each weight tile read once for both); the cell's
+    inputs read after the GEMM, or staged in shared memory during it (prefetch: 48 KB per consumer at
+    BD 64) with c and h stored back through it (stage_out); as many stages as fit WS_SMEM beside them
+    (at most 8) and two fewer; one wgmma of 4*BD columns a k-step (one_dot), and for reference the
+    four-wgmma form and staged inputs without staged stores, once each."""
     Dk = cs["Dk"]
     bd = 64 if Dk % 64 == 0 else cs["BD"]
     out = []
-    for bk in (64, 32):
+    for coop, bk, pre in itertools.product((False, True), (64, 32), (False, True)):
         if Dk % bk:
             continue
-        most = min(8, WS_SMEM // ((64 * bk + 4 * bk * bd) * 2 * 2))     # two rings of stages
-        for st in sorted({most, most - 1, most - 2}, reverse=True):
-            for pre in (False, True):
-                if st >= 2:
-                    out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
-                                "ws": True, "consumer_regs": 240, "prefetch": pre})
-    return out
+        cell = 2 * (4 * 64 * bd * 2 + 64 * bd * 4) if pre else 0
+        stage = (2 * 64 * bk + 4 * bk * bd) * 2 if coop else (64 * bk + 4 * bk * bd) * 2 * 2   # bytes, all rings
+        most = min(8, (WS_SMEM - cell) // stage)
+        for st in sorted({most, most - 2}, reverse=True):
+            if st >= 2:
+                out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
+                            "ws": True, "consumer_regs": 240, "prefetch": pre, "stage_out": pre, "coop": coop})
+    ref = [dict(c, one_dot=False) for c in out if c["BK"] == 32 and not c["coop"] and not c["prefetch"]][:1]
+    ref += [dict(c, stage_out=False) for c in out if c["BK"] == 32 and c["coop"] and c["prefetch"]][:1]
+    return out + ref
 
 WRES_SMEM = 200 * 1024  # the weight tile a weight-resident program may hold in shared memory (of 227 KB)
 
@@ -270,7 +277,7 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
-                                             "row_tiles", "BK", "ws", "consumer_regs") if k in recorded}
+                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out") if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
         return first + rest
@@ -302,7 +309,7 @@ def persistent_configs(cs, quick: bool):
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
              "wres", "tma_epi", "ws")
 # every launch option a tuning entry may hold (STEP_KEYS and the form-specific ones)
-ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg")
+ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg", "coop", "stage_out")
 
 
 def step_entry(row) -> dict:
@@ -316,6 +323,8 @@ def step_entry(row) -> dict:
     if row.get("ws"):
         entry["consumer_regs"] = row.get("consumer_regs", 240)
         entry["a_reg"] = row.get("a_reg", False)
+        entry["coop"] = row.get("coop", False)
+        entry["stage_out"] = row.get("stage_out", False)
     return entry
 
 
@@ -473,7 +482,7 @@ def main(argv=None):
                f"{'+epi' if r.get('tma_epi') else ''}"
                + (f" persistent x{r['occupancy']}{' WS' if r['warp_specialize'] else ''}" if r.get("persistent")
                   else "") + (f" W-resident rows/{r.get('row_tiles') or 'all'}" if r.get("wres") else "")
-               + (f" warp-specialised (Gluon){' A in registers' if r.get('a_reg') else ''}" if r.get("ws") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
+               + (f" warp-specialised (Gluon){' A in registers' if r.get('a_reg') else ''}{' cooperative' if r.get('coop') else ''}{' staged out' if r.get('stage_out') else ''}" if r.get("ws") else "") + f" w{r['num_warps']} s{r['num_stages']}{' prefetch' if r.get('prefetch') else ''}"
                + (f" BK{r['BK']}" if r.get("BK") else "") + (f" ({r['regs']} regs, {r['spills']} spills)"
                                                               if r.get("regs") is not None else ""))
         lines.append(f"| {r['size']} | {r['K']} | {r['N']} | {r['D']}→{r['Dk']} | {cfg} | {r['s'] * 1e3:.3f} | "

@@ -28,6 +28,7 @@ exposed, takes several times the tile's MMA; issuing them before the GEMM spills
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
@@ -54,114 +55,238 @@ def _tile_coords(tile, num_m, NUM_D: gl.constexpr):
 
 @gluon.jit
 def _producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, PREFETCH: gl.constexpr, WHICH: gl.constexpr):
-    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
+              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, PREFETCH: gl.constexpr, COOP: gl.constexpr,
+              ONE_DOT: gl.constexpr, STAGE_OUT: gl.constexpr, WHICH: gl.constexpr):
+    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, g_sm, c_sm,
      B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
+    TILE_M: gl.constexpr = 2 * BM if COOP else BM
     pid = gl.program_id(0)
     i = 0
     for tile in range(pid, num_tiles, NUM_PROGRAMS):
         pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
         k = pid_h // N
         n = pid_h - k * N
-        a_row = k * a_rows_per_k + pid_m * BM
-        ring = i % 2                                  # tile i goes to consumer i % 2, through its own ring
+        a_row = k * a_rows_per_k + pid_m * TILE_M
         for kk in gl.static_range(NK):
-            count = (i // 2) * NK + kk
-            s = ring * STAGES + count % STAGES
+            if COOP:        # one ring: each stage holds both consumers' h rows and the weight tile they share
+                count = i * NK + kk
+                s = count % STAGES
+            else:           # tile i goes to consumer i % 2, through its own ring
+                count = (i // 2) * NK + kk
+                s = (i % 2) * STAGES + count % STAGES
             mbarrier.wait(empty.index(s), ((count // STAGES) & 1) ^ 1)
             bar = ready.index(s)
-            mbarrier.expect(bar, a_desc.block_type.nbytes + 4 * w_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], bar, a_bufs.index(s))
-            for g in gl.static_range(4):
-                tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD) + g * BD], bar,
-                                                w_bufs.index(s * 4 + g))
+            mbarrier.expect(bar, (2 if COOP else 1) * a_desc.block_type.nbytes
+                            + (1 if ONE_DOT else 4) * w_desc.block_type.nbytes)
+            if COOP:
+                tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], bar, a_bufs.index(2 * s))
+                tma.async_copy_global_to_shared(a_desc, [a_row + BM, n * Dk + kk * BK], bar, a_bufs.index(2 * s + 1))
+            else:
+                tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], bar, a_bufs.index(s))
+            if ONE_DOT:
+                tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD)], bar, w_bufs.index(s))
+            else:
+                for g in gl.static_range(4):
+                    tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD) + g * BD], bar,
+                                                    w_bufs.index(s * 4 + g))
         i += 1
 
 
 @gluon.jit
 def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, PREFETCH: gl.constexpr, WHICH: gl.constexpr):
-    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
+              NUM_PROGRAMS: gl.constexpr, A_REG: gl.constexpr, PREFETCH: gl.constexpr, COOP: gl.constexpr,
+              ONE_DOT: gl.constexpr, STAGE_OUT: gl.constexpr, WHICH: gl.constexpr):
+    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, g_sm, c_sm,
      B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BD, 16])
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, acc_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
+    TILE_M: gl.constexpr = 2 * BM if COOP else BM
+    ROW0: gl.constexpr = WHICH * BM if COOP else 0          # this consumer's rows within a tile
+    STEP: gl.constexpr = NUM_PROGRAMS if COOP else 2 * NUM_PROGRAMS
     pid = gl.program_id(0)
     cols = gl.arange(0, BD, layout=col_layout)
+    first = pid if COOP else pid + WHICH * NUM_PROGRAMS
+    # the cell's inputs are copied in 16-byte pieces: G's rows as [BM, BD] bf16 in 8-element vectors, c's in 4
+    g_cp: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (BD // 8), BD // 8], [4, 1], [1, 0])
+    c_cp: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BD // 4), BD // 4] if BD <= 128 else [1, 32], [4, 1], [1, 0])
+    if PREFETCH:      # the tokens of this consumer's first tile; later ones are loaded a tile ahead
+        tok_next = _tile_tokens(tok_ptr, first, num_tiles, num_m, B, tok_stride_b, t, TILE_M, ROW0, BM,
+                                gl.SliceLayout(1, g_cp))
     local = 0
-    for tile in range(pid + WHICH * NUM_PROGRAMS, num_tiles, 2 * NUM_PROGRAMS):
+    for tile in range(first, num_tiles, STEP):
         pid_d, pid_m, pid_h = _tile_coords(tile, num_m, NUM_D)
         k = pid_h // N
         n = pid_h - k * N
-        rows = pid_m * BM + gl.arange(0, BM, layout=row_layout)
+        rows = pid_m * TILE_M + ROW0 + gl.arange(0, BM, layout=row_layout)
         rmask = rows < B
         m2 = gl.expand_dims(rmask, 1) & gl.expand_dims(cols < BD, 0)
-        if PREFETCH:       # the cell's loads before the GEMM: their latency hides behind it
-            g_i, g_f, g_z, g_o, c = _cell_loads(g_ptr, tok_ptr, c_in_ptr, rows, rmask, m2, cols, k, n, pid_d, pid_h,
-                                                V, N, tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BD)
-        acc_i = gl.zeros([BM, BD], gl.float32, acc_layout)
-        acc_f = gl.zeros([BM, BD], gl.float32, acc_layout)
-        acc_z = gl.zeros([BM, BD], gl.float32, acc_layout)
-        acc_o = gl.zeros([BM, BD], gl.float32, acc_layout)
-        s_prev = 0
-        for kk in gl.static_range(NK):
-            count = local * NK + kk
-            s = WHICH * STAGES + count % STAGES
-            mbarrier.wait(ready.index(s), (count // STAGES) & 1)
-            if A_REG:
-                a = a_bufs.index(s).load(a_layout)
-            else:
-                a = a_bufs.index(s)
-            acc_i = warpgroup_mma(a, w_bufs.index(s * 4 + 0), acc_i, is_async=True)
-            acc_f = warpgroup_mma(a, w_bufs.index(s * 4 + 1), acc_f, is_async=True)
-            acc_z = warpgroup_mma(a, w_bufs.index(s * 4 + 2), acc_z, is_async=True)
-            acc_o = warpgroup_mma(a, w_bufs.index(s * 4 + 3), acc_o, is_async=True)
-            if kk > 0:
-                # the previous k-step's four MMAs are done (this step's four stay in flight): free its stage
-                acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=4,
-                                                                deps=(acc_i, acc_f, acc_z, acc_o))
-                fence_async_shared()
-                mbarrier.arrive(empty.index(s_prev), count=1)
-            s_prev = s
-        acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=0, deps=(acc_i, acc_f, acc_z, acc_o))
-        fence_async_shared()
-        mbarrier.arrive(empty.index(s_prev), count=1)
+        if PREFETCH:
+            # the cell's inputs copied (cp.async, 16 bytes a thread and copy) into this consumer's shared
+            # buffers while the GEMM runs; read back in the accumulator layout after it
+            gl.thread_barrier()         # every warp of this consumer has read the previous tile's
+            tok = tok_next
+            g_rows = pid_m * TILE_M + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, g_cp))
+            g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, g_cp))
+            g_row = ((k * V + tok) * N + n) * (4 * Dk)
+            gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + g_cols, 0))
+            gm = gl.expand_dims(g_rows < B, 1) & gl.expand_dims(g_cols < BD, 0)
+            for g in gl.static_range(4):
+                async_copy.async_copy_global_to_shared(g_sm.index(WHICH * 4 + g), gp + g * Dk, mask=gm)
+            c_rows = pid_m * TILE_M + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, c_cp))
+            c_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_cp))
+            cm = gl.expand_dims(c_rows < B, 1) & gl.expand_dims(c_cols < BD, 0)
+            async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_in_ptr + _c_in_offsets(
+                c_rows, c_cols, pid_d, pid_h, stride_cin_h, stride_cin_b, BD), mask=cm)
+            async_copy.commit_group()
+            tok_next = _tile_tokens(tok_ptr, tile + STEP, num_tiles, num_m, B, tok_stride_b, t, TILE_M, ROW0, BM,
+                                    gl.SliceLayout(1, g_cp))
+        acc_i, acc_f, acc_z, acc_o = _tile_gemm(a_bufs, w_bufs, ready, empty, local, NK, STAGES, BM, BD, COOP,
+                                                A_REG, ONE_DOT, WHICH)
         local += 1
         # the cell, in the accumulators' register layout
-        if not PREFETCH:
-            g_i, g_f, g_z, g_o, c = _cell_loads(g_ptr, tok_ptr, c_in_ptr, rows, rmask, m2, cols, k, n, pid_d, pid_h,
-                                                V, N, tok_stride_b, t, stride_cin_h, stride_cin_b, Dk, BD)
+        if PREFETCH:
+            async_copy.wait_group(0)
+            gl.thread_barrier()         # this consumer's warps: every thread's copies have landed
+            g_i = g_sm.index(WHICH * 4 + 0).load(acc_layout)
+            g_f = g_sm.index(WHICH * 4 + 1).load(acc_layout)
+            g_z = g_sm.index(WHICH * 4 + 2).load(acc_layout)
+            g_o = g_sm.index(WHICH * 4 + 3).load(acc_layout)
+            c = c_sm.index(WHICH).load(acc_layout)
+        else:
+            tok = gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=rmask, other=0)
+            g_row = ((k * V + tok) * N + n) * (4 * Dk)
+            gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + cols, 0))
+            g_i = gl.load(gp, mask=m2, other=0.0)
+            g_f = gl.load(gp + Dk, mask=m2, other=0.0)
+            g_z = gl.load(gp + 2 * Dk, mask=m2, other=0.0)
+            g_o = gl.load(gp + 3 * Dk, mask=m2, other=0.0)
+            c = gl.load(c_in_ptr + _c_in_offsets(rows, cols, pid_d, pid_h, stride_cin_h, stride_cin_b, BD), mask=m2,
+                        other=0.0)
         i_g = acc_i + g_i.to(gl.float32)
         f_g = acc_f + g_f.to(gl.float32)
         z_g = acc_z + g_z.to(gl.float32)
         o_g = acc_o + g_o.to(gl.float32)
         c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
         h = _sig_fast(o_g) * _tanh_fast(c_new)
-        c_off = gl.expand_dims((pid_h.to(gl.int64) * B + rows) * Dk, 1) + gl.expand_dims(pid_d * BD + cols, 0)
-        gl.store(c_out_ptr + c_off, c_new, mask=m2)
-        h_off = (k.to(gl.int64) * stride_out_k + gl.expand_dims(rows.to(gl.int64) * stride_hb, 1)
-                 + gl.expand_dims(n * Dk + pid_d * BD + cols, 0))
-        gl.store(h_out_ptr + h_off, h.to(gl.bfloat16), mask=m2)
+        if STAGE_OUT:
+            # c and h back through the same shared buffers (each thread overwrites the elements it read),
+            # then stored in 16-byte pieces
+            c_sm.index(WHICH).store(c_new)
+            g_sm.index(WHICH * 4).store(h.to(gl.bfloat16))
+            gl.thread_barrier()
+            _store_tile(c_out_ptr, h_out_ptr, c_sm.index(WHICH).load(c_cp), g_sm.index(WHICH * 4).load(g_cp),
+                        pid_m * TILE_M + ROW0, pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
+        else:
+            _store_tile(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * TILE_M + ROW0, pid_d, pid_h, k, n, B,
+                        stride_out_k, stride_hb, Dk, BM, BD)
 
 
 @gluon.jit
-def _cell_loads(g_ptr, tok_ptr, c_in_ptr, rows, rmask, m2, cols, k, n, pid_d, pid_h, V, N, tok_stride_b, t,
-                stride_cin_h, stride_cin_b, Dk: gl.constexpr, BD: gl.constexpr):
-    """The input gates G[token] (bf16) and c (fp32) of a tile, in the layout of `rows` / `cols`."""
-    tok = gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=rmask, other=0)
-    g_row = ((k * V + tok) * N + n) * (4 * Dk)
-    gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + cols, 0))
-    c_in_off = (pid_h.to(gl.int64) * stride_cin_h + gl.expand_dims(rows.to(gl.int64) * stride_cin_b, 1)
-                + gl.expand_dims(pid_d * BD + cols, 0))
-    return (gl.load(gp, mask=m2, other=0.0), gl.load(gp + Dk, mask=m2, other=0.0),
-            gl.load(gp + 2 * Dk, mask=m2, other=0.0), gl.load(gp + 3 * Dk, mask=m2, other=0.0),
-            gl.load(c_in_ptr + c_in_off, mask=m2, other=0.0))
+def _store_tile(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, stride_out_k, stride_hb,
+                Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr):
+    """c_new (fp32) and h (bf16) of a tile's BM rows from row0, each in its own register layout."""
+    rows = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, c_new.type.layout))
+    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_new.type.layout))
+    m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < BD, 0)
+    off = gl.expand_dims((pid_h.to(gl.int64) * B + rows) * Dk, 1) + gl.expand_dims(pid_d * BD + cols, 0)
+    gl.store(c_out_ptr + off, c_new, mask=m2)
+    rows = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, h.type.layout))
+    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, h.type.layout))
+    m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < BD, 0)
+    off = (k.to(gl.int64) * stride_out_k + gl.expand_dims(rows.to(gl.int64) * stride_hb, 1)
+           + gl.expand_dims(n * Dk + pid_d * BD + cols, 0))
+    gl.store(h_out_ptr + off, h, mask=m2)
+
+
+@gluon.jit
+def _tile_gemm(a_bufs, w_bufs, ready, empty, local, NK: gl.constexpr, STAGES: gl.constexpr, BM: gl.constexpr,
+               BD: gl.constexpr, COOP: gl.constexpr, A_REG: gl.constexpr, ONE_DOT: gl.constexpr, WHICH: gl.constexpr):
+    """A consumer's GEMM of one tile, h[rows, :Dk] @ W[:Dk, 4 gates x BD units], over NK k-steps of the
+    ring; the four gates' [BM, BD] pre-activations in the [BM, BD] wgmma accumulator layout. ONE_DOT: one
+    wgmma [BM, 4*BD] per k-step (the h tile read from shared memory once, not once per gate), its
+    accumulator split by gate in registers; else four, one accumulator per gate."""
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BD, 16])
+    acc4_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                          instr_shape=[16, 4 * BD, 16])
+    if ONE_DOT:
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc4_layout, k_width=2)
+        acc = gl.zeros([BM, 4 * BD], gl.float32, acc4_layout)
+    else:
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+        acc_i = gl.zeros([BM, BD], gl.float32, acc_layout)
+        acc_f = gl.zeros([BM, BD], gl.float32, acc_layout)
+        acc_z = gl.zeros([BM, BD], gl.float32, acc_layout)
+        acc_o = gl.zeros([BM, BD], gl.float32, acc_layout)
+    s_prev = 0
+    for kk in gl.static_range(NK):
+        count = local * NK + kk
+        if COOP:
+            s = count % STAGES
+            a_s = a_bufs.index(2 * s + WHICH)
+        else:
+            s = WHICH * STAGES + count % STAGES
+            a_s = a_bufs.index(s)
+        mbarrier.wait(ready.index(s), (count // STAGES) & 1)
+        if A_REG:
+            a = a_s.load(a_layout)
+        else:
+            a = a_s
+        if ONE_DOT:
+            acc = warpgroup_mma(a, w_bufs.index(s), acc, is_async=True)
+        else:
+            acc_i = warpgroup_mma(a, w_bufs.index(s * 4 + 0), acc_i, is_async=True)
+            acc_f = warpgroup_mma(a, w_bufs.index(s * 4 + 1), acc_f, is_async=True)
+            acc_z = warpgroup_mma(a, w_bufs.index(s * 4 + 2), acc_z, is_async=True)
+            acc_o = warpgroup_mma(a, w_bufs.index(s * 4 + 3), acc_o, is_async=True)
+        if kk > 0:
+            # the previous k-step's MMAs are done (this step's stay in flight): free its stage
+            if ONE_DOT:
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            else:
+                acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=4, deps=(acc_i, acc_f, acc_z, acc_o))
+            fence_async_shared()
+            mbarrier.arrive(empty.index(s_prev), count=1)
+        s_prev = s
+    if ONE_DOT:
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    else:
+        acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=0, deps=(acc_i, acc_f, acc_z, acc_o))
+    fence_async_shared()
+    mbarrier.arrive(empty.index(s_prev), count=1)
+    if ONE_DOT:
+        # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
+        acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
+        even, odd = gl.split(acc)
+        acc_i, acc_z = gl.split(even)
+        acc_f, acc_o = gl.split(odd)
+        acc_i = gl.convert_layout(acc_i, acc_layout)
+        acc_f = gl.convert_layout(acc_f, acc_layout)
+        acc_z = gl.convert_layout(acc_z, acc_layout)
+        acc_o = gl.convert_layout(acc_o, acc_layout)
+    return acc_i, acc_f, acc_z, acc_o
+
+
+@gluon.jit
+def _tile_tokens(tok_ptr, tile, num_tiles, num_m, B, tok_stride_b, t, TILE_M: gl.constexpr, ROW0: gl.constexpr,
+                 BM: gl.constexpr, row_layout: gl.constexpr):
+    """The tokens at step t of a consumer's BM batch rows (from ROW0) of tile `tile` (0 past the last tile
+    or the batch)."""
+    pid_m = tile % num_m
+    rows = pid_m * TILE_M + ROW0 + gl.arange(0, BM, layout=row_layout)
+    return gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=(rows < B) & (tile < num_tiles), other=0)
+
+
+@gluon.jit
+def _c_in_offsets(rows, cols, pid_d, pid_h, stride_cin_h, stride_cin_b, BD: gl.constexpr):
+    return (pid_h.to(gl.int64) * stride_cin_h + gl.expand_dims(rows.to(gl.int64) * stride_cin_b, 1)
+            + gl.expand_dims(pid_d * BD + cols, 0))
 
 
 @gluon.jit
@@ -170,23 +295,38 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         num_tiles, num_m, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                         STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        A_REG: gl.constexpr = False, PREFETCH: gl.constexpr = False):
+                        A_REG: gl.constexpr = False, PREFETCH: gl.constexpr = False, COOP: gl.constexpr = False,
+                        ONE_DOT: gl.constexpr = False, STAGE_OUT: gl.constexpr = False):
     """Grid (NUM_PROGRAMS,), num_warps 4 (the default partition: consumer 0).
 
     a_desc: h_in as rows [k * a_rows_per_k + b, N*Dk] (bf16), block [BM, BK];
     w_desc: W [K*N*Dk, 4*Dk] tile-interleaved for BD (`tile_recurrent_weight`), block [BK, BD];
     the rest as in `lstm_step_kernel` (g [K, V, N, 4*Dk] bf16, tok int64, c fp32, h_out bf16)."""
+    RINGS: gl.constexpr = 1 if COOP else 2
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BM, BK], a_desc.layout)
-    w_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES * 4, BK, BD], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(2 * STAGES):
+    W_TILES: gl.constexpr = 1 if ONE_DOT else 4        # weight tiles a stage: [BK, 4*BD], or one [BK, BD] a gate
+    w_bufs = gl.allocate_shared_memory(gl.bfloat16, [RINGS * STAGES * W_TILES, BK, 4 * BD // W_TILES], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [RINGS * STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [RINGS * STAGES, 1], mbarrier.MBarrierLayout())
+    if PREFETCH:
+        # per consumer: the four input gates' and c's tiles of the cell, 16-byte chunks swizzled so that
+        # the accumulator layout's 8 rows x 4 threads of a warp hit distinct banks
+        G_PP: gl.constexpr = 1 if BD * 2 >= 128 else 128 // (BD * 2)
+        G_MP: gl.constexpr = 8 if BD * 2 >= 128 else BD * 2 // 16
+        C_PP: gl.constexpr = 1 if BD * 4 >= 128 else 128 // (BD * 4)
+        C_MP: gl.constexpr = 8 if BD * 4 >= 128 else BD * 4 // 16
+        g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, BM, BD], gl.SwizzledSharedLayout(8, G_PP, G_MP, order=[1, 0]))
+        c_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], gl.SwizzledSharedLayout(4, C_PP, C_MP, order=[1, 0]))
+    else:
+        g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, 1, BD], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        c_sm = gl.allocate_shared_memory(gl.float32, [2, 1, BD], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    for s in gl.static_range(RINGS * STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
-    args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty,
+        mbarrier.init(empty.index(s), count=2 if COOP else 1)       # COOP: both consumers free a stage
+    args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, g_sm, c_sm,
             B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b, num_tiles, num_m,
             a_rows_per_k)
-    gl.warp_specialize([(_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, 0)),
-                        (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, 1)),
-                        (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, 0))],
+    gl.warp_specialize([(_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, COOP, ONE_DOT, STAGE_OUT, 0)),
+                        (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, COOP, ONE_DOT, STAGE_OUT, 1)),
+                        (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, COOP, ONE_DOT, STAGE_OUT, 0))],
                        [4, 1], [CONSUMER_REGS, 24])

@@ -281,7 +281,8 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
-               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False):
+               tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False,
+               coop: bool = False, stage_out: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -297,8 +298,11 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     needs Dk / BK <= 8). tma_epi (with tma): c loaded, c and h stored through tensor descriptors too
     (needs a c_in that does not broadcast). ws: the warp-specialised Gluon kernel
     (models/_lstm_step_gluon.py: Hopper, bf16, BM 64, num_stages shared-memory stages per consumer,
-    consumer_regs registers per consumer thread, a_reg: h through registers; prefetch as above; it has
-    its own loads, so tma and one_dot do not apply to it)."""
+    consumer_regs registers per consumer thread, a_reg: h through registers; prefetch: the cell's G[token]
+    and c copied (cp.async) into shared memory during the GEMM; stage_out (with prefetch): c and h
+    stored back through those buffers in 16-byte pieces; coop: both consumers share each weight
+    tile, a tile of 2*BM rows, instead of taking alternate tiles; one_dot: one wgmma of 4*BD columns a
+    k-step instead of four of BD; it has its own loads, so tma does not apply to it)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -316,7 +320,11 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
             raise ValueError("step config asks for `ws` together with `persistent`, `wres` or `tma_epi`: the "
                              "warp-specialised kernel is its own form; drop one of them")
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
-                             stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch)
+                             stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch,
+                             coop=coop, one_dot=one_dot, stage_out=stage_out)
+    if coop or stage_out:
+        raise ValueError("step config `coop` and `stage_out` belong to the warp-specialised kernel; add `ws` or drop "
+                         "them")
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -390,7 +398,7 @@ def ws_available(device) -> tuple[bool, str]:
 
 
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
-                  a_reg=False, prefetch=False):
+                  a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
         raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
@@ -401,6 +409,12 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
         raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
                          f"{h_out.dtype}); drop `ws` for other dtypes")
+    if stage_out and not prefetch:
+        raise ValueError("step config `stage_out` stores c and h through the buffers `prefetch` stages the cell's "
+                         "inputs in; add prefetch or drop stage_out")
+    if one_dot and 4 * BD > 256:
+        raise ValueError(f"step config `ws` with `one_dot` needs BD <= 64 (one wgmma of 4*BD <= 256 columns); got "
+                         f"BD {BD}: lower BD or set one_dot False")
     if BM != 64 or BD % 8 or BD > 256 or Dk % BD or Dk % BK or BK % 16:
         raise ValueError(f"step config `ws` needs BM 64, BD a multiple of 8 dividing Dk and BK a multiple of 16 "
                          f"dividing Dk (got BM {BM}, BD {BD}, BK {BK}, Dk {Dk})")
@@ -418,16 +432,16 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     a_desc = TensorDescriptor(a_view, [rows, N * Dk], [N * Dk, 1], [BM, BK],
                               gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16))
     w2 = w.view(K * N * Dk, 4 * Dk)
-    w_desc = TensorDescriptor(w2, list(w2.shape), list(w2.stride()), [BK, BD],
-                              gl.NVMMASharedLayout.get_default_for([BK, BD], gl.bfloat16))
-    num_m = triton.cdiv(B, BM)
+    wb = [BK, 4 * BD if one_dot else BD]
+    w_desc = TensorDescriptor(w2, list(w2.shape), list(w2.stride()), wb, gl.NVMMASharedLayout.get_default_for(wb, gl.bfloat16))
+    num_m = triton.cdiv(B, 2 * BM if coop else BM)
     num_tiles = K * N * num_m * (Dk // BD)
     programs = min(num_tiles, num_sms(c_out.device))
     return kern.lstm_step_ws_kernel[(programs,)](
         a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
         c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
         NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), PREFETCH=bool(prefetch),
-        num_warps=4, maxnreg=168)
+        COOP=bool(coop), ONE_DOT=bool(one_dot), STAGE_OUT=bool(stage_out), num_warps=4, maxnreg=168)
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):
