@@ -222,6 +222,17 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
             "tma": False, "persistent": False, "seq": default_seq_config(Dk, B)}
 
 
+WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out")     # options of the warp-specialised kernel only
+
+
+def merge_step_config(entry: dict, user: dict | None) -> dict:
+    """A caller's step config on top of the tuning entry (it inherits the entry's other keys), except
+    that `ws: False` in the caller's config also drops the entry's warp-specialised-only options."""
+    user = user or {}
+    base = {k: v for k, v in entry.items() if not (user.get("ws") is False and k in WS_KEYS)}
+    return {**base, **user}
+
+
 def tile_recurrent_weight(R, *, N: int, Dk: int, BD: int, kernel: bool | None = None):
     """R [K, 4, N, D, D] -> W [K*N, Dk, 4*Dk] in the kernel's tile-interleaved layout
     [K*N, Dk, Dk/BD, 4, BD] (the four gates of each tile of BD units side by side), zero-padded.
@@ -611,7 +622,7 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     tok = tokens_BT if tokens_BT.dtype == torch.int64 else tokens_BT.long()
     if G is None:                                               # large vocabulary: gates per chunk
         G, tok = _chunk_input_gates(P, tok, N=N, D=D, Dk=Dk)
-    cfg = dict(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), **(step_config or {}))
+    cfg = merge_step_config(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), step_config)
     seq = cfg.pop("seq", None)
     split = cfg.pop("split", False) and not seq
     persist = cfg.pop("persist", None) if not (seq or split) else None
