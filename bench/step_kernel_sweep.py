@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
 from models._lstm_cell_triton import FAST_ACT  # noqa: E402
-from models.lstm_fused import (SEQ_MAX_DK, _tuning, lstm_cell_, lstm_persist_, lstm_seq_,  # noqa: E402
-                               lstm_step_, recurrence_split_, step_tiles, tile_recurrent_weight, tuning_key)
+from models.lstm_fused import (SEQ_MAX_DK, WS_SMEM_LIMIT, _tuning, lstm_cell_, lstm_persist_,  # noqa: E402
+                               lstm_seq_, lstm_step_, recurrence_split_, step_tiles, tile_recurrent_weight,
+                               tuning_key, ws_shared_bytes)
 
 # K stacked models per pass at B = 1024, T = 11, 12 probes (models.auto_models_per_pass on an H200)
 DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
@@ -182,30 +183,25 @@ def seq_configs(cs):
 
 
 GRIDS = ("focus", "quick", "all", "wres", "ws")
-WS_SMEM = 220 * 1024  # shared memory the warp-specialised kernel may take (of 227 KB)
-
-
 def ws_configs(cs):
     """Configs of the warp-specialised Gluon kernel (`ws`): BD 64 where it divides Dk (else the
     preset's), BK 64 and 32; consumers on alternate tiles of 64 rows (a ring of stages each) or
     cooperating on tiles of 128 rows (`coop`: one ring, each weight tile read once for both); the cell's
     inputs read after the GEMM, or staged in shared memory during it (prefetch: 48 KB per consumer at
-    BD 64) with c and h stored back through it (stage_out); as many stages as fit WS_SMEM beside them
-    (at most 8) and two fewer; one wgmma of 4*BD columns a k-step (one_dot), and for reference the
-    four-wgmma form and staged inputs without staged stores, once each."""
+    BD 64) with c and h stored back through it (stage_out); as many stages as fit in shared memory
+    beside them (at most 8) and two fewer; one wgmma of 4*BD columns a k-step (one_dot), and for
+    reference the four-wgmma form and staged inputs without staged stores, once each."""
     Dk = cs["Dk"]
     bd = 64 if Dk % 64 == 0 else cs["BD"]
     out = []
     for coop, bk, pre in itertools.product((False, True), (64, 32), (False, True)):
         if Dk % bk:
             continue
-        cell = 2 * (4 * 64 * bd * 2 + 64 * bd * 4) if pre else 0
-        stage = (2 * 64 * bk + 4 * bk * bd) * 2 if coop else (64 * bk + 4 * bk * bd) * 2 * 2   # bytes, all rings
-        most = min(8, (WS_SMEM - cell) // stage)
-        for st in sorted({most, most - 2}, reverse=True):
-            if st >= 2:
-                out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
-                            "ws": True, "consumer_regs": 240, "prefetch": pre, "stage_out": pre, "coop": coop})
+        fits = [st for st in range(2, 9)
+                if ws_shared_bytes(BD=bd, BK=bk, stages=st, prefetch=pre, coop=coop) <= WS_SMEM_LIMIT]
+        for st in sorted({fits[-1], fits[-1] - 2} & set(fits), reverse=True) if fits else ():
+            out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
+                        "ws": True, "consumer_regs": 240, "prefetch": pre, "stage_out": pre, "coop": coop})
     ref = [dict(c, one_dot=False) for c in out if c["BK"] == 32 and not c["coop"] and not c["prefetch"]][:1]
     ref += [dict(c, stage_out=False) for c in out if c["BK"] == 32 and c["coop"] and c["prefetch"]][:1]
     return out + ref

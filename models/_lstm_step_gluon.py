@@ -1,30 +1,37 @@
 """Gluon kernel of one LSTM time step, warp-specialised for Hopper (sm_90): the recurrent GEMM with
-the cell as its epilogue, like `lstm_step_tma_kernel` (models/_lstm_step_triton.py), but with the
-epilogue of one tile overlapping the GEMM of the next.
+the cell as its epilogue, like `lstm_step_tma_kernel` (models/_lstm_step_triton.py), with the loads
+of the next k-steps and of the cell's inputs running while the tensor cores work.
 
 Imported lazily by models/lstm_fused.py (needs triton with Gluon, a CUDA device of compute
 capability 9.x, bf16 weights). A persistent grid of one program per SM loops over the output tiles
-(tile = BM batch rows x BD hidden units of one head of one stacked model, all four gates), in three
+(tile = batch rows x BD hidden units of one head of one stacked model, all four gates), in three
 partitions of warps:
 
-    producer  (1 warp):   TMA loads of h[rows, k-step] and the four gates' W[k-step, units] into
-                          two rings of STAGES shared-memory stages, one per consumer (mbarriers
-                          `ready` / `empty`; with one shared ring a consumer could run two phases of
-                          a stage ahead, and an mbarrier's phase parity cannot tell them apart)
-    consumer 0 (4 warps): even tiles of the program: per k-step four wgmma (one accumulator [BM, BD]
-                          per gate; h from shared memory, or A_REG: from registers), the previous
-                          step's still in flight, then the cell: input gates G[token]
-                          and c loaded straight into the accumulators' register layout, c and h out
-    consumer 1 (4 warps): odd tiles, the same
+    producer  (1 warp):   TMA loads of h[rows, k-step] and the weight W[k-step, 4 gates x BD units]
+                          into rings of STAGES shared-memory stages (mbarriers `ready` / `empty`)
+    consumer 0 (4 warps): a tile's GEMM by wgmma, the previous k-step's still in flight, then the cell
+    consumer 1 (4 warps): the same
 
-so while one consumer runs its cell (special-function ops, loads, stores) the other keeps the tensor
-cores busy. The arithmetic is `lstm_step_tma_kernel`'s (fp32 accumulation, the cell in fp32 with the
-hardware tanh, h rounded to bf16); on the H200 its h and c equal that kernel's bit for bit.
+The consumers either take alternate tiles of BM = 64 rows, each through its own ring (one shared
+ring would let a consumer run two phases of a stage ahead, which an mbarrier's phase parity cannot
+tell apart), so that one's cell overlaps the other's GEMM; or (COOP) share each tile of 128 rows,
+one ring, every weight tile read from L2 once for both. ONE_DOT: one wgmma of 4*BD columns a
+k-step, whose accumulator a thread holds for the same units of all four gates (split in registers);
+else four wgmma of BD, one per gate, which read the h tile from shared memory four times. PREFETCH:
+the cell's inputs (the input gates G[token], bf16, and c, fp32) are copied by 16-byte cp.async into
+the consumer's shared buffers before the GEMM and read back in the accumulator layout after it;
+STAGE_OUT: c and h go back out through the same buffers as 16-byte stores. Without PREFETCH the
+cell loads them in the accumulator layout, 4- and 8-byte accesses whose latency is exposed.
 
-Opt-in (step-config key `ws`; the sweep's `ws` and `all` grids). Measured on the H200
-(bench/results/step_kernel_sweep_2026-11-28_225414, _225645, _225955): 8-12% slower than the Triton per-step kernel
-at large, 26-34% at medium: a consumer's cell, its loads in the accumulator layout with their latency
-exposed, takes several times the tile's MMA; issuing them before the GEMM spills registers.
+The arithmetic is `lstm_step_tma_kernel`'s (fp32 accumulation, the cell in fp32 with the hardware
+tanh, h rounded to bf16); on the H200 its h and c equal that kernel's bit for bit in every form.
+
+Measured on the H200 (bench/results/step_kernel_sweep_2026-11-28_235254, _235543), ms a step against
+the Triton TMA kernel in the same run: large 1.131 vs 1.296 (COOP, ONE_DOT, PREFETCH, BK 32, 5
+stages), medium 0.781 vs 0.990 (alternate tiles, ONE_DOT, PREFETCH + STAGE_OUT, 7 stages), xlarge
+4.093 vs 4.516 (COOP, ONE_DOT, PREFETCH + STAGE_OUT, 5 stages); the tuning entries of
+models/step_tuning.json pick these. The four-wgmma form without staging (the first version) was
+8-34% slower than the Triton kernel.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -300,7 +307,8 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     """Grid (NUM_PROGRAMS,), num_warps 4 (the default partition: consumer 0).
 
     a_desc: h_in as rows [k * a_rows_per_k + b, N*Dk] (bf16), block [BM, BK];
-    w_desc: W [K*N*Dk, 4*Dk] tile-interleaved for BD (`tile_recurrent_weight`), block [BK, BD];
+    w_desc: W [K*N*Dk, 4*Dk] tile-interleaved for BD (`tile_recurrent_weight`), block [BK, 4*BD] with
+    ONE_DOT, else [BK, BD];
     the rest as in `lstm_step_kernel` (g [K, V, N, 4*Dk] bf16, tok int64, c fp32, h_out bf16)."""
     RINGS: gl.constexpr = 1 if COOP else 2
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BM, BK], a_desc.layout)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import torch
 
@@ -212,14 +213,30 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     A caller's step config is applied on top of this, so it inherits the entry's other keys.
     Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, not launch options."""
     if device is not None and torch.device(device).type == "cuda":
-        hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads))
-        if hit:
+        key = tuning_key(torch.cuda.get_device_name(device), Dk, B, heads)
+        hit = _tuning().get(key)
+        ok, why = ws_available(device) if hit and hit.get("ws") else (True, "")
+        if hit and not ok:
+            _warn_once(f"[lstm fused] WARNING: the tuning entry {key!r} asks for the warp-specialised Gluon step "
+                       f"kernel, which cannot run here ({why}); using the heuristic step config instead (slower). "
+                       f"Install a triton with Gluon, or re-run bench/step_kernel_sweep.py on this machine.")
+        elif hit:
             hit = {k: v for k, v in hit.items() if k not in TUNING_NOTES}
             hit.setdefault("seq", default_seq_config(Dk, B))
             return hit
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
     return {"BD": BD, "BM": bm, "one_dot": False, "num_warps": 8 if bm * BD >= 8192 else 4, "num_stages": 3,
             "tma": False, "persistent": False, "seq": default_seq_config(Dk, B)}
+
+
+_WARNED: set = set()
+
+
+def _warn_once(msg: str) -> None:
+    """Print a fallback warning to stderr, once per distinct message."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(msg, file=sys.stderr, flush=True)
 
 
 WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out")     # options of the warp-specialised kernel only
@@ -408,18 +425,24 @@ def ws_available(device) -> tuple[bool, str]:
     return True, ""
 
 
+WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
+
+
+def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bool, coop: bool) -> int:
+    """Shared memory of the warp-specialised kernel: the rings of stages (two consumers' h tiles and one
+    weight tile each with coop, else one ring per consumer), the cell's staged inputs, the barriers."""
+    rings = 1 if coop else 2
+    ring = stages * (2 * BM * BK * 2 + rings * BK * 4 * BD * 2)
+    cell = 2 * (4 * BM * BD * 2 + BM * BD * 4) if prefetch else 0
+    return ring + cell + 2 * rings * stages * 8 + 256        # + alignment and the compiler's own
+
+
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
                   a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
         raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
                          f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
-    ok, why = ws_available(h_out.device)
-    if not ok:
-        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
-    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
-        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
-                         f"{h_out.dtype}); drop `ws` for other dtypes")
     if stage_out and not prefetch:
         raise ValueError("step config `stage_out` stores c and h through the buffers `prefetch` stages the cell's "
                          "inputs in; add prefetch or drop stage_out")
@@ -429,6 +452,17 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     if BM != 64 or BD % 8 or BD > 256 or Dk % BD or Dk % BK or BK % 16:
         raise ValueError(f"step config `ws` needs BM 64, BD a multiple of 8 dividing Dk and BK a multiple of 16 "
                          f"dividing Dk (got BM {BM}, BD {BD}, BK {BK}, Dk {Dk})")
+    smem = ws_shared_bytes(BD=BD, BK=BK, BM=BM, stages=stages, prefetch=prefetch, coop=coop)
+    if smem > WS_SMEM_LIMIT:
+        raise ValueError(f"step config `ws` needs {smem} bytes of shared memory at BK {BK}, {stages} stages"
+                         f"{' with prefetch' if prefetch else ''}, over the {WS_SMEM_LIMIT} a program may have; "
+                         f"lower num_stages or BK")
+    ok, why = ws_available(h_out.device)
+    if not ok:
+        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
+    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
+        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
+                         f"{h_out.dtype}); drop `ws` for other dtypes")
     if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
         raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
                          "batch and its model stride must be whole rows; write h out in full first")

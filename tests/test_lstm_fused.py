@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -563,12 +565,16 @@ def test_weight_resident_kernel_keeps_its_weight_in_shared_memory():
         assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
 
 
-@pytest.mark.parametrize("Dk, BD, BK, stages", [(320, 64, 32, 5), (160, 32, 32, 8)])
-def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages):
+@pytest.mark.parametrize("Dk, BD, BK, stages, one_dot, coop, prefetch, stage_out", [
+    (320, 64, 32, 5, False, False, False, False),     # the four-wgmma form, alternate tiles
+    (320, 64, 32, 5, True, True, True, False),        # the large preset's tuning entry
+    (160, 32, 32, 7, True, False, True, True)])       # the medium preset's
+def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, coop, prefetch, stage_out):
     """The warp-specialised Gluon step kernel compiled for sm_90 (no GPU needed) at the large and medium
-    presets' heads: three partitions (the warp_specialize region, with register reallocation), the GEMM
-    on tensor cores (two consumers x Dk/BK k-steps x 4 gates x BK/16 wgmma), within 227 KB of shared
-    memory."""
+    presets' heads: three partitions (the warp_specialize region, with register reallocation), no
+    register spills, the GEMM on tensor cores (two consumers x Dk/BK k-steps x BK/16 wgmma, x4 gates
+    without one_dot), the staged cell inputs as 16-byte cp.async and the staged stores as 16-byte
+    stores, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
     try:
         import triton
         from triton.backends.compiler import GPUTarget
@@ -577,17 +583,24 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     except Exception as e:  # pragma: no cover - triton without Gluon
         pytest.skip(f"no Gluon compile API: {e!r}")
     from models import _lstm_step_gluon as kern
+    from models.lstm_fused import WS_SMEM_LIMIT, ws_shared_bytes
     BM = 64
     a_l = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16)
-    w_l = gl.NVMMASharedLayout.get_default_for([BK, BD], gl.bfloat16)
-    sig = {"a_desc": f"tensordesc<bf16[{BM},{BK}],{a_l!r}>", "w_desc": f"tensordesc<bf16[{BK},{BD}],{w_l!r}>",
+    wb = [BK, 4 * BD if one_dot else BD]
+    w_l = gl.NVMMASharedLayout.get_default_for(wb, gl.bfloat16)
+    sig = {"a_desc": f"tensordesc<bf16[{BM},{BK}],{a_l!r}>", "w_desc": f"tensordesc<bf16[{wb[0]},{wb[1]}],{w_l!r}>",
            "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
            **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
                                  "stride_cin_b", "num_tiles", "num_m", "a_rows_per_k")}}
     cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, A_REG=False,
-              PREFETCH=False)
+              PREFETCH=prefetch, COOP=coop, ONE_DOT=one_dot, STAGE_OUT=stage_out)
+    # pointers and row strides 16-divisible, as a launch specialises them (the 16-byte copies need it)
+    names = list(sig)
+    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
+             ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
+              "stride_cin_b")}
     src = GluonASTSource(fn=kern.lstm_step_ws_kernel, signature={**sig, **{k: "constexpr" for k in cx}},
-                         constexprs=cx)
+                         constexprs=cx, attrs=attrs)
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168})
     except Exception as e:
@@ -596,8 +609,20 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages):
         raise
     ptx = compiled.asm["ptx"]
     assert "ttg.warp_specialize" in compiled.asm["ttgir"] and "setmaxnreg" in ptx
-    assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * 4 * (BK // 16)
-    assert compiled.metadata.shared <= 227 * 1024
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if ptxas.exists():                                      # the register report of the cubin's assembler
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "k.ptx").write_text(ptx)
+            rep = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(Path(d) / "k.ptx"), "-o",
+                                  str(Path(d) / "k.cubin")], capture_output=True, text=True, check=True).stderr
+        assert " 0 bytes spill stores" in rep, rep
+    assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * (BK // 16) * (1 if one_dot else 4)
+    per_thread = lambda nbytes: nbytes // 16 // 128                          # noqa: E731  16-byte pieces
+    assert ptx.count("cp.async.cg.shared.global") == (2 * per_thread(BM * BD * (4 * 2 + 4)) if prefetch else 0)
+    if stage_out:
+        assert ptx.count("st.global.v4.b32") == 2 * per_thread(BM * BD * (4 + 2))
+    est = ws_shared_bytes(BD=BD, BK=BK, stages=stages, prefetch=prefetch, coop=coop)
+    assert est - 512 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
 def test_warp_specialised_kernel_refuses_what_it_cannot_run():
@@ -612,9 +637,51 @@ def test_warp_specialised_kernel_refuses_what_it_cannot_run():
     tok = torch.zeros(B, 2, dtype=torch.int64)
     c = torch.zeros(K * N, B, Dk)
     with pytest.raises(ValueError, match="needs a CUDA device.*drop `ws`"):
-        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True)
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True, num_stages=2)
     with pytest.raises(ValueError, match="consumer_regs` must be a multiple of 8"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True,
-                   consumer_regs=256)
+                   consumer_regs=256, num_stages=2)
     with pytest.raises(ValueError, match="`ws` together with"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True, wres=True)
+
+    for cfg, msg in (({"stage_out": True}, "add prefetch or drop stage_out"),
+                     ({"one_dot": True, "BD": 128}, "needs BD <= 64"),
+                     ({"num_stages": 8, "prefetch": True, "BK": 32}, "lower num_stages or BK")):
+        args = dict(dict(K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True), **cfg)
+        Dk_ = 128 if args["BD"] == 128 else Dk
+        hh = torch.zeros(K, B, N, Dk_, dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match=msg):
+            lstm_step_(hh, hh.clone(), torch.zeros(K * N, Dk_, 4 * Dk_, dtype=torch.bfloat16),
+                       torch.zeros(K, 3, N, 4 * Dk_, dtype=torch.bfloat16), tok, 0, torch.zeros(K * N, B, Dk_),
+                       torch.zeros(K * N, B, Dk_), **dict(args, Dk=Dk_))
+    with pytest.raises(ValueError, match="belong to the warp-specialised kernel"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, coop=True)
+
+
+def test_step_config_on_top_of_a_tuning_entry():
+    """A caller's step config inherits the tuning entry's other keys; `ws: False` also drops the entry's
+    warp-specialised-only options (which no other kernel form accepts)."""
+    from models.lstm_fused import merge_step_config
+    entry = {"BD": 64, "ws": True, "coop": True, "stage_out": True, "prefetch": True, "num_stages": 5}
+    assert merge_step_config(entry, {"num_stages": 3}) == dict(entry, num_stages=3)
+    assert merge_step_config(entry, {"ws": False, "tma": True}) == {"BD": 64, "ws": False, "prefetch": True,
+                                                                   "num_stages": 5, "tma": True}
+    assert merge_step_config(entry, None) == entry
+
+
+def test_a_ws_tuning_entry_where_the_kernel_cannot_run_warns_and_uses_the_heuristic(monkeypatch, capsys):
+    """A measured `ws` entry on a machine whose triton lacks Gluon: said once, loudly, on stderr, and the
+    heuristic config is used instead (never a config that fails at launch)."""
+    import models.lstm_fused as lf
+    entry = {"BD": 64, "BM": 64, "BK": 32, "ws": True, "coop": True, "prefetch": True, "num_stages": 5}
+    monkeypatch.setattr(lf.torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    monkeypatch.setattr(lf, "_tuning", lambda: {lf.tuning_key("NVIDIA H200", 320, 1024, 440): entry})
+    monkeypatch.setattr(lf, "ws_available", lambda *_: (False, "this triton has no Gluon"))
+    monkeypatch.setattr(lf, "_WARNED", set())
+    for _ in range(2):
+        cfg = lf.default_step_config(1024, 64, Dk=320, heads=440, device="cuda")
+        assert not cfg.get("ws") and "coop" not in cfg
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "no Gluon" in err and "heuristic" in err
+    monkeypatch.setattr(lf, "ws_available", lambda *_: (True, ""))
+    assert lf.default_step_config(1024, 64, Dk=320, heads=440, device="cuda")["coop"] is True
