@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from models import SIZE_PRESETS  # noqa: E402
 from models.lstm_fused import default_step_config  # noqa: E402
 
-CHUNK_KEYS = ("seq", "split", "persist")  # whole-chunk forms: not a per-step launch
+CHUNK_KEYS = ("seq", "split", "persist", "first_gemv")  # chunk-level options, not a per-step launch's
 
 
 def main(argv=None) -> int:

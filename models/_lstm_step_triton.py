@@ -30,6 +30,10 @@ the per-step kernel at large, medium and xlarge).
 across its row tiles (the weight read once a step instead of once per row tile). Timed on the H200:
 slower at large (1.63 against 1.28 ms a step), equal at medium; opt-in through the tuning file.
 
+`first_step_gemv_kernel` and `first_step_cell_kernel` run step 0 of a chunk whose initial state is
+the same for every batch row (the learned h0, c0): the recurrent term is then one matrix-vector
+product per head, and the cell an elementwise pass (opt-in, step-config key `first_gemv`).
+
 Small heads (Dk <= 64: the paper's tiny and small presets) take `lstm_seq_kernel` instead: one
 launch per chunk, a program keeps its head's weight, h and c in registers for all the chunk's steps,
 so per step and unit only the input gates are read and h written (no c or h round trips, and one
@@ -564,3 +568,51 @@ def tile_weight_kernel(r_ptr, w_ptr, N, D, Dk, J, ROWS: tl.constexpr, BD: tl.con
         v = tl.load(src, mask=m, other=0.0)
         dst = w_ptr + ((kn.to(tl.int64) * Dk + rows[:, None]) * J + j) * (4 * BD) + g * BD + tl.arange(0, BD)[None, :]
         tl.store(dst, v, mask=out_rows[:, None])
+
+
+@triton.jit
+def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.constexpr, BJ: tl.constexpr):
+    """u[kn, cols] = h0[kn, :] @ W[kn][:, cols] in fp32, W tile-interleaved [K*N, Dk, 4*Dk]: the recurrent
+    term of step 0 when every batch row starts from the same state h0 [K*N, Dk]. Grid (cdiv(4*Dk, BC), K*N)."""
+    kn = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BC + tl.arange(0, BC)
+    cmask = cols < 4 * Dk
+    acc = tl.zeros([BC], tl.float32)
+    for j0 in range(0, Dk, BJ):
+        js = j0 + tl.arange(0, BJ)
+        h = tl.load(h0_ptr + kn * Dk + js, mask=js < Dk, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + (kn * Dk + js[:, None]) * (4 * Dk) + cols[None, :],
+                    mask=(js[:, None] < Dk) & cmask[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(h[:, None] * w, axis=0)
+    tl.store(u_ptr + kn * (4 * Dk) + cols, acc, mask=cmask)
+
+
+@triton.jit
+def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, total, B, N, V, tok_stride_b, t, stride_hk,
+                           Dk: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
+    """The cell of step 0 from a batch-broadcast state: pre = u[k*N + n] (`first_step_gemv_kernel`, the
+    unit's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
+    fp32 and h, element (k, b, n, d) at k*stride_hk + (b*N + n)*Dk + d, in full. Elements run in h's
+    order, so the h stores are contiguous."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    d = offs % Dk
+    r = offs // Dk
+    n = r % N
+    r = r // N
+    b = r % B
+    k = r // B
+    kn = k * N + n
+    ub = kn * (4 * Dk) + (d // BD) * (4 * BD) + d % BD
+    tok = tl.load(tok_ptr + b * tok_stride_b + t, mask=mask, other=0)
+    gb = ((k * V + tok) * N + n) * (4 * Dk) + d
+    c_new, h = _cell_math(tl.load(u_ptr + ub, mask=mask, other=0.0), tl.load(u_ptr + ub + BD, mask=mask, other=0.0),
+                          tl.load(u_ptr + ub + 2 * BD, mask=mask, other=0.0),
+                          tl.load(u_ptr + ub + 3 * BD, mask=mask, other=0.0),
+                          tl.load(g_ptr + gb, mask=mask, other=0.0), tl.load(g_ptr + gb + Dk, mask=mask, other=0.0),
+                          tl.load(g_ptr + gb + 2 * Dk, mask=mask, other=0.0),
+                          tl.load(g_ptr + gb + 3 * Dk, mask=mask, other=0.0),
+                          tl.load(c0_ptr + kn * Dk + d, mask=mask, other=0.0), FAST)
+    tl.store(c_ptr + (kn * B + b) * Dk + d, c_new, mask=mask)
+    tl.store(h_ptr + k * stride_hk + (b * N + n) * Dk + d, h.to(h_ptr.dtype.element_ty), mask=mask)

@@ -209,7 +209,10 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     "persist" ({"BM", "BD", "num_warps", "num_stages"[, "BK"]}, measured entries only): the whole chunk
     in one launch with the state in L2 (`lstm_persist_kernel`); keys "persistent", "warp_specialize",
     "occupancy": the per-step kernel as a persistent kernel; "wres", "row_tiles": the weight-resident
-    per-step kernel; "tma_epi": the TMA kernel's descriptor epilogue (`lstm_step_`; absent means False).
+    per-step kernel; "tma_epi": the TMA kernel's descriptor epilogue; "ws" (with "coop", "stage_out",
+    "consumer_regs", "a_reg"): the warp-specialised Gluon kernel (`lstm_step_`; absent means False);
+    "first_gemv": a chunk that starts from a state broadcast over the batch runs its step 0 as one
+    matrix-vector product per head (`lstm_first_step_`) instead of the step kernel.
     A caller's step config is applied on top of this, so it inherits the entry's other keys.
     Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, not launch options."""
     if device is not None and torch.device(device).type == "cuda":
@@ -423,6 +426,28 @@ def ws_available(device) -> tuple[bool, str]:
     except ImportError as e:
         return False, f"this triton has no Gluon ({e}); triton >= 3.6 has it"
     return True, ""
+
+
+def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int, Dk: int, BD: int) -> None:
+    """Step t from a state shared by every batch row (the model's learned h0, c0 broadcast over B):
+    h_out [K, B, N, Dk] (rows of N*Dk) and c_out [K*N, B, Dk] fp32 written in full, from h0 [K, N, Dk],
+    c0 [K*N, Dk] fp32, W tile-interleaved for BD and the input table g. The recurrent term is the
+    same for every row, so it is one fp32 matrix-vector product per head (`first_step_gemv_kernel`)
+    instead of the step kernel's GEMM over B rows, and no broadcast state is written out first.
+    The sum runs in another order than the step kernel's, so h and c differ from it by rounding."""
+    import triton
+    from models import _lstm_step_triton as kern
+    B, V = c_out.shape[1], g.shape[1]
+    assert h0.shape == (K, N, Dk) and c0.shape == (K * N, Dk) and c_out.is_contiguous()
+    assert h_out.shape == (K, B, N, Dk) and h_out.stride(-1) == 1 and h_out.stride(-2) == Dk and h_out.stride(-3) == N * Dk
+    u = torch.empty(K * N, 4 * Dk, dtype=torch.float32, device=c_out.device)
+    kern.first_step_gemv_kernel[(triton.cdiv(4 * Dk, 64), K * N)](h0.contiguous(), w, u, Dk=Dk, BC=64, BJ=32,
+                                                                    num_warps=4)
+    total = K * B * N * Dk
+    block = 1024
+    kern.first_step_cell_kernel[(triton.cdiv(total, block),)](u, g, tok, c0.contiguous(), c_out, h_out, total, B, N, V,
+                                                              tok.stride(0), t, h_out.stride(0), Dk=Dk, BD=BD,
+                                                              BLOCK=block, num_warps=4)
 
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
@@ -662,6 +687,7 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     persist = cfg.pop("persist", None) if not (seq or split) else None
     bd = Dk if (seq or split) else (persist or {}).get("BD", cfg.pop("BD", BD))
     bk = cfg.pop("BK", BK)
+    first_gemv = cfg.pop("first_gemv", False)
     if bd not in f["W"]:
         f["W"].clear()                                          # one tiled copy at a time
         f["W"][bd] = tile_recurrent_weight(f["R"], N=N, Dk=Dk, BD=bd)
@@ -678,6 +704,11 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         # ran 2.5x slower on a broadcast h (3.54 against 1.26 ms at large, 2.17 against 0.89 ms at
         # medium; H200, 2026-11-28), and only a full h can go through a tensor descriptor (TMA).
         # hs[:, T-1] serves as the buffer: no step reads it before step T-1 writes it.
+        t0 = 0
+        if first_gemv and h_in.stride(1) == 0 and c_in.stride(1) == 0 and T >= 1:
+            # every row starts from the same state: step 0's recurrent term is one h0 @ W per head
+            lstm_first_step_(h_in[:, 0], c_in[:, 0], hs[:, 0], c, W, G, tok, 0, K=K, N=N, Dk=Dk, BD=bd)
+            h_in, c_in, t0 = hs[:, 0], c, 1
         if h_in.stride(1) == 0:
             full = hs[:, T - 1] if T >= 2 else torch.empty(K, B, N, Dk, dtype=dt, device=dev)
             full.copy_(h_in)
@@ -685,8 +716,8 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         if c_in.stride(1) == 0:
             c.copy_(c_in)
             c_in = c                                            # updated in place from here
-        for t in range(T):
-            lstm_step_(h_in if t == 0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == 0 else c, c,
+        for t in range(t0, T):
+            lstm_step_(h_in if t == t0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == t0 else c, c,
                        K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
     return P, hs, c
 

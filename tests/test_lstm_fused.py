@@ -127,14 +127,20 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
                {{"persist": {{"BM": 16, "BD": 16, "BK": 16, "num_warps": 4}}, "seq": None}},
                {{"persist": {{"BM": 16, "num_warps": 4}}, "seq": None}},
                {{"tma": True, "tma_epi": True, "seq": None}}, {{"tma": True, "tma_epi": True, "prefetch": True, "seq": None}},
-               {{"wres": True, "seq": None}}, {{"wres": True, "prefetch": True, "row_tiles": 1, "BM": 16, "seq": None}}]
+               {{"wres": True, "seq": None}}, {{"wres": True, "prefetch": True, "row_tiles": 1, "BM": 16, "seq": None}},
+               # step 0 from the broadcast initial state as one matrix-vector product per head
+               {{"one_dot": True, "first_gemv": True, "seq": None}},
+               {{"BD": 16, "BK": 16, "tma": True, "first_gemv": True, "seq": None}}]
         if step_tiles(D)[0] <= lstm_fused.SEQ_MAX_DK:
             scs += [{{"seq": {{"BM": 16, "num_warps": 4}}}}, {{"seq": {{"BM": 16, "num_warps": 4, "prefetch": True}}}}]
             seq_cases.append(D)
         for sc in scs:
-            # two chunks, the state threaded between them
-            a, st = forward_chunk_stacked_fused(Pf, tok[:, :2], m.init_state_stacked(P, B), num_heads=N,
-                                                step_config=sc)
+            # two chunks, the state threaded between them; first_gemv starts from a state broadcast over
+            # the batch (as the fused backend's init_state_stacked gives it)
+            st0 = m.init_state_stacked(P, B)
+            if sc.get("first_gemv"):
+                st0 = tuple(x[:, :1].expand(-1, B, -1) for x in st0)
+            a, st = forward_chunk_stacked_fused(Pf, tok[:, :2], st0, num_heads=N, step_config=sc)
             b, st = forward_chunk_stacked_fused(Pf, tok[:, 2:], st, num_heads=N, step_config=sc)
             out = torch.cat([a, b], dim=2)
             hh = st[0].transpose(1, 2).reshape(2 * N, B, -1)
