@@ -145,3 +145,17 @@ def test_ncu_step_refuses_bad_input_clearly():
     nogpu = subprocess.run([sys.executable, str(script), "--size", "medium"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
     assert nogpu.returncode == 2 and "needs a CUDA device" in nogpu.stderr
+
+
+def test_ws_bitcheck_refuses_bad_input_clearly():
+    """bench/ws_bitcheck.py (the Gluon step kernel against the Triton one, bit for bit): missing or
+    non-numeric arguments print its usage and exit 2; without a GPU it says so and exits 2."""
+    script = REPO / "bench" / "ws_bitcheck.py"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for args in ([], ["3", "1", "2", "x", "64", "7"]):
+        bad = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and "STAGES K N D B V" in bad.stderr
+    nogpu = subprocess.run([sys.executable, str(script), "3", "1", "2", "64", "64", "7"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert nogpu.returncode == 2 and "needs a CUDA device" in nogpu.stderr

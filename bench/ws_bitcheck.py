@@ -1,0 +1,53 @@
+"""One step of the warp-specialised Gluon kernel against the Triton per-step kernel on the same
+inputs: the largest |difference| of h and of c (0.0: bit for bit equal). Needs a Hopper GPU.
+
+    python bench/ws_bitcheck.py STAGES K N D B V [PREFETCH COOP ONE_DOT STAGE_OUT]
+    python bench/ws_bitcheck.py 5 2 220 300 1024 100 1 1 1 0      # the large preset's shapes and entry
+
+K stacked models of N heads of D units (padded to the kernel's Dk; BD 64 where it divides Dk, else
+32; BK 32), B batch rows, vocabulary V; the flags 0/1 are the step-config keys of the same names.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.lstm_fused import lstm_step_, step_tiles, tile_recurrent_weight  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 6 or not all(a.isdigit() for a in argv):
+        print(__doc__, file=sys.stderr)
+        return 2
+    st, K, N, D, B, V = map(int, argv[:6])
+    pre, coop, one, so = (bool(int(argv[i])) if len(argv) > i else False for i in range(6, 10))
+    if not torch.cuda.is_available():
+        print("ws_bitcheck needs a CUDA device (Hopper)", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    Dk = step_tiles(D)[0]
+    BD, BK = (64 if Dk % 64 == 0 else 32), 32
+    g = torch.Generator(device=dev).manual_seed(0)
+    R = (torch.randn(K, 4, N, D, D, device=dev, generator=g) / D ** .5).to(torch.bfloat16)
+    W = tile_recurrent_weight(R, N=N, Dk=Dk, BD=BD)
+    G = (torch.randn(K, V, N, 4 * Dk, device=dev, generator=g) * .5).to(torch.bfloat16)
+    h = (torch.rand(K, B, N, Dk, device=dev, generator=g) - .5).to(torch.bfloat16)
+    c = torch.randn(K * N, B, Dk, device=dev, generator=g) * .3
+    tok = torch.randint(0, V, (B, 3), device=dev, generator=g)
+    h1, c1 = torch.empty_like(h), torch.empty_like(c)
+    lstm_step_(h, h1, W, G, tok, 1, c, c1, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=64, one_dot=True, num_warps=4)
+    h2, c2 = torch.zeros_like(h), torch.zeros_like(c)
+    lstm_step_(h, h2, W, G, tok, 1, c, c2, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=64, ws=True, num_stages=st,
+               prefetch=pre, coop=coop, one_dot=one, stage_out=so)
+    torch.cuda.synchronize()
+    dh, dc = float((h1.float() - h2.float()).abs().max()), float((c1 - c2).abs().max())
+    print(f"ws {' '.join(argv)}: max |dh| {dh} max |dc| {dc}")
+    return 0 if dh == 0.0 and dc == 0.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
