@@ -416,11 +416,27 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
 
 
 def ws_available(device) -> tuple[bool, str]:
-    """Whether the warp-specialised Gluon step kernel can run on `device` (and why not)."""
-    if interpreted() or torch.device(device).type != "cuda":
+    """Whether the warp-specialised Gluon step kernel can run on `device` (and why not). Asked once
+    per step launch, so the answer is kept per device (and per interpreter setting)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    key = (str(dev), interpreted())
+    hit = _WS_AVAILABLE.get(key)
+    if hit is None:
+        hit = _WS_AVAILABLE[key] = _ws_available(dev)
+    return hit
+
+
+_WS_AVAILABLE: dict = {}
+
+
+def _ws_available(dev: torch.device) -> tuple[bool, str]:
+    if interpreted() or dev.type != "cuda":
         return False, "the warp-specialised kernel needs a CUDA device (Gluon has no interpreter)"
-    if torch.cuda.get_device_capability(device)[0] != 9:
-        return False, f"the warp-specialised kernel is written for Hopper (sm_90); this GPU is sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}"
+    cap = torch.cuda.get_device_capability(dev)
+    if cap[0] != 9:
+        return False, f"the warp-specialised kernel is written for Hopper (sm_90); this GPU is sm_{cap[0]}{cap[1]}"
     try:
         import triton.experimental.gluon  # noqa: F401
     except ImportError as e:
