@@ -97,7 +97,15 @@ def test_committed_tuning_file_is_valid():
         step_opts = {n for n, p in inspect.signature(lstm_fused.lstm_step_).parameters.items()
                      if p.kind == p.KEYWORD_ONLY} - {"K", "N", "Dk"}
         assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg), key
-        assert set(cfg) <= step_opts | {"seq", "split", "persist"} | set(lstm_fused.TUNING_NOTES), key
+        assert set(cfg) <= step_opts | {"seq", "split", "persist", "first_gemv"} | set(lstm_fused.TUNING_NOTES), key
+        if cfg.get("ws"):       # a warp-specialised entry the launcher would accept (it checks the same)
+            BK = cfg.get("BK", cfg["BD"])
+            assert cfg["BM"] == 64 and Dk % BK == 0 and BK % 16 == 0, key
+            assert not cfg.get("stage_out") or cfg.get("prefetch"), key
+            assert not cfg.get("one_dot") or 4 * cfg["BD"] <= 256, key
+            assert lstm_fused.ws_shared_bytes(BD=cfg["BD"], BK=BK, stages=cfg["num_stages"],
+                                              prefetch=bool(cfg.get("prefetch")),
+                                              coop=bool(cfg.get("coop"))) <= lstm_fused.WS_SMEM_LIMIT, key
         seq = cfg.get("seq")
         if seq is not None:   # the whole-chunk kernel: only for heads of at most SEQ_MAX_DK, a power of two
             assert Dk <= lstm_fused.SEQ_MAX_DK and Dk & (Dk - 1) == 0, key
