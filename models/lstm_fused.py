@@ -353,9 +353,9 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
                              stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch,
                              coop=coop, one_dot=one_dot, stage_out=stage_out)
-    if coop or stage_out:
-        raise ValueError("step config `coop` and `stage_out` belong to the warp-specialised kernel; add `ws` or drop "
-                         "them")
+    if coop or stage_out or a_reg or consumer_regs != 240:
+        raise ValueError("step config `coop`, `stage_out`, `a_reg` and `consumer_regs` belong to the warp-specialised "
+                         "kernel; add `ws` or drop them")
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -704,6 +704,9 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     bd = Dk if (seq or split) else (persist or {}).get("BD", cfg.pop("BD", BD))
     bk = cfg.pop("BK", BK)
     first_gemv = cfg.pop("first_gemv", False)
+    if first_gemv and (seq or split or persist):
+        raise ValueError("step config `first_gemv` belongs to the per-step kernels; this config runs the chunk as "
+                         f"{'seq' if seq else 'split' if split else 'persist'}: drop first_gemv or that key")
     if bd not in f["W"]:
         f["W"].clear()                                          # one tiled copy at a time
         f["W"][bd] = tile_recurrent_weight(f["R"], N=N, Dk=Dk, BD=bd)

@@ -660,8 +660,25 @@ def test_warp_specialised_kernel_refuses_what_it_cannot_run():
             lstm_step_(hh, hh.clone(), torch.zeros(K * N, Dk_, 4 * Dk_, dtype=torch.bfloat16),
                        torch.zeros(K, 3, N, 4 * Dk_, dtype=torch.bfloat16), tok, 0, torch.zeros(K * N, B, Dk_),
                        torch.zeros(K * N, B, Dk_), **dict(args, Dk=Dk_))
-    with pytest.raises(ValueError, match="belong to the warp-specialised kernel"):
-        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, coop=True)
+    for extra in ({"coop": True}, {"a_reg": True}, {"consumer_regs": 200}):
+        with pytest.raises(ValueError, match="belong to the warp-specialised kernel"):
+            lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, **extra)
+
+
+def test_first_gemv_with_a_whole_chunk_form_is_refused():
+    """`first_gemv` only changes the per-step kernels' step 0: asked for together with a whole-chunk
+    form (seq, split, persist) it is refused by name, not ignored."""
+    import torch
+    from models import ModelConfig, build_model
+    from models.lstm_fused import forward_chunk_stacked_fused, prepare_fused
+    m = build_model(ModelConfig(vocab_size=9, input_size=6, hidden_size=40, num_heads=2),
+                    generator=torch.Generator().manual_seed(1))
+    P = {n: torch.stack([p, p]) for n, p in m.named_parameters()}
+    tok = torch.zeros(4, 2, dtype=torch.int64)
+    for form in ({"split": True, "seq": None}, {"seq": {"BM": 16, "num_warps": 4}}):
+        with pytest.raises(ValueError, match="`first_gemv` belongs to the per-step kernels.*drop first_gemv"):
+            forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
+                                        step_config=dict(form, first_gemv=True))
 
 
 def test_step_config_on_top_of_a_tuning_entry():
