@@ -60,7 +60,9 @@ def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
     run(a.warmup)
     walls = [run(1) for _ in range(a.steps)]
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if b.cuda else [])
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=acts, record_shapes=a.shapes,
+                                with_stack=a.stacks > 0, experimental_config=(
+                                    torch._C._profiler._ExperimentalConfig(verbose=True) if a.stacks > 0 else None)) as prof:
         prof_wall = run(a.prof_steps)
     busy = busy_seconds(prof.events()) / a.prof_steps if b.cuda else None
     pr = cProfile.Profile()
@@ -80,6 +82,16 @@ def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
     if b.cuda:
         out += ["### GPU kernels (sum over the profiled steps)", "", "```",
                 prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows), "```", ""]
+    if a.shapes:
+        out += ["### Ops by input shape, by device time (sum over the profiled steps)", "", "```",
+                prof.key_averages(group_by_input_shape=True).table(
+                    sort_by="self_cuda_time_total" if b.cuda else "self_cpu_time_total", row_limit=a.rows),
+                "```", ""]
+    if a.stacks > 0:
+        out += [f"### Ops by Python call site ({a.stacks} frames), by device time", "", "```",
+                prof.key_averages(group_by_stack_n=a.stacks).table(
+                    sort_by="self_cuda_time_total" if b.cuda else "self_cpu_time_total", row_limit=a.rows,
+                    max_src_column_width=120), "```", ""]
     out += ["### Host ops (sum over the profiled steps)", "", "```",
             prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows), "```", "",
             "### Host Python, cumulative (cProfile)", "", "```", s.getvalue(), "```", ""]
@@ -92,6 +104,9 @@ def main(argv=None) -> int:
     p = build_parser()
     p.add_argument("--prof_steps", type=int, default=3, help="steps under each profiler")
     p.add_argument("--rows", type=int, default=30, help="rows of each table")
+    p.add_argument("--shapes", action="store_true", help="also a table of the ops grouped by their input shapes")
+    p.add_argument("--stacks", type=int, default=0, help="also a table of the ops grouped by their innermost N "
+                   "Python frames (0: none)")
     a = p.parse_args(argv)
     a.dtype = a.dtype or "bfloat16"
     a.smoke = False

@@ -571,6 +571,38 @@ def tile_weight_kernel(r_ptr, w_ptr, N, D, Dk, J, ROWS: tl.constexpr, BD: tl.con
 
 
 @triton.jit
+def input_table_kernel(e_ptr, w_ptr, b_ptr, g_ptr, V, N, D, Dk, I: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
+                       BI: tl.constexpr, IEEE: tl.constexpr):
+    """The input table G [K, V, N, 4, Dk] = e @ W_in + b written straight into its padded gate layout:
+    e [K, V, I], W_in [K, I, 4*N*D] (columns ordered gate, head, unit), b [K, 4*N*D], all contiguous and
+    in the weight dtype; products and bias summed in fp32, rounded once. Grid (cdiv(V, BV),
+    cdiv(4*N*D, BC), K): a program computes BV rows x BC source columns and scatters each column to its
+    (head, gate, unit) place; the padding units D..Dk are not written (zero them once elsewhere)."""
+    k = tl.program_id(2).to(tl.int64)
+    vs = tl.program_id(0) * BV + tl.arange(0, BV)
+    js = tl.program_id(1) * BC + tl.arange(0, BC)
+    C = 4 * N * D
+    vmask = vs < V
+    jmask = js < C
+    acc = tl.zeros([BV, BC], tl.float32)
+    for i0 in range(0, I, BI):
+        i_s = i0 + tl.arange(0, BI)
+        e = tl.load(e_ptr + (k * V + vs[:, None]) * I + i_s[None, :], mask=vmask[:, None] & (i_s < I)[None, :], other=0.0)
+        w = tl.load(w_ptr + (k * I + i_s[:, None]) * C + js[None, :], mask=(i_s < I)[:, None] & jmask[None, :], other=0.0)
+        if IEEE:        # fp32 weights, or the interpreter (whose dot mishandles bf16): exact products in fp32
+            acc = tl.dot(e.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:           # bf16 products are exact in fp32: the tensor cores' sum equals the GEMM's up to order
+            acc = tl.dot(e, w, acc)
+    acc += tl.load(b_ptr + k * C + js, mask=jmask, other=0.0).to(tl.float32)[None, :]
+    g = js // (N * D)
+    rest = js - g * (N * D)
+    n = rest // D
+    d = rest - n * D
+    dst = g_ptr + ((k * V + vs[:, None]) * N + n[None, :]) * (4 * Dk) + (g * Dk + d)[None, :]
+    tl.store(dst, acc.to(g_ptr.dtype.element_ty), mask=vmask[:, None] & jmask[None, :])
+
+
+@triton.jit
 def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.constexpr, BJ: tl.constexpr):
     """u[kn, cols] = h0[kn, :] @ W[kn][:, cols] in fp32, W tile-interleaved [K*N, Dk, 4*Dk]: the recurrent
     term of step 0 when every batch row starts from the same state h0 [K*N, Dk]. Grid (cdiv(4*Dk, BC), K*N)."""
@@ -588,31 +620,32 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 
 
 @triton.jit
-def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, total, B, N, V, tok_stride_b, t, stride_hk,
-                           Dk: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
-    """The cell of step 0 from a batch-broadcast state: pre = u[k*N + n] (`first_step_gemv_kernel`, the
-    unit's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
-    fp32 and h, element (k, b, n, d) at k*stride_hk + (b*N + n)*Dk + d, in full. Elements run in h's
-    order, so the h stores are contiguous."""
+def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
+                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr):
+    """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
+    of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
+    in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
+    fp32 and h [K, B, N, Dk] (rows of N*Dk, model stride stride_hk) in full, rows of BD contiguous
+    elements each. Grid (cdiv(B, BB), Dk // BD, K*N)."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    d = offs % Dk
-    r = offs // Dk
-    n = r % N
-    r = r // N
-    b = r % B
-    k = r // B
-    kn = k * N + n
-    ub = kn * (4 * Dk) + (d // BD) * (4 * BD) + d % BD
-    tok = tl.load(tok_ptr + b * tok_stride_b + t, mask=mask, other=0)
-    gb = ((k * V + tok) * N + n) * (4 * Dk) + d
-    c_new, h = _cell_math(tl.load(u_ptr + ub, mask=mask, other=0.0), tl.load(u_ptr + ub + BD, mask=mask, other=0.0),
-                          tl.load(u_ptr + ub + 2 * BD, mask=mask, other=0.0),
-                          tl.load(u_ptr + ub + 3 * BD, mask=mask, other=0.0),
-                          tl.load(g_ptr + gb, mask=mask, other=0.0), tl.load(g_ptr + gb + Dk, mask=mask, other=0.0),
-                          tl.load(g_ptr + gb + 2 * Dk, mask=mask, other=0.0),
-                          tl.load(g_ptr + gb + 3 * Dk, mask=mask, other=0.0),
-                          tl.load(c0_ptr + kn * Dk + d, mask=mask, other=0.0), FAST)
-    tl.store(c_ptr + (kn * B + b) * Dk + d, c_new, mask=mask)
-    tl.store(h_ptr + k * stride_hk + (b * N + n) * Dk + d, h.to(h_ptr.dtype.element_ty), mask=mask)
+    kn = tl.program_id(2).to(tl.int64)
+    k = kn // N
+    n = kn - k * N
+    d0 = tl.program_id(1) * BD
+    bs = tl.program_id(0) * BB + tl.arange(0, BB)
+    ds = tl.arange(0, BD)
+    bmask = bs < B
+    m2 = bmask[:, None] & (ds < BD)[None, :]
+    ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds                  # the unit tile's four gates, BD columns each
+    tok = tl.load(tok_ptr + bs.to(tl.int64) * tok_stride_b + t, mask=bmask, other=0)
+    gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
+    zero = tl.zeros([BB, BD], tl.float32)
+    c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
+                          zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
+                          tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
+                          tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
+                          zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
+    rows = bs.to(tl.int64)
+    tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
+    tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=m2)
