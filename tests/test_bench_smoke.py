@@ -159,3 +159,19 @@ def test_ws_bitcheck_refuses_bad_input_clearly():
     nogpu = subprocess.run([sys.executable, str(script), "3", "1", "2", "64", "64", "7"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
     assert nogpu.returncode == 2 and "needs a CUDA device" in nogpu.stderr
+
+
+def test_ws_decompose_builds_its_variants_and_refuses_without_a_gpu(tmp_path):
+    """bench/ws_decompose.py: every source edit still applies to the shipped Gluon kernel (a kernel
+    change that breaks one is caught here, not on the GPU), the variant module imports with the
+    kernel and its VARIANT switch; without a GPU the script says so and exits nonzero."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import ws_decompose
+    mod = ws_decompose.variant_module(tmp_path)
+    src = (tmp_path / "ws_variants.py").read_text()
+    assert hasattr(mod, "lstm_step_ws_kernel") and src.count("VARIANT") >= 12
+    assert "if VARIANT != 1:\n                acc = warpgroup_mma(" in src
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    nogpu = subprocess.run([sys.executable, str(REPO / "bench" / "ws_decompose.py"), "--sizes", "large"], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert nogpu.returncode != 0 and "needs a CUDA device" in nogpu.stderr

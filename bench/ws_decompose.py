@@ -1,0 +1,154 @@
+"""Where the warp-specialised step kernel's time goes: the tuned kernel timed against three variants
+of itself, built from its source with parts removed.
+
+    python bench/ws_decompose.py --sizes large,medium,xlarge [--extra '[{"num_stages": 4}]']
+
+Per preset (the shapes and tuning entry of bench/step_kernel_sweep.py), ms per step with CUDA events
+(median of --reps), the same inputs for every variant:
+- full: the kernel as tuned;
+- no MMA: the ring of TMA loads, its barriers and the whole cell, but no wgmma (accumulators zero);
+- no cell I/O: the GEMM and the cell's arithmetic and stores, but G[token] and c not loaded;
+- MMA + h store: the GEMM pipeline alone, one bf16 store of the summed gates per tile.
+If full ~ no MMA, the GEMM is hidden and the loads/cell are the critical path; if full ~ MMA + h
+store + (no MMA - ...) the two run one after the other. The variants are written to a temporary
+module (the shipped kernel is not changed); their outputs are meaningless.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+# (old, new) source edits that thread a VARIANT constexpr through the kernel
+EDITS = [
+    ("            acc = warpgroup_mma(a, w_bufs.index(s), acc, is_async=True)",
+     "            if VARIANT != 1:\n                acc = warpgroup_mma(a, w_bufs.index(s), acc, is_async=True)"),
+    ("                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))",
+     "                if VARIANT != 1:\n                    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))"),
+    ("        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))",
+     "        if VARIANT != 1:\n            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))"),
+    ("ONE_DOT: gl.constexpr, STAGE_OUT: gl.constexpr, WHICH: gl.constexpr):",
+     "ONE_DOT: gl.constexpr, STAGE_OUT: gl.constexpr, WHICH: gl.constexpr, VARIANT: gl.constexpr = 0):"),
+    ("BD: gl.constexpr, COOP: gl.constexpr, A_REG: gl.constexpr, ONE_DOT: gl.constexpr, WHICH: gl.constexpr):",
+     "BD: gl.constexpr, COOP: gl.constexpr, A_REG: gl.constexpr, ONE_DOT: gl.constexpr, WHICH: gl.constexpr, "
+     "VARIANT: gl.constexpr = 0):"),
+    ("A_REG, ONE_DOT, WHICH)", "A_REG, ONE_DOT, WHICH, VARIANT)"),
+    ("ONE_DOT: gl.constexpr = False, STAGE_OUT: gl.constexpr = False):",
+     "ONE_DOT: gl.constexpr = False, STAGE_OUT: gl.constexpr = False, VARIANT: gl.constexpr = 0):"),
+    ("ONE_DOT, STAGE_OUT, 0)),", "ONE_DOT, STAGE_OUT, 0, VARIANT)),"),
+    ("ONE_DOT, STAGE_OUT, 1)),", "ONE_DOT, STAGE_OUT, 1, VARIANT)),"),
+    ("        i_g = acc_i + g_i.to(gl.float32)",
+     "        if VARIANT >= 2:\n            g_i = gl.zeros([BM, BD], gl.float32, acc_layout)\n            g_f = g_i\n"
+     "            g_z = g_i\n            g_o = g_i\n            c = g_i\n        i_g = acc_i + g_i.to(gl.float32)"),
+    ("        if STAGE_OUT:\n            # c and h back",
+     "        if VARIANT == 3:\n            rows3 = pid_m * TILE_M + ROW0 + gl.arange(0, BM, layout=row_layout)\n"
+     "            off3 = gl.expand_dims((pid_h.to(gl.int64) * B + rows3) * Dk, 1) + gl.expand_dims(pid_d * BD + cols, 0)\n"
+     "            gl.store(h_out_ptr + off3, (acc_i + acc_f + acc_z + acc_o).to(gl.bfloat16))\n"
+     "        elif STAGE_OUT:\n            # c and h back"),
+]
+
+
+def variant_module(tmp: Path):
+    src = (ROOT / "models" / "_lstm_step_gluon.py").read_text()
+    for old, new in EDITS:
+        if old not in src:
+            raise SystemExit(f"ws_decompose: the kernel source changed; update EDITS (missing: {old[:60]!r})")
+        src = src.replace(old, new)
+    path = tmp / "ws_variants.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("ws_variants", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="large,medium,xlarge")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--extra", default="[]", help="JSON list of config overrides timed as further 'full' rows")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("ws_decompose.py needs a CUDA device (Hopper, Gluon)")
+    import triton
+    import step_kernel_sweep as S
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from models.lstm_fused import default_step_config, num_sms
+    dev = torch.device("cuda")
+    extra = json.loads(a.extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        kern = variant_module(Path(tmp))
+        for size in a.sizes.split(","):
+            cs = S.make_case(size, S.DEFAULT_K[size], 1024, 100, dev)
+            K, N, Dk, B = cs["K"], cs["N"], cs["Dk"], cs["B"]
+            base = default_step_config(B, cs["BD"], Dk=Dk, heads=K * N, device=dev)
+            if not base.get("ws"):
+                print(f"{size}: the tuning entry does not use the warp-specialised kernel; skipped")
+                continue
+            print(size, {k: v for k, v in base.items() if v not in (None, False)}, flush=True)
+            h_out, c_out = torch.empty_like(cs["h"]), torch.empty_like(cs["c"])
+            W = S.tile_recurrent_weight(cs["R"], N=N, Dk=Dk, BD=base["BD"])
+
+            def launch(cfg, variant):
+                BM, BK, BD, one_dot, coop = 64, cfg["BK"], cfg["BD"], cfg["one_dot"], cfg["coop"]
+                h_in = cs["h"]
+                rows_per_k = h_in.stride(0) // (N * Dk)
+                rows = (K - 1) * rows_per_k + B
+                a_view = torch.as_strided(h_in, (rows, N * Dk), (N * Dk, 1))
+                a_desc = TensorDescriptor(a_view, [rows, N * Dk], [N * Dk, 1], [BM, BK],
+                                          gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16))
+                w2 = W.view(K * N * Dk, 4 * Dk)
+                wb = [BK, 4 * BD if one_dot else BD]
+                w_desc = TensorDescriptor(w2, list(w2.shape), list(w2.stride()), wb,
+                                          gl.NVMMASharedLayout.get_default_for(wb, gl.bfloat16))
+                num_m = triton.cdiv(B, 2 * BM if coop else BM)
+                num_tiles = K * N * num_m * (Dk // BD)
+                P = min(num_tiles, num_sms(dev))
+                g, tok, c_in = cs["G"], cs["tok"], cs["c"]
+                kern.lstm_step_ws_kernel[(P,)](
+                    a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, g.shape[1], tok.stride(0), 1, h_out.stride(0),
+                    N * Dk, c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK,
+                    STAGES=cfg["num_stages"], NUM_PROGRAMS=P, CONSUMER_REGS=cfg["consumer_regs"], A_REG=False,
+                    PREFETCH=bool(cfg["prefetch"]), COOP=bool(coop), ONE_DOT=bool(one_dot),
+                    STAGE_OUT=bool(cfg["stage_out"]), VARIANT=variant, num_warps=4, maxnreg=168)
+
+            def timed(fn):
+                for _ in range(3):
+                    fn()
+                ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(a.reps)]
+                for e0, e1 in ev:
+                    e0.record()
+                    fn()
+                    e1.record()
+                torch.cuda.synchronize()
+                return statistics.median(e0.elapsed_time(e1) for e0, e1 in ev)
+
+            flops = 2.0 * K * N * B * Dk * 4 * Dk
+            plain = {**base, "prefetch": False, "stage_out": False}
+            rows = [("full (tuned)", base, 0), ("no MMA", base, 1), ("no cell I/O", plain, 2),
+                    ("MMA + h store only", plain, 3)] + [(f"full {e}", {**base, **e}, 0) for e in extra]
+            for name, cfg, v in rows:
+                try:
+                    ms = timed(lambda: launch(cfg, v))
+                    print(f"{size:7s} {name:24s} {ms:.3f} ms  {flops / ms / 1e9:.0f} TF/s", flush=True)
+                except Exception as e:  # a config the GPU refuses (e.g. shared memory): say so, go on
+                    print(f"{size:7s} {name:24s} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            del cs, h_out, c_out, W
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
