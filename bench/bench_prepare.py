@@ -9,6 +9,9 @@ with CUDA events (median of --reps):
 - `tile_recurrent_weight` at the preset's tuned BD, and the tile-by-tile form it replaced (zero W,
   then one strided copy per unit tile), against the copy ceiling: bytes read + written / measured
   device-to-device copy bandwidth;
+- the input table G = emb @ W_in + b: `input_table_kernel` (the default on CUDA) against the batched
+  GEMM plus strided copy it replaced, and the largest difference between the two (both sum in fp32);
+  ceiling: W_in read + G written at the copy bandwidth;
 - the rest of `prepare_fused` (input table, padded output weight and bias).
 Writes `bench_prepare_<date>.md` under --out.
 """
@@ -28,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS, build_model, preset  # noqa: E402
-from models.lstm_fused import default_step_config, prepare_fused, step_tiles, tile_recurrent_weight  # noqa: E402
+from models.lstm_fused import _input_table, default_step_config, prepare_fused, step_tiles, tile_recurrent_weight  # noqa: E402
 
 DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
 
@@ -67,8 +70,9 @@ def main(argv=None) -> int:
     lines = [f"# Per-pass preparation of the fused forward ({stamp} UTC, {gpu}, torch {torch.__version__})", "",
              f"Command: `python bench/bench_prepare.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
              f"Device-to-device copy bandwidth measured in this run: {copy_gbs:.0f} GB/s (read + write).", "",
-             "| size | K | D→Dk | BD | W GB | tile W: now | tile by tile (before) | copy ceiling | rest of prepare_fused |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| size | K | D→Dk | BD | W GB | tile W: now | tile by tile (before) | copy ceiling | input table: kernel | "
+             "input table: GEMM + copy | table ceiling | table max diff | rest of prepare_fused |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in a.sizes.split(","):
         H, N = SIZE_PRESETS[size]
         K = DEFAULT_K[size]
@@ -85,9 +89,17 @@ def main(argv=None) -> int:
         t_old = cuda_ms(lambda: tile_by_tile(R, N=N, Dk=Dk, BD=BD), a.reps)
         w_bytes = K * N * Dk * 4 * Dk * R.element_size()
         floor = (R.numel() * R.element_size() + w_bytes) / (copy_gbs * 1e6)
+        # the input table: the Triton kernel (default on CUDA) against the GEMM + strided copy it replaced
+        tab = dict(emb=P["embedding"], W_in=P["W_in"], b=P["b"], N=N, D=D, Dk=Dk)
+        diff = float((_input_table(**tab, kernel=True).float() - _input_table(**tab, kernel=False).float()).abs().max())
+        t_tab = cuda_ms(lambda: _input_table(**tab, kernel=True), a.reps)
+        t_tab_old = cuda_ms(lambda: _input_table(**tab, kernel=False), a.reps)
+        V = P["embedding"].shape[1]
+        tab_floor = (P["W_in"].numel() + K * V * N * 4 * Dk) * R.element_size() / (copy_gbs * 1e6)
         t_prep = cuda_ms(lambda: prepare_fused(P, num_heads=N), a.reps)
         lines.append(f"| {size} | {K} | {D}→{Dk} | {BD} | {w_bytes / 1e9:.2f} | {t_now:.3f} ms | {t_old:.3f} ms | "
-                     f"{floor:.3f} ms | {t_prep:.3f} ms |")
+                     f"{floor:.3f} ms | {t_tab:.3f} ms | {t_tab_old:.3f} ms | {tab_floor:.3f} ms | {diff:.2e} | "
+                     f"{t_prep:.3f} ms |")
         print(lines[-1], flush=True)
         del P, R
         torch.cuda.empty_cache()

@@ -571,6 +571,43 @@ def tile_weight_kernel(r_ptr, w_ptr, N, D, Dk, J, ROWS: tl.constexpr, BD: tl.con
 
 
 @triton.jit
+def input_table_kernel(e_ptr, w_ptr, b_ptr, g_ptr, V, N, D, Dk, I: tl.constexpr, BV: tl.constexpr,
+                       BU: tl.constexpr, BI: tl.constexpr, IEEE: tl.constexpr):
+    """The input table G [K, V, N, 4, Dk] = e @ W_in + b written straight into its padded gate layout:
+    e [K, V, I], W_in [K, I, 4*N*D] (columns ordered gate, head, unit), b [K, 4*N*D], all contiguous and
+    in the weight dtype; products and bias summed in fp32, rounded once. Grid (cdiv(V, BV),
+    4*N*cdiv(Dk, BU), K): a program computes BV vocabulary rows x BU units of one gate of one head, a
+    contiguous run of W_in's columns and of G's row, so loads and stores are coalesced. It also
+    writes the padding units D..Dk (zero: no W_in column, no bias), so every element of G is written
+    once and its row stores are whole 16-byte pieces."""
+    k = tl.program_id(2).to(tl.int64)
+    nub = tl.cdiv(Dk, BU)
+    pid = tl.program_id(1)
+    gn = pid // nub                                     # gate-major (g * N + n), as W_in's columns
+    d0 = (pid - gn * nub) * BU
+    g = gn // N
+    n = gn - g * N
+    vs = tl.program_id(0) * BV + tl.arange(0, BV)
+    ds = d0 + tl.arange(0, BU)
+    C = 4 * N * D
+    vmask = vs < V
+    dmask = ds < D
+    col = gn * D + ds
+    acc = tl.zeros([BV, BU], tl.float32)
+    for i0 in range(0, I, BI):
+        i_s = i0 + tl.arange(0, BI)
+        e = tl.load(e_ptr + (k * V + vs[:, None]) * I + i_s[None, :], mask=vmask[:, None] & (i_s < I)[None, :], other=0.0)
+        w = tl.load(w_ptr + (k * I + i_s[:, None]) * C + col[None, :], mask=(i_s < I)[:, None] & dmask[None, :], other=0.0)
+        if IEEE:        # fp32 weights, or the interpreter (whose dot mishandles bf16): exact products in fp32
+            acc = tl.dot(e.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:           # bf16 products are exact in fp32: the tensor cores' sum equals the GEMM's up to order
+            acc = tl.dot(e, w, acc)
+    acc += tl.load(b_ptr + k * C + col, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    dst = g_ptr + ((k * V + vs) * N + n)[:, None] * (4 * Dk) + g * Dk + ds[None, :]
+    tl.store(dst, acc.to(g_ptr.dtype.element_ty), mask=vmask[:, None] & (ds < Dk)[None, :])
+
+
+@triton.jit
 def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.constexpr, BJ: tl.constexpr):
     """u[kn, cols] = h0[kn, :] @ W[kn][:, cols] in fp32, W tile-interleaved [K*N, Dk, 4*Dk]: the recurrent
     term of step 0 when every batch row starts from the same state h0 [K*N, Dk]. Grid (cdiv(4*Dk, BC), K*N)."""

@@ -600,16 +600,32 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
                                       hs.stride(0), Dk=Dk, BLOCK=block, num_warps=4)
 
 
-def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int):
+def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None = None):
     """G [K, V, N, 4*Dk] (weight dtype) = emb @ W_in + b per token, in the padded gate layout.
 
     The input of the LSTM is an embedded token, so its input projection takes only V distinct values
-    per model: computing them once per pass replaces the [B, T, I] x [I, 4H] GEMM by a lookup. One
-    batched GEMM on tensor cores sums the products and the bias in fp32 and rounds once (as the
-    unfused input GEMM does); one strided copy puts the result in the padded layout."""
+    per model: computing them once per pass replaces the [B, T, I] x [I, 4H] GEMM by a lookup. The
+    products and the bias are summed in fp32 and rounded once (as the unfused input GEMM does).
+    kernel (default: on CUDA, and in the interpreter for tests): one Triton launch
+    (`input_table_kernel`) that writes each value straight into the padded layout; else one batched
+    GEMM and one strided copy into that layout (the copy and the bias broadcast cost twice the GEMM at
+    the large preset)."""
     K, V, I = emb.shape
-    x = torch.baddbmm(b.reshape(K, 1, -1).to(W_in.dtype), emb.to(W_in.dtype), W_in)    # [K, V, 4*N*D]
     G = torch.empty(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
+    if kernel is None:
+        kernel = (emb.is_cuda or interpreted()) and available()[0]
+    if kernel:                                  # writes every element of G, the padding units too
+        import triton
+        from models._lstm_step_triton import input_table_kernel
+        e = emb.to(W_in.dtype).contiguous()
+        bb = b.reshape(K, -1).to(W_in.dtype).contiguous()
+        BV, BU = 64, 64
+        input_table_kernel[(triton.cdiv(V, BV), 4 * N * triton.cdiv(Dk, BU), K)](
+            e, W_in.contiguous(), bb, G, V, N, D, Dk, I=I, BV=BV, BU=BU, BI=32,
+            IEEE=W_in.dtype == torch.float32 or interpreted(),
+            num_warps=4)
+        return G.view(K, V, N, 4 * Dk)
+    x = torch.baddbmm(b.reshape(K, 1, -1).to(W_in.dtype), emb.to(W_in.dtype), W_in)    # [K, V, 4*N*D]
     if Dk > D:
         G[..., D:] = 0
     G[..., :D] = x.view(K, V, 4, N, D).transpose(2, 3)

@@ -538,6 +538,52 @@ def test_tile_weight_kernel_matches_torch_tiling():
     assert int(out.stdout.split()[-1]) >= 10
 
 
+TABLE_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from models import lstm_fused
+from models.lstm_fused import _input_table, step_tiles
+orig = torch.empty
+def nan_empty(*size, **kw):
+    t = orig(*size, **kw)
+    return t.fill_(float("nan")) if t.is_floating_point() else t
+lstm_fused.torch.empty = nan_empty              # an element the kernel leaves unwritten would show
+g = torch.Generator().manual_seed(0)
+worst = {{"bfloat16": 0.0, "float32": 0.0}}
+for K, V, I, N, D in [(2, 11, 6, 3, 20), (1, 70, 40, 2, 50), (1, 9, 33, 1, 150), (2, 5, 16, 2, 64)]:
+    Dk = step_tiles(D)[0]
+    for dt in (torch.bfloat16, torch.float32):
+        emb = torch.randn(K, V, I, generator=g).to(dt)
+        W = (torch.randn(K, I, 4 * N * D, generator=g) / I ** 0.5).to(dt)
+        b = torch.randn(K, 4, N, D, generator=g).to(dt)
+        ref = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=False)
+        out = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True)
+        assert out.shape == ref.shape and not out.isnan().any(), (K, V, I, N, D, dt)
+        pad = out.view(K, V, N, 4, Dk)[..., D:]
+        assert torch.equal(pad, torch.zeros_like(pad)), "padding units must be exactly zero"
+        # the fp32 sums of the same products in another order: equal up to the last bit of the dtype
+        d = (out.float() - ref.float()).abs()
+        tol = (ref.float().abs() * (2 ** -7 if dt == torch.bfloat16 else 1e-5) + 1e-6)
+        assert bool((d <= tol).all()), (K, V, I, N, D, dt, float(d.max()))
+        worst[str(dt).split(".")[1]] = max(worst[str(dt).split(".")[1]], float(d.max()))
+print("worst", worst["bfloat16"], worst["float32"])
+"""
+
+
+def test_input_table_kernel_matches_the_gemm_and_copy():
+    """`input_table_kernel` (the default on CUDA) writes the input table straight into its padded gate
+    layout: every element written (NaN-filled memory), the padding units exactly zero, the values those
+    of the batched GEMM plus the strided copy within one rounding of the dtype (both sum in fp32) for
+    vocabularies, input widths and head sizes off the kernel's tiles, in bf16 and fp32."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + TABLE_SCRIPT).format(root=ROOT)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    bf, fp = map(float, out.stdout.split()[-2:])
+    assert fp < 1e-4
+
+
 def test_tile_weight_kernel_compiles_for_sm90():
     """The tiling kernel compiles for an H100/H200 target with 16-byte vector stores."""
     from models import _lstm_step_triton as kern
@@ -546,6 +592,18 @@ def test_tile_weight_kernel_compiles_for_sm90():
                              num_warps=4)
     ptx = compiled.asm["ptx"]
     assert ".target sm_90" in ptx and "st.global.v4" in ptx
+
+
+def test_input_table_kernel_compiles_for_sm90():
+    """The input-table kernel compiles for an H100/H200 target on tensor cores, its row stores 16-byte
+    vectors (the padding units are written with the rest, so the store mask is whole 16-byte pieces)."""
+    from models import _lstm_step_triton as kern
+    sig = {"e_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "g_ptr": "*bf16", "V": "i32", "N": "i32", "D": "i32",
+           "Dk": "i32"}
+    compiled = _compile_sm90(kern.input_table_kernel, sig, {"I": 100, "BV": 64, "BU": 64, "BI": 32, "IEEE": False},
+                             aligned=("e_ptr", "w_ptr", "b_ptr", "g_ptr", "Dk"), num_warps=4)
+    ptx = compiled.asm["ptx"]
+    assert "mma" in ptx and "st.global.v4" in ptx and "st.global.b16" not in ptx
 
 
 def test_weight_resident_kernel_keeps_its_weight_in_shared_memory():
