@@ -6,6 +6,7 @@ Per size (the step `bench/bench_step.py` times, built the same way):
 - wall seconds per step (median of --steps);
 - torch.profiler over --prof_steps steps: the union of the GPU kernels' busy intervals per step, so
   wall - busy is the time the GPU waits for the host; the top kernels and the top host ops;
+- the longest idle gaps of the GPU between kernels under the profiler, with the kernels around them;
 - cProfile over --prof_steps steps: the host's Python functions by cumulative time.
 Writes `profile_step_<date>.md` under --out. Runs on CPU too (no GPU columns there).
 """
@@ -45,6 +46,21 @@ def busy_seconds(events) -> float:
     return total * 1e-6
 
 
+def idle_gaps(events, *, top: int = 15, min_us: float = 20.0) -> tuple[list[tuple[float, str, str]], int, float]:
+    """The device's idle intervals between kernels: (the `top` longest as (microseconds, kernel before,
+    kernel after), how many last at least min_us, their total in microseconds)."""
+    iv = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    gaps, end, last = [], None, None
+    for s, e, name in iv:
+        if end is not None and s > end:
+            gaps.append((s - end, last, name))
+        if end is None or e >= end:
+            end, last = e, name
+    long = [g for g in gaps if g[0] >= min_us]
+    return sorted(gaps, key=lambda g: -g[0])[:top], len(long), sum(g[0] for g in long)
+
+
 def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
     z = ZOSetup(b, size, probes, B=a.batch, T=a.T, time_chunk=a.time_chunk, mpp=a.models_per_pass)
     step_no = iter(range(1 << 30))
@@ -82,6 +98,13 @@ def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
     if b.cuda:
         out += ["### GPU kernels (sum over the profiled steps)", "", "```",
                 prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows), "```", ""]
+    if b.cuda:
+        worst, n_long, t_long = idle_gaps(prof.events(), top=a.rows)
+        out += [f"### The GPU's idle gaps between kernels ({a.prof_steps} profiled steps)", "",
+                f"{n_long} gaps of at least 20 us, {t_long / 1e3:.3f} ms in all; the longest:", "",
+                "| idle | kernel before | kernel after |", "|---|---|---|"]
+        out += [f"| {us:.1f} us | {before[:70]} | {after[:70]} |" for us, before, after in worst]
+        out += [""]
     if a.shapes:
         out += ["### Ops by input shape, by device time (sum over the profiled steps)", "", "```",
                 prof.key_averages(group_by_input_shape=True).table(

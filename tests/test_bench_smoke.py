@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "bench_step.py"
 
@@ -175,3 +177,22 @@ def test_ws_decompose_builds_its_variants_and_refuses_without_a_gpu(tmp_path):
     nogpu = subprocess.run([sys.executable, str(REPO / "bench" / "ws_decompose.py"), "--sizes", "large"], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=120)
     assert nogpu.returncode != 0 and "needs a CUDA device" in nogpu.stderr
+
+
+def test_profile_step_idle_gaps_finds_the_device_idle_intervals():
+    """bench/profile_step.py's gap table: the idle intervals between device kernels (overlapping
+    kernels merged), longest first with the kernels around them; host events are ignored."""
+    from types import SimpleNamespace as NS
+    import torch
+    sys.path.insert(0, str(REPO / "bench"))
+    from profile_step import busy_seconds, idle_gaps
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(name, s, e, dev=cuda):
+        return NS(name=name, device_type=dev, time_range=NS(start=s, end=e))
+    evs = [ev("a", 0, 10), ev("b", 5, 40), ev("host", 40, 500, cpu), ev("c", 100, 110), ev("d", 115, 120),
+           ev("e", 400, 410)]
+    worst, n_long, total = idle_gaps(evs, top=2, min_us=20)
+    assert worst == [(280, "d", "e"), (60, "b", "c")]
+    assert n_long == 2 and total == 340
+    assert busy_seconds(evs) == pytest.approx((40 + 10 + 5 + 10) * 1e-6)
