@@ -75,7 +75,6 @@ def test_bench_smoke_writes_results(tmp_path):
 def test_sweep_keeps_a_faster_recorded_entry():
     """The kernel sweep replaces a tuning entry only when its best is faster than the recorded one
     measured under the same activation mode (a quick or budget-cut grid can miss the best config)."""
-    import pytest
     pytest.importorskip("triton")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import step_kernel_sweep as sweep
@@ -96,7 +95,6 @@ def test_sweep_grids():
     / warp-specialised kernel; all adds the four-dot, persistent, descriptor-epilogue, weight-resident and
     warp-specialised forms; small
     shapes always get the quick grid; an unknown grid name is an error."""
-    import pytest
     pytest.importorskip("triton")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import step_kernel_sweep as sweep
