@@ -80,11 +80,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("ws_decompose.py needs a CUDA device (Hopper, Gluon)")
-    import triton
     import step_kernel_sweep as S
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from models.lstm_fused import default_step_config, num_sms
+    from models.lstm_fused import default_step_config, num_sms, ws_launch_geometry
     dev = torch.device("cuda")
     extra = json.loads(a.extra)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,18 +99,8 @@ def main(argv=None) -> int:
 
             def launch(cfg, variant):
                 BM, BK, BD, one_dot, coop = 64, cfg["BK"], cfg["BD"], cfg["one_dot"], cfg["coop"]
-                h_in = cs["h"]
-                rows_per_k = h_in.stride(0) // (N * Dk)
-                rows = (K - 1) * rows_per_k + B
-                a_view = torch.as_strided(h_in, (rows, N * Dk), (N * Dk, 1))
-                a_desc = TensorDescriptor(a_view, [rows, N * Dk], [N * Dk, 1], [BM, BK],
-                                          gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16))
-                w2 = W.view(K * N * Dk, 4 * Dk)
-                wb = [BK, 4 * BD if one_dot else BD]
-                w_desc = TensorDescriptor(w2, list(w2.shape), list(w2.stride()), wb,
-                                          gl.NVMMASharedLayout.get_default_for(wb, gl.bfloat16))
-                num_m = triton.cdiv(B, 2 * BM if coop else BM)
-                num_tiles = K * N * num_m * (Dk // BD)
+                a_desc, w_desc, rows_per_k, num_tiles, num_m = ws_launch_geometry(
+                    cs["h"], W, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK, BD=BD, one_dot=one_dot, coop=coop)
                 P = min(num_tiles, num_sms(dev))
                 g, tok, c_in = cs["G"], cs["tok"], cs["c"]
                 kern.lstm_step_ws_kernel[(P,)](

@@ -506,11 +506,26 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
         raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
                          "batch and its model stride must be whole rows; write h out in full first")
+    from models import _lstm_step_gluon as kern
+    B, V = c_out.shape[1], g.shape[1]
+    a_desc, w_desc, rows_per_k, num_tiles, num_m = ws_launch_geometry(h_in, w, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK,
+                                                                      BD=BD, one_dot=one_dot, coop=coop)
+    programs = min(num_tiles, num_sms(c_out.device))
+    return kern.lstm_step_ws_kernel[(programs,)](
+        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
+        c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), PREFETCH=bool(prefetch),
+        COOP=bool(coop), ONE_DOT=bool(one_dot), STAGE_OUT=bool(stage_out), num_warps=4, maxnreg=168)
+
+
+def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,
+                       coop: bool):
+    """The warp-specialised kernel's tensor descriptors and tile counts: (a_desc over h_in's rows
+    [K rows_per_k + B, N*Dk] in [BM, BK] blocks, w_desc over W [K*N*Dk, 4*Dk] in [BK, 4*BD] blocks with
+    one_dot, else [BK, BD]; rows_per_k, num_tiles, num_m (row tiles of 2*BM with coop, else BM))."""
     import triton
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from models import _lstm_step_gluon as kern
-    B, V = c_out.shape[1], g.shape[1]
     rows_per_k = h_in.stride(0) // (N * Dk)
     rows = (K - 1) * rows_per_k + B
     a_view = torch.as_strided(h_in, (rows, N * Dk), (N * Dk, 1))
@@ -520,13 +535,7 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     wb = [BK, 4 * BD if one_dot else BD]
     w_desc = TensorDescriptor(w2, list(w2.shape), list(w2.stride()), wb, gl.NVMMASharedLayout.get_default_for(wb, gl.bfloat16))
     num_m = triton.cdiv(B, 2 * BM if coop else BM)
-    num_tiles = K * N * num_m * (Dk // BD)
-    programs = min(num_tiles, num_sms(c_out.device))
-    return kern.lstm_step_ws_kernel[(programs,)](
-        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
-        c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), PREFETCH=bool(prefetch),
-        COOP=bool(coop), ONE_DOT=bool(one_dot), STAGE_OUT=bool(stage_out), num_warps=4, maxnreg=168)
+    return a_desc, w_desc, rows_per_k, K * N * num_m * (Dk // BD), num_m
 
 
 def _chunk_kernel_args(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: int):

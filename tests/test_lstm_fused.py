@@ -505,16 +505,20 @@ def test_tile_recurrent_weight_writes_every_element():
     assert cases >= 15
 
 
-TILE_SCRIPT = r"""
+# torch.empty returns NaN-filled memory in these scripts: an element a kernel leaves unwritten would show
+NAN_EMPTY = r"""
 import sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from models.lstm_fused import step_tiles, tile_recurrent_weight
 orig = torch.empty
 def nan_empty(*size, **kw):
     t = orig(*size, **kw)
     return t.fill_(float("nan")) if t.is_floating_point() else t
-torch.empty = nan_empty                         # an element the kernel leaves unwritten would show
+torch.empty = nan_empty
+"""
+
+TILE_SCRIPT = NAN_EMPTY + r"""
+from models.lstm_fused import step_tiles, tile_recurrent_weight
 g = torch.Generator().manual_seed(0)
 n = 0
 for K, N, D in [(2, 3, 20), (1, 2, 50), (1, 3, 150), (1, 1, 300), (1, 1, 5)]:
@@ -538,17 +542,8 @@ def test_tile_weight_kernel_matches_torch_tiling():
     assert int(out.stdout.split()[-1]) >= 10
 
 
-TABLE_SCRIPT = r"""
-import sys, torch
-sys.path.insert(0, {root!r})
-torch.set_num_threads(1)
-from models import lstm_fused
+TABLE_SCRIPT = NAN_EMPTY + r"""
 from models.lstm_fused import _input_table, step_tiles
-orig = torch.empty
-def nan_empty(*size, **kw):
-    t = orig(*size, **kw)
-    return t.fill_(float("nan")) if t.is_floating_point() else t
-lstm_fused.torch.empty = nan_empty              # an element the kernel leaves unwritten would show
 g = torch.Generator().manual_seed(0)
 worst = {{"bfloat16": 0.0, "float32": 0.0}}
 for K, V, I, N, D in [(2, 11, 6, 3, 20), (1, 70, 40, 2, 50), (1, 9, 33, 1, 150), (2, 5, 16, 2, 64)]:
@@ -766,3 +761,22 @@ def test_a_ws_tuning_entry_where_the_kernel_cannot_run_warns_and_uses_the_heuris
     assert err.count("WARNING") == 1 and "no Gluon" in err and "heuristic" in err
     monkeypatch.setattr(lf, "ws_available", lambda *_: (True, ""))
     assert lf.default_step_config(1024, 64, Dk=320, heads=440, device="cuda")["coop"] is True
+
+
+def test_ws_launch_geometry_describes_h_rows_and_the_tiled_weight():
+    """The warp-specialised kernel's descriptors (built without a GPU): h as rows of N*Dk over all K
+    models (a time slice of the chunk's hs keeps its model stride: rows_per_k = T*B), the tiled W in
+    [BK, 4*BD] blocks (one dot) or [BK, BD], and the tile counts (row tiles of 128 with coop)."""
+    import torch
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    from models.lstm_fused import ws_launch_geometry
+    K, T, B, N, Dk, BD = 2, 3, 200, 3, 64, 32
+    hs = torch.zeros(K, T, B, N, Dk, dtype=torch.bfloat16)
+    w = torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16)
+    for one_dot, coop, num_m in ((True, True, 2), (False, False, 4)):
+        a, wd, rows_per_k, tiles, m = ws_launch_geometry(hs[:, 1], w, K=K, N=N, Dk=Dk, B=B, BM=64, BK=32, BD=BD,
+                                                         one_dot=one_dot, coop=coop)
+        assert rows_per_k == T * B and m == num_m and tiles == K * N * num_m * (Dk // BD)
+        assert a.shape == [(K - 1) * T * B + B, N * Dk] and a.strides == [N * Dk, 1] and a.block_shape == [64, 32]
+        assert a.base.data_ptr() == hs[:, 1].data_ptr()
+        assert wd.shape == [K * N * Dk, 4 * Dk] and wd.block_shape == [32, 4 * BD if one_dot else BD]
