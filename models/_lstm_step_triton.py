@@ -576,22 +576,23 @@ def tile_weight_kernel(r_ptr, w_ptr, N, D, Dk, J, ROWS: tl.constexpr, BD: tl.con
 
 @triton.jit
 def input_table_kernel(e_ptr, w_ptr, b_ptr, g_ptr, V, N, D, Dk, I: tl.constexpr, BV: tl.constexpr,
-                       BU: tl.constexpr, BI: tl.constexpr, IEEE: tl.constexpr):
+                       BU: tl.constexpr, BI: tl.constexpr, IEEE: tl.constexpr, COLS_FIRST: tl.constexpr = False):
     """The input table G [K, V, N, 4, Dk] = e @ W_in + b written straight into its padded gate layout:
     e [K, V, I], W_in [K, I, 4*N*D] (columns ordered gate, head, unit), b [K, 4*N*D], all contiguous and
     in the weight dtype; products and bias summed in fp32, rounded once. Grid (cdiv(V, BV),
-    4*N*cdiv(Dk, BU), K): a program computes BV vocabulary rows x BU units of one gate of one head, a
+    4*N*cdiv(Dk, BU), K), or with COLS_FIRST (for more than 65535 column blocks, where a grid's second
+    axis stops) (4*N*cdiv(Dk, BU), cdiv(V, BV), K): a program computes BV vocabulary rows x BU units of one gate of one head, a
     contiguous run of W_in's columns and of G's row, so loads and stores are coalesced. It also
     writes the padding units D..Dk (zero: no W_in column, no bias), so every element of G is written
     once and its row stores are whole 16-byte pieces."""
     k = tl.program_id(2).to(tl.int64)
     nub = tl.cdiv(Dk, BU)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0 if COLS_FIRST else 1)
     gn = pid // nub                                     # gate-major (g * N + n), as W_in's columns
     d0 = (pid - gn * nub) * BU
     g = gn // N
     n = gn - g * N
-    vs = tl.program_id(0) * BV + tl.arange(0, BV)
+    vs = tl.program_id(1 if COLS_FIRST else 0) * BV + tl.arange(0, BV)
     ds = d0 + tl.arange(0, BU)
     C = 4 * N * D
     vmask = vs < V

@@ -609,7 +609,8 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
                                       hs.stride(0), Dk=Dk, BLOCK=block, num_warps=4)
 
 
-def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None = None):
+def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None = None,
+                 table_cols_first: bool | None = None):
     """G [K, V, N, 4*Dk] (weight dtype) = emb @ W_in + b per token, in the padded gate layout.
 
     The input of the LSTM is an embedded token, so its input projection takes only V distinct values
@@ -618,7 +619,8 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None =
     kernel (default: on CUDA, and in the interpreter for tests): one Triton launch
     (`input_table_kernel`) that writes each value straight into the padded layout; else one batched
     GEMM and one strided copy into that layout (the copy and the bias broadcast cost twice the GEMM at
-    the large preset)."""
+    the large preset). table_cols_first (tests): the kernel's column blocks on the grid's first axis,
+    which it takes by itself past 65535 of them."""
     K, V, I = emb.shape
     G = torch.empty(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
     if kernel is None:
@@ -629,10 +631,11 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None =
         e = emb.to(W_in.dtype).contiguous()
         bb = b.reshape(K, -1).to(W_in.dtype).contiguous()
         BV, BU = 64, 64
-        input_table_kernel[(triton.cdiv(V, BV), 4 * N * triton.cdiv(Dk, BU), K)](
+        rows, cols = triton.cdiv(V, BV), 4 * N * triton.cdiv(Dk, BU)
+        first = cols > 65535 or bool(table_cols_first)             # a grid's second axis stops at 65535
+        input_table_kernel[(cols, rows, K) if first else (rows, cols, K)](
             e, W_in.contiguous(), bb, G, V, N, D, Dk, I=I, BV=BV, BU=BU, BI=32,
-            IEEE=W_in.dtype == torch.float32 or interpreted(),
-            num_warps=4)
+            IEEE=W_in.dtype == torch.float32 or interpreted(), COLS_FIRST=first, num_warps=4)
         return G.view(K, V, N, 4 * Dk)
     x = torch.baddbmm(b.reshape(K, 1, -1).to(W_in.dtype), emb.to(W_in.dtype), W_in)    # [K, V, 4*N*D]
     if Dk > D:

@@ -555,6 +555,8 @@ for K, V, I, N, D in [(2, 11, 6, 3, 20), (1, 70, 40, 2, 50), (1, 9, 33, 1, 150),
         ref = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=False)
         out = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True)
         assert out.shape == ref.shape and not out.isnan().any(), (K, V, I, N, D, dt)
+        # the grid with the column blocks first (taken past 65535 of them) writes the same table
+        assert torch.equal(_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, table_cols_first=True), out)
         pad = out.view(K, V, N, 4, Dk)[..., D:]
         assert torch.equal(pad, torch.zeros_like(pad)), "padding units must be exactly zero"
         # the fp32 sums of the same products in another order: equal up to the last bit of the dtype
