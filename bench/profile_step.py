@@ -29,34 +29,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_step import Bench, ZOSetup, build_parser  # noqa: E402
 
 
+def _busy_intervals(events) -> list[list]:
+    """The union of the device kernels' [start, end) intervals (microseconds), in order, each as
+    [start, end, first kernel's name, last-ending kernel's name]."""
+    iv = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    merged: list[list] = []
+    for s, e, name in iv:
+        if merged and s <= merged[-1][1]:
+            if e >= merged[-1][1]:
+                merged[-1][1], merged[-1][3] = e, name
+        else:
+            merged.append([s, e, name, name])
+    return merged
+
+
 def busy_seconds(events) -> float:
     """Length of the union of the device kernels' [start, end) intervals (microseconds in, seconds out)."""
-    iv = sorted((e.time_range.start, e.time_range.end) for e in events
-                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in iv:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total * 1e-6
+    return sum(e - s for s, e, _, _ in _busy_intervals(events)) * 1e-6
 
 
 def idle_gaps(events, *, top: int = 15, min_us: float = 20.0) -> tuple[list[tuple[float, str, str]], int, float]:
     """The device's idle intervals between kernels: (the `top` longest as (microseconds, kernel before,
     kernel after), how many last at least min_us, their total in microseconds)."""
-    iv = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
-                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
-    gaps, end, last = [], None, None
-    for s, e, name in iv:
-        if end is not None and s > end:
-            gaps.append((s - end, last, name))
-        if end is None or e >= end:
-            end, last = e, name
+    busy = _busy_intervals(events)
+    gaps = [(nxt[0] - cur[1], cur[3], nxt[2]) for cur, nxt in zip(busy, busy[1:])]
     long = [g for g in gaps if g[0] >= min_us]
     return sorted(gaps, key=lambda g: -g[0])[:top], len(long), sum(g[0] for g in long)
 
@@ -80,7 +77,8 @@ def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
                                 with_stack=a.stacks > 0, experimental_config=(
                                     torch._C._profiler._ExperimentalConfig(verbose=True) if a.stacks > 0 else None)) as prof:
         prof_wall = run(a.prof_steps)
-    busy = busy_seconds(prof.events()) / a.prof_steps if b.cuda else None
+    events = prof.events()
+    busy = busy_seconds(events) / a.prof_steps if b.cuda else None
     pr = cProfile.Profile()
     pr.enable()
     cprof_wall = run(a.prof_steps)
@@ -95,11 +93,11 @@ def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
            + (f"; GPU busy {busy * 1e3:.3f} ms per step ({busy / prof_wall * 100:.0f}%), "
               f"idle {max(0.0, prof_wall - busy) * 1e3:.3f} ms" if busy is not None else ""),
            f"- under cProfile: {cprof_wall * 1e3:.3f} ms per step", ""]
+    by_time = "self_cuda_time_total" if b.cuda else "self_cpu_time_total"
     if b.cuda:
         out += ["### GPU kernels (sum over the profiled steps)", "", "```",
                 prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows), "```", ""]
-    if b.cuda:
-        worst, n_long, t_long = idle_gaps(prof.events(), top=a.rows)
+        worst, n_long, t_long = idle_gaps(events, top=a.rows)
         out += [f"### The GPU's idle gaps between kernels ({a.prof_steps} profiled steps)", "",
                 f"{n_long} gaps of at least 20 us, {t_long / 1e3:.3f} ms in all; the longest:", "",
                 "| idle | kernel before | kernel after |", "|---|---|---|"]
@@ -107,14 +105,12 @@ def profile_size(b: Bench, size: str, probes: int, a) -> list[str]:
         out += [""]
     if a.shapes:
         out += ["### Ops by input shape, by device time (sum over the profiled steps)", "", "```",
-                prof.key_averages(group_by_input_shape=True).table(
-                    sort_by="self_cuda_time_total" if b.cuda else "self_cpu_time_total", row_limit=a.rows),
+                prof.key_averages(group_by_input_shape=True).table(sort_by=by_time, row_limit=a.rows),
                 "```", ""]
     if a.stacks > 0:
         out += [f"### Ops by Python call site ({a.stacks} frames), by device time", "", "```",
-                prof.key_averages(group_by_stack_n=a.stacks).table(
-                    sort_by="self_cuda_time_total" if b.cuda else "self_cpu_time_total", row_limit=a.rows,
-                    max_src_column_width=120), "```", ""]
+                prof.key_averages(group_by_stack_n=a.stacks).table(sort_by=by_time, row_limit=a.rows,
+                                                                   max_src_column_width=120), "```", ""]
     out += ["### Host ops (sum over the profiled steps)", "", "```",
             prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows), "```", "",
             "### Host Python, cumulative (cProfile)", "", "```", s.getvalue(), "```", ""]
@@ -131,6 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--stacks", type=int, default=0, help="also a table of the ops grouped by their innermost N "
                    "Python frames (0: none)")
     a = p.parse_args(argv)
+    if a.stacks < 0:
+        p.error(f"--stacks must be >= 0 (Python frames per call site; 0: no such table), got {a.stacks}")
     a.dtype = a.dtype or "bfloat16"
     a.smoke = False
     b = Bench(a)
