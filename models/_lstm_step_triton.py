@@ -631,12 +631,18 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 
 @triton.jit
 def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
-                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr):
+                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, TABLE: tl.constexpr = False,
+                           h1_ptr=None, hp_ptr=None, stride_hpk=0):
     """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
     of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
     in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
     fp32 and h [K, B, N, Dk] (rows of N*Dk, model stride stride_hk) in full, rows of BD contiguous
-    elements each. Grid (cdiv(B, BB), Dk // BD, K*N)."""
+    elements each. Grid (cdiv(B, BB), Dk // BD, K*N).
+
+    TABLE: step t = 1 from tables over the token of step 0 (`lstm_first_steps_table_`): with
+    j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
+    G[k, token[b, 1], n] and c from c0 [K*N, V, Dk]; the row's step-0 state h1 [K, V, N, Dk] (rows of
+    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk)."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
     kn = tl.program_id(2).to(tl.int64)
     k = kn // N
@@ -646,16 +652,56 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     ds = tl.arange(0, BD)
     bmask = bs < B
     m2 = bmask[:, None] & (ds < BD)[None, :]
-    ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds                  # the unit tile's four gates, BD columns each
-    tok = tl.load(tok_ptr + bs.to(tl.int64) * tok_stride_b + t, mask=bmask, other=0)
-    gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
-    zero = tl.zeros([BB, BD], tl.float32)
-    c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
-                          zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
-                          tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
-                          tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
-                          zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     rows = bs.to(tl.int64)
+    tok = tl.load(tok_ptr + rows * tok_stride_b + t, mask=bmask, other=0)
+    gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
+    if TABLE:
+        j = tl.load(tok_ptr + rows * tok_stride_b + t - 1, mask=bmask, other=0)
+        ub = u_ptr + ((kn * V + j) * (4 * Dk) + 4 * d0)[:, None] + ds[None, :]
+        c_prev = tl.load(c0_ptr + ((kn * V + j) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
+        c_new, h = _cell_math(tl.load(ub, mask=m2, other=0.0), tl.load(ub + BD, mask=m2, other=0.0),
+                              tl.load(ub + 2 * BD, mask=m2, other=0.0), tl.load(ub + 3 * BD, mask=m2, other=0.0),
+                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
+                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
+                              c_prev, FAST)
+        h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
+        tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
+    else:
+        ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds              # the unit tile's four gates, BD columns each
+        zero = tl.zeros([BB, BD], tl.float32)
+        c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
+                              zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
+                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
+                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
+                              zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
     tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty),
              mask=m2)
+
+
+@triton.jit
+def token_table_gemm_kernel(h_ptr, w_ptr, u_ptr, V, N, Dk: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
+                            BJ: tl.constexpr, IEEE: tl.constexpr):
+    """u[kn, v, cols] = h[k, v, n, :] @ W[kn][:, cols] in fp32, for the V rows of a table over the
+    vocabulary (`lstm_first_steps_table_`): h [K, V, N, Dk] (rows of N*Dk), W tile-interleaved
+    [K*N, Dk, 4*Dk], u [K*N, V, 4*Dk] fp32. Grid (cdiv(V, BV), cdiv(4*Dk, BC), K*N)."""
+    kn = tl.program_id(2).to(tl.int64)
+    k = kn // N
+    n = kn - k * N
+    vs = tl.program_id(0) * BV + tl.arange(0, BV)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    vmask = vs < V
+    cmask = cols < 4 * Dk
+    acc = tl.zeros([BV, BC], tl.float32)
+    for j0 in range(0, Dk, BJ):
+        js = j0 + tl.arange(0, BJ)
+        jm = js < Dk
+        h = tl.load(h_ptr + ((k * V + vs[:, None]) * N + n) * Dk + js[None, :], mask=vmask[:, None] & jm[None, :],
+                    other=0.0)
+        w = tl.load(w_ptr + (kn * Dk + js[:, None]) * (4 * Dk) + cols[None, :], mask=jm[:, None] & cmask[None, :],
+                    other=0.0)
+        if IEEE:        # fp32 weights, or the interpreter (whose dot mishandles bf16)
+            acc = tl.dot(h.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h, w, acc)
+    tl.store(u_ptr + (kn * V + vs[:, None]) * (4 * Dk) + cols[None, :], acc, mask=vmask[:, None] & cmask[None, :])

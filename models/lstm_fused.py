@@ -212,7 +212,9 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     per-step kernel; "tma_epi": the TMA kernel's descriptor epilogue; "ws" (with "coop", "stage_out",
     "consumer_regs", "a_reg"): the warp-specialised Gluon kernel (`lstm_step_`; absent means False);
     "first_gemv": a chunk that starts from a state broadcast over the batch runs its step 0 as one
-    matrix-vector product per head (`lstm_first_step_`) instead of the step kernel.
+    matrix-vector product per head (`lstm_first_step_`) instead of the step kernel; "step1_table"
+    (with "first_gemv"): steps 0 and 1 through tables over the vocabulary (`lstm_first_steps_table_`),
+    where the vocabulary has at most B tokens.
     A caller's step config is applied on top of this, so it inherits the entry's other keys.
     Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, not launch options."""
     if device is not None and torch.device(device).type == "cuda":
@@ -464,6 +466,39 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
                                                                        V, tok.stride(0), t, h_out.stride(0), Dk=Dk,
                                                                        BD=BD, BB=BB, num_warps=4)
 
+
+
+def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 64,
+                            num_warps: int = 4) -> None:
+    """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
+    After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
+    B: (h1, c1)[v] = cell(h0 @ W + G[v], c0) for every token v (`first_step_gemv_kernel`, then
+    `first_step_cell_kernel` over V rows), and step 1's recurrent term u[v] = h1[v] @ W in fp32 over
+    those V rows (`token_table_gemm_kernel`, a V-row GEMM instead of a B-row one). Step 1's cell then
+    gathers per row (`first_step_cell_kernel`, TABLE): c2, h2 = cell(u[tok0] + G[tok1], c1[tok0]),
+    and writes h1[tok0] to hs[:, 0] on the way. Pays where V is well below B (the paper's shapes:
+    V = 100, B = 1024): `_recurrence_chunk` uses it only for V <= B.
+    hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written), c_out [K*N, B, Dk] fp32 (c after step 1), the
+    rest as in `lstm_first_step_`. u's sum runs in another order than the step kernel's, so step 1's
+    h and c differ from the step kernel's by rounding; step 0's equal `lstm_first_step_`'s.
+    BB, num_warps: step 1's cell kernel's rows a program and warps (bench/bench_first_steps.py)."""
+    import triton
+    from models import _lstm_step_triton as kern
+    B, V = c_out.shape[1], g.shape[1]
+    dev = c_out.device
+    assert hs.dim() == 5 and hs.shape[1] >= 2 and hs.stride(-1) == 1 and hs.stride(-2) == Dk
+    vocab = torch.arange(V, device=dev).view(V, 1)
+    h1 = torch.empty(K, V, N, Dk, dtype=hs.dtype, device=dev)
+    c1 = torch.empty(K * N, V, Dk, dtype=torch.float32, device=dev)
+    lstm_first_step_(h0, c0, h1, c1, w, g, vocab, 0, K=K, N=N, Dk=Dk, BD=BD)
+    u = torch.empty(K * N, V, 4 * Dk, dtype=torch.float32, device=dev)
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    kern.token_table_gemm_kernel[(triton.cdiv(V, BV), triton.cdiv(4 * Dk, 128), K * N)](
+        h1, w, u, V, N, Dk=Dk, BV=BV, BC=128, BJ=32, IEEE=w.dtype == torch.float32 or interpreted(), num_warps=4)
+    h_prev, h_out = hs[:, 0], hs[:, 1]
+    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](
+        u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=BD, BB=BB, TABLE=True,
+        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), num_warps=num_warps)
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
 
@@ -731,6 +766,10 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     bd = Dk if (seq or split) else (persist or {}).get("BD", cfg.pop("BD", BD))
     bk = cfg.pop("BK", BK)
     first_gemv = cfg.pop("first_gemv", False)
+    step1_table = cfg.pop("step1_table", False)
+    if step1_table and not first_gemv:
+        raise ValueError("step config `step1_table` extends `first_gemv` (steps 0 and 1 from a broadcast state "
+                         "through tables over the vocabulary): add first_gemv: true, or drop step1_table")
     if first_gemv and (seq or split or persist):
         raise ValueError("step config `first_gemv` belongs to the per-step kernels; this config runs the chunk as "
                          f"{'seq' if seq else 'split' if split else 'persist'}: drop first_gemv or that key")
@@ -752,9 +791,14 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         # hs[:, T-1] serves as the buffer: no step reads it before step T-1 writes it.
         t0 = 0
         if first_gemv and h_in.stride(1) == 0 and c_in.stride(1) == 0 and T >= 1:
-            # every row starts from the same state: step 0's recurrent term is one h0 @ W per head
-            lstm_first_step_(h_in[:, 0], c_in[:, 0], hs[:, 0], c, W, G, tok, 0, K=K, N=N, Dk=Dk, BD=bd)
-            h_in, c_in, t0 = hs[:, 0], c, 1
+            if step1_table and T >= 2 and G.shape[1] <= B:
+                # steps 0 and 1 through tables over step 0's token (V rows instead of B)
+                lstm_first_steps_table_(h_in[:, 0], c_in[:, 0], hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=bd)
+                h_in, c_in, t0 = hs[:, 1], c, 2
+            else:
+                # every row starts from the same state: step 0's recurrent term is one h0 @ W per head
+                lstm_first_step_(h_in[:, 0], c_in[:, 0], hs[:, 0], c, W, G, tok, 0, K=K, N=N, Dk=Dk, BD=bd)
+                h_in, c_in, t0 = hs[:, 0], c, 1
         if h_in.stride(1) == 0:
             full = hs[:, T - 1] if T >= 2 else torch.empty(K, B, N, Dk, dtype=dt, device=dev)
             full.copy_(h_in)

@@ -106,6 +106,9 @@ from train.evaluate import batch_loss, stacked_batch_loss
 print("tiles", *[",".join(map(str, step_tiles(D))) for D in (5, 20, 50, 150, 300, 850)])
 g = torch.Generator().manual_seed(0)
 worst = {{"logits": 0.0, "h": 0.0, "c": 0.0, "pad": 0.0}}
+table_runs = []
+_table = lstm_fused.lstm_first_steps_table_
+lstm_fused.lstm_first_steps_table_ = lambda *a, **kw: (table_runs.append(kw["Dk"]), _table(*a, **kw))
 seq_cases = []
 # head sizes padded to 16 / 32 / 160 (BD 32), batches that are and are not multiples of the row tile
 for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 300, 2, 3, 3)]:
@@ -130,7 +133,10 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
                {{"wres": True, "seq": None}}, {{"wres": True, "prefetch": True, "row_tiles": 1, "BM": 16, "seq": None}},
                # step 0 from the broadcast initial state as one matrix-vector product per head
                {{"one_dot": True, "first_gemv": True, "seq": None}},
-               {{"BD": 16, "BK": 16, "tma": True, "first_gemv": True, "seq": None}}]
+               {{"BD": 16, "BK": 16, "tma": True, "first_gemv": True, "seq": None}},
+               # steps 0 and 1 through tables over the vocabulary (taken where V <= B)
+               {{"one_dot": True, "first_gemv": True, "step1_table": True, "seq": None}},
+               {{"BD": 16, "BK": 16, "first_gemv": True, "step1_table": True, "seq": None}}]
         if step_tiles(D)[0] <= lstm_fused.SEQ_MAX_DK:
             scs += [{{"seq": {{"BM": 16, "num_warps": 4}}}}, {{"seq": {{"BM": 16, "num_warps": 4, "prefetch": True}}}}]
             seq_cases.append(D)
@@ -156,6 +162,7 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
         worst["logits"] = max(worst["logits"], float((torch.cat([a, b], dim=2) - ref).abs().max()))
 print("step", *[worst[k] for k in ("logits", "h", "c", "pad")])
 print("seq_cases", *seq_cases)
+print("table_runs", *table_runs)
 print("seq_default", lstm_fused.default_seq_config(32, 1024), lstm_fused.default_seq_config(48, 1024) is None,
       lstm_fused.default_seq_config(160, 1024) is None)
 # losses through the trainers' entry points: fused (prepared once per pass) == torch reference
@@ -184,6 +191,7 @@ def test_gemm_cell_kernel_matches_torch_reference():
     logits, h, c, pad = map(float, vals["step"].split())
     assert logits < 1e-5 and h < 1e-5 and c < 1e-5
     assert vals["seq_cases"].split() == ["4", "20"]          # the whole-chunk kernel ran at Dk 16 and 32
+    assert vals["table_runs"].split() == ["32", "32"]        # step1_table ran where V <= B (V 13, B 20)
     assert vals["seq_default"] == "{'BM': 64, 'num_warps': 4} True True"
     assert pad == 0.0                                  # padded units stay exactly zero
     l1, l2, prepared, torch_none = vals["loss"].split()
@@ -591,6 +599,63 @@ def test_tile_weight_kernel_compiles_for_sm90():
     assert ".target sm_90" in ptx and "st.global.v4" in ptx
 
 
+FIRST_STEPS_SCRIPT = NAN_EMPTY + r"""
+from models.lstm_fused import lstm_first_step_, lstm_first_steps_table_, lstm_step_, step_tiles, tile_recurrent_weight
+g = torch.Generator().manual_seed(0)
+worst = {{"bfloat16": 0.0, "float32": 0.0}}
+for K, N, D, B, V, BD in [(2, 3, 20, 40, 7, 16), (1, 2, 50, 33, 33, 64), (1, 1, 150, 70, 5, 32)]:
+    Dk = step_tiles(D)[0]
+    for dt in (torch.bfloat16, torch.float32):
+        R = (torch.randn(K, 4, N, D, D, generator=g) / D ** 0.5).to(dt)
+        W = tile_recurrent_weight(R, N=N, Dk=Dk, BD=BD, kernel=False)
+        G = torch.zeros(K, V, N, 4, Dk)
+        G[..., :D] = torch.randn(K, V, N, 4, D, generator=g)
+        G = G.view(K, V, N, 4 * Dk).to(dt)
+        h0 = torch.zeros(K, N, Dk); h0[..., :D] = torch.randn(K, N, D, generator=g).tanh()
+        h0 = h0.to(dt)
+        c0 = torch.zeros(K * N, Dk); c0[:, :D] = torch.randn(K * N, D, generator=g)
+        tok = torch.randint(0, V, (B, 3), generator=g)
+        # reference: step 0 by lstm_first_step_, step 1 in torch (fp32) from its state; in fp32 also
+        # by the per-step kernel (the interpreter's dot mishandles bf16)
+        ref = torch.empty(K, 2, B, N, Dk, dtype=dt)
+        c_ref = torch.empty(K * N, B, Dk)
+        lstm_first_step_(h0, c0, ref[:, 0], c_ref, W, G, tok, 0, K=K, N=N, Dk=Dk, BD=BD)
+        h1 = ref[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
+        pre = (h1 @ W.float()).view(K, N, B, Dk // BD, 4, BD) + G.float()[:, tok[:, 1]].view(
+            K, B, N, 4, Dk // BD, BD).permute(0, 2, 1, 4, 3, 5)
+        i, f, z, o = (pre[..., q, :].reshape(K * N, B, Dk) for q in range(4))
+        c_t = f.sigmoid() * c_ref + i.sigmoid() * z.tanh()
+        h_t = (o.sigmoid() * c_t.tanh()).view(K, N, B, Dk).transpose(1, 2)
+        if dt == torch.float32:
+            lstm_step_(ref[:, 0], ref[:, 1], W, G, tok, 1, c_ref, c_ref, K=K, N=N, Dk=Dk, BD=BD, BK=BD)
+            assert (ref[:, 1] - h_t).abs().max() < 1e-5 and (c_ref - c_t).abs().max() < 1e-5
+        hs = torch.empty(K, 2, B, N, Dk, dtype=dt)
+        c = torch.empty(K * N, B, Dk)
+        lstm_first_steps_table_(h0, c0, hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=BD)
+        assert not hs.isnan().any() and not c.isnan().any(), (K, N, D, B, V, dt)
+        assert torch.equal(hs[:, 0], ref[:, 0]), (K, N, D, B, V, dt)      # step 0: the same arithmetic
+        assert float(hs[..., D:].abs().sum()) == 0.0 and float(c[..., D:].abs().sum()) == 0.0
+        err = max(float((hs[:, 1].float() - h_t).abs().max()), float((c - c_t).abs().max()))
+        worst[str(dt).split(".")[1]] = max(worst[str(dt).split(".")[1]], err)
+print(worst["bfloat16"], worst["float32"])
+"""
+
+
+def test_first_steps_through_token_tables_match_the_step_kernel():
+    """`lstm_first_steps_table_` (steps 0 and 1 from a broadcast state through tables over the
+    vocabulary) against step 0 by `lstm_first_step_` and step 1 by the per-step kernel, into NaN-filled
+    memory: step 0's h equal bit for bit; step 1's h and c against torch from step 0's state (and, in
+    fp32, the per-step kernel), within fp32 rounding in fp32 and one bf16 rounding of h in bf16;
+    padding units exactly zero;
+    vocabularies below, equal to and far below the batch, unit tiles of 16, 32 and 64."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + FIRST_STEPS_SCRIPT).format(root=ROOT)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    bf, fp = map(float, out.stdout.split()[-2:])
+    assert fp < 1e-5 and bf < 5e-3          # bf16: one rounding of h (2^-8 below 1)
+
+
 def test_input_table_kernel_compiles_for_sm90():
     """The input-table kernel compiles for an H100/H200 target on tensor cores, its row stores 16-byte
     vectors (the padding units are written with the rest, so the store mask is whole 16-byte pieces)."""
@@ -601,6 +666,26 @@ def test_input_table_kernel_compiles_for_sm90():
                              aligned=("e_ptr", "w_ptr", "b_ptr", "g_ptr", "Dk"), num_warps=4)
     ptx = compiled.asm["ptx"]
     assert "mma" in ptx and "st.global.v4" in ptx and "st.global.b16" not in ptx
+
+
+def test_first_steps_table_kernels_compile_for_sm90():
+    """The token-table GEMM compiles onto tensor cores; the step-1 cell with its table gathers stores c,
+    h and the copied step-0 h as 16-byte vectors (large's tiles: Dk 320, BD 64)."""
+    from models import _lstm_step_triton as kern
+    sig = {"h_ptr": "*bf16", "w_ptr": "*bf16", "u_ptr": "*fp32", "V": "i32", "N": "i32"}
+    compiled = _compile_sm90(kern.token_table_gemm_kernel, sig, {"Dk": 320, "BV": 64, "BC": 128, "BJ": 32,
+                                                                 "IEEE": False}, aligned=("h_ptr", "w_ptr", "u_ptr"),
+                             num_warps=4)
+    assert "mma" in compiled.asm["ptx"]
+    ptrs = ("u_ptr", "g_ptr", "tok_ptr", "c0_ptr", "c_ptr", "h_ptr", "h1_ptr", "hp_ptr")
+    sig = {**{p: "*fp32" for p in ("u_ptr", "c0_ptr", "c_ptr")}, **{p: "*bf16" for p in ("g_ptr", "h_ptr", "h1_ptr",
+                                                                                          "hp_ptr")},
+           "tok_ptr": "*i64", "B": "i32", "N": "i32", "V": "i32", "tok_stride_b": "i32", "t": "i32", "stride_hk": "i32",
+           "stride_hpk": "i32"}
+    compiled = _compile_sm90(kern.first_step_cell_kernel, sig, {"Dk": 320, "BD": 64, "BB": 64, "TABLE": True},
+                             aligned=ptrs + ("stride_hk", "stride_hpk"), num_warps=4)
+    ptx = compiled.asm["ptx"]
+    assert ptx.count("st.global.v4") >= 3 and "st.global.b16" not in ptx and "st.global.f32 " not in ptx
 
 
 def test_weight_resident_kernel_keeps_its_weight_in_shared_memory():
@@ -722,7 +807,7 @@ def test_warp_specialised_kernel_refuses_what_it_cannot_run():
 
 def test_first_gemv_with_a_whole_chunk_form_is_refused():
     """`first_gemv` only changes the per-step kernels' step 0: asked for together with a whole-chunk
-    form (seq, split, persist) it is refused by name, not ignored."""
+    form (seq, split, persist) it is refused by name, not ignored; so is `step1_table` without it."""
     import torch
     from models import ModelConfig, build_model
     from models.lstm_fused import forward_chunk_stacked_fused, prepare_fused
@@ -734,6 +819,9 @@ def test_first_gemv_with_a_whole_chunk_form_is_refused():
         with pytest.raises(ValueError, match="`first_gemv` belongs to the per-step kernels.*drop first_gemv"):
             forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
                                         step_config=dict(form, first_gemv=True))
+    with pytest.raises(ValueError, match="`step1_table` extends `first_gemv`.*add first_gemv: true"):
+        forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
+                                    step_config={"seq": None, "step1_table": True})
 
 
 def test_step_config_on_top_of_a_tuning_entry():
