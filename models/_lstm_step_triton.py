@@ -632,7 +632,7 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 @triton.jit
 def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
                            Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, TABLE: tl.constexpr = False,
-                           h1_ptr=None, hp_ptr=None, stride_hpk=0):
+                           h1_ptr=None, hp_ptr=None, stride_hpk=0, perm_ptr=None, PERM: tl.constexpr = False):
     """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
     of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
     in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
@@ -642,7 +642,9 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     TABLE: step t = 1 from tables over the token of step 0 (`lstm_first_steps_table_`): with
     j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
     G[k, token[b, 1], n] and c from c0 [K*N, V, Dk]; the row's step-0 state h1 [K, V, N, Dk] (rows of
-    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk)."""
+    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk).
+    PERM: program rows i are batch rows perm[i] (rows sorted by their step-0 token, so that a program's
+    rows share table rows and its gathers hit L1)."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
     kn = tl.program_id(2).to(tl.int64)
     k = kn // N
@@ -652,7 +654,10 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     ds = tl.arange(0, BD)
     bmask = bs < B
     m2 = bmask[:, None] & (ds < BD)[None, :]
-    rows = bs.to(tl.int64)
+    if PERM:
+        rows = tl.load(perm_ptr + bs, mask=bmask, other=0).to(tl.int64)
+    else:
+        rows = bs.to(tl.int64)
     tok = tl.load(tok_ptr + rows * tok_stride_b + t, mask=bmask, other=0)
     gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
     if TABLE:
