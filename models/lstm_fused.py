@@ -468,25 +468,26 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
 
 
 
-def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 64,
-                            num_warps: int = 4, sort_rows: bool = True) -> None:
+def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, RB: int = 16,
+                            num_warps: int = 4) -> None:
     """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
     After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
-    B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays
-    where V is well below B (the paper's shapes: V = 100, B = 1024): `_recurrence_chunk` uses it only
-    for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written), c_out [K*N, B, Dk] fp32 (c after
-    step 1), the rest as in `lstm_first_step_`. Step 0's h equals `lstm_first_step_`'s; step 1's
-    recurrent sum runs in another order than the step kernel's (h and c may differ by rounding)."""
+    B (`first_steps_tables`); step 1's cell then reads each token's values once for all its rows
+    (`first_steps_cell_`). Pays where V is well below B (the paper's shapes: V = 100, B = 1024):
+    `_recurrence_chunk` uses it only for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written),
+    c_out [K*N, B, Dk] fp32 (c after step 1), the rest as in `lstm_first_step_`. Step 0's h equals
+    `lstm_first_step_`'s; step 1's recurrent sum is a different GEMM's (equal to the step kernel's on
+    the H200, bench/bench_first_steps.py, but not promised: it may differ by rounding)."""
     tables = first_steps_tables(h0, c0, w, g, K=K, N=N, Dk=Dk, BD=BD, dtype=hs.dtype)
-    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps,
-                      sort_rows=sort_rows)
+    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, RB=RB, num_warps=num_warps)
 
 
 def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype):
     """(h1 [K, V, N, Dk] in dtype, c1 [K*N, V, Dk] fp32, u [K*N, V, 4*Dk] fp32): the state after step 0
     for every token v, (h1, c1)[v] = cell(h0 @ W + G[v], c0) (`lstm_first_step_` over V rows, one per
     token), and step 1's recurrent term u[v] = h1[v] @ W summed in fp32 (`token_table_gemm_kernel`: a
-    V-row GEMM instead of the step kernel's B-row one). u's columns are W's, tile-interleaved for BD."""
+    V-row GEMM instead of the step kernel's B-row one; up to 128 tokens in one row block, so W is read
+    once). u's columns are W's, tile-interleaved for BD."""
     import triton
     from models import _lstm_step_triton as kern
     V, dev = g.shape[1], g.device
@@ -495,30 +496,32 @@ def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype)
     c1 = torch.empty(K * N, V, Dk, dtype=torch.float32, device=dev)
     lstm_first_step_(h0, c0, h1, c1, w, g, vocab, 0, K=K, N=N, Dk=Dk, BD=BD)
     u = torch.empty(K * N, V, 4 * Dk, dtype=torch.float32, device=dev)
-    BV = min(64, max(16, triton.next_power_of_2(V)))
+    BV = min(128, max(16, triton.next_power_of_2(V)))
     kern.token_table_gemm_kernel[(triton.cdiv(V, BV), triton.cdiv(4 * Dk, 128), K * N)](
-        h1, w, u, V, N, Dk=Dk, BV=BV, BC=128, BJ=32, IEEE=w.dtype == torch.float32 or interpreted(), num_warps=4)
+        h1, w, u, V, N, Dk=Dk, BV=BV, BC=128, BJ=32, IEEE=w.dtype == torch.float32 or interpreted(),
+        num_warps=8 if BV >= 128 else 4)
     return h1, c1, u
 
 
-def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 64,
-                      num_warps: int = 4, sort_rows: bool = True) -> None:
+def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, RB: int = 16,
+                      num_warps: int = 4) -> None:
     """Step 1's cell from the tables of `first_steps_tables`, per row with j = tok[b, 0]:
     c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0]
-    (`first_step_cell_kernel`, TABLE). sort_rows: a program takes rows in the order of their step-0
-    token (one argsort on the device), so the rows of a program share table rows. BB, num_warps: the
-    cell kernel's rows a program and warps (bench/bench_first_steps.py)."""
+    (`step1_cell_kernel`: a program per token, unit tile and head reads the token's table values
+    once, then its rows RB at a time; the rows grouped by token with one sort on the device, no host
+    sync). RB, num_warps: the kernel's rows an iteration and warps (bench/bench_first_steps.py)."""
     import triton
     from models import _lstm_step_triton as kern
     h1, c1, u = tables
     B, V = c_out.shape[1], g.shape[1]
     assert hs.dim() == 5 and hs.shape[1] >= 2 and hs.stride(-1) == 1 and hs.stride(-2) == Dk
     assert c_out.is_contiguous() and c_out.shape == (K * N, B, Dk)
-    perm = torch.argsort(tok[:, 0]) if sort_rows else None
+    tok0, perm = torch.sort(tok[:, 0])
+    start = torch.searchsorted(tok0, torch.arange(V + 1, device=tok.device, dtype=tok0.dtype))
     h_prev, h_out = hs[:, 0], hs[:, 1]
-    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](
-        u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=BD, BB=BB, TABLE=True,
-        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), perm_ptr=perm, PERM=sort_rows, num_warps=num_warps)
+    kern.step1_cell_kernel[(V, Dk // BD, K * N)](
+        u, c1, h1, g, tok, perm, start, c_out, h_out, h_prev, B, N, V, tok.stride(0), h_out.stride(0),
+        h_prev.stride(0), Dk=Dk, BD=BD, RB=RB, num_warps=num_warps)
 
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
