@@ -8,7 +8,7 @@ Per preset (K stacked models a pass as the trainer picks them at 12 probes, B = 
 this GPU's tuned step config), with CUDA events (median of --reps):
 - `first_gemv`: `lstm_first_step_` then `lstm_step_` for step 1 (the step kernel over B rows);
 - `step1_table`: its tables (`first_steps_tables`: step 0 over the V tokens and the V-row GEMM) and
-  step 1's cell (`first_steps_cell_`) at RB rows an iteration and W warps, for each --cells variant;
+  step 1's cell (`first_steps_cell_`) at BB rows a program and W warps, for each --cells variant;
   the total is tables + the best cell;
 - whether step 0's h equals the first form's bit for bit, and the largest difference of step 1's h
   and c between the two (the recurrent sum runs in another
@@ -40,7 +40,7 @@ from models.lstm_fused import (default_step_config, first_steps_cell_, first_ste
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="medium,large,xlarge")
-    ap.add_argument("--cells", default="16x4,32x4,8x4,16x8", help="step 1 cell variants, RBxWARPS, comma separated")
+    ap.add_argument("--cells", default="32x4,64x4,16x4", help="step 1 cell variants, BBxWARPS, comma separated")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=100)
     ap.add_argument("--reps", type=int, default=10)
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     del src, dst
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
     B, V = a.batch, a.vocab
-    head = " | ".join(f"cell {rb}x{w}" for rb, w in cells)
+    head = " | ".join(f"cell {bb}x{w}" for bb, w in cells)
     lines = [f"# Steps 0 and 1 from the broadcast state ({stamp} UTC, {torch.cuda.get_device_name(dev)}, "
              f"torch {torch.__version__})", "",
              f"Command: `python bench/bench_first_steps.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
@@ -96,9 +96,9 @@ def main(argv=None) -> int:
         t_tab = cuda_ms(lambda: first_steps_tables(h0, c0, W, G, **tabs, dtype=dt), a.reps)
         tables = first_steps_tables(h0, c0, W, G, **tabs, dtype=dt)
         t_new, dh, dc, same0 = [], 0.0, 0.0, True
-        for rb, w in cells:
-            def cell(rb=rb, w=w):
-                first_steps_cell_(tables, hs, c, G, tok, **tabs, RB=rb, num_warps=w)
+        for bb, w in cells:
+            def cell(bb=bb, w=w):
+                first_steps_cell_(tables, hs, c, G, tok, **tabs, BB=bb, num_warps=w)
             hs.fill_(float("nan"))
             c.fill_(float("nan"))
             cell()

@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS, build_model, preset  # noqa: E402
-from models.lstm_fused import _input_table, default_step_config, prepare_fused, step_tiles, tile_recurrent_weight  # noqa: E402
+from models.lstm_fused import (INPUT_TABLE_TILE, _input_table, default_step_config, prepare_fused,  # noqa: E402
+                               step_tiles, tile_recurrent_weight)
 
 DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
 
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="medium,large,xlarge")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--table_tiles", default="",
+                    help="input-table kernel tiles to time too, BV:BU:BI:WARPS:STAGES, comma separated")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
              "| size | K | D→Dk | BD | W GB | tile W: now | tile by tile (before) | copy ceiling | input table: kernel | "
              "input table: GEMM + copy | table ceiling | table max diff | rest of prepare_fused |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    extra = []
     for size in a.sizes.split(","):
         H, N = SIZE_PRESETS[size]
         K = DEFAULT_K[size]
@@ -96,6 +100,13 @@ def main(argv=None) -> int:
         t_tab_old = cuda_ms(lambda: _input_table(**tab, kernel=False), a.reps)
         V = P["embedding"].shape[1]
         tab_floor = (P["W_in"].numel() + K * V * N * 4 * Dk) * R.element_size() / (copy_gbs * 1e6)
+        for spec in filter(None, a.table_tiles.split(",")):
+            bv, bu, bi, w, st = map(int, spec.split(":"))
+            tile = {"BV": bv, "BU": bu, "BI": bi, "num_warps": w, "num_stages": st}
+            d = float((_input_table(**tab, tile=tile).float() - _input_table(**tab, kernel=False).float()).abs().max())
+            extra.append(f"| {size} | {spec} | {cuda_ms(lambda: _input_table(**tab, tile=tile), a.reps):.3f} ms | "
+                         f"{d:.2e} |")
+            print(extra[-1], flush=True)
         t_prep = cuda_ms(lambda: prepare_fused(P, num_heads=N), a.reps)
         lines.append(f"| {size} | {K} | {D}→{Dk} | {BD} | {w_bytes / 1e9:.2f} | {t_now:.3f} ms | {t_old:.3f} ms | "
                      f"{floor:.3f} ms | {t_tab:.3f} ms | {t_tab_old:.3f} ms | {tab_floor:.3f} ms | {diff:.2e} | "
@@ -103,6 +114,10 @@ def main(argv=None) -> int:
         print(lines[-1], flush=True)
         del P, R
         torch.cuda.empty_cache()
+    if extra:
+        lines += ["", f"Input-table kernel tiles (BV:BU:BI:warps:stages; the default is "
+                  f"{':'.join(str(v) for v in INPUT_TABLE_TILE.values())}):", "",
+                  "| size | tile | input table | max diff to GEMM + copy |", "|---|---|---|---|"] + extra
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bench_prepare_{stamp}.md").write_text("\n".join(lines) + "\n")

@@ -164,8 +164,14 @@ def step_form_checks(dev):
                                                        num_stages=6)}
     # every key a form leaves out comes from the GPU's tuning entry; ws False drops the entry's ws-only keys
     forms = {**{n: dict(c, ws=False) for n, c in triton_forms.items()}, **ws_forms,
-             "step 0 as one matrix-vector product per head, then the tuning entry's kernel": {"first_gemv": True},
-             "step 0 as one matrix-vector product per head, then TMA": {"first_gemv": True, "ws": False, "tma": True}}
+             "step 0 as one matrix-vector product per head, then the tuning entry's kernel": {"first_gemv": True,
+                                                                                              "step1_table": False},
+             "step 0 as one matrix-vector product per head, then TMA": {"first_gemv": True, "step1_table": False,
+                                                                         "ws": False, "tma": True},
+             "steps 0 and 1 through token tables, then the tuning entry's kernel": {"first_gemv": True,
+                                                                                   "step1_table": True},
+             "steps 0 and 1 through token tables, then TMA": {"first_gemv": True, "step1_table": True, "ws": False,
+                                                              "tma": True}}
     g = torch.Generator().manual_seed(8)
     for hidden, heads in ((600, 2), (300, 2)):
         c32 = ModelConfig(vocab_size=100, input_size=100, hidden_size=hidden, num_heads=heads)

@@ -631,12 +631,18 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 
 @triton.jit
 def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
-                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr):
+                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, TABLE: tl.constexpr = False,
+                           h1_ptr=None, hp_ptr=None, stride_hpk=0):
     """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
     of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
     in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
     fp32 and h [K, B, N, Dk] (rows of N*Dk, model stride stride_hk) in full, rows of BD contiguous
-    elements each. Grid (cdiv(B, BB), Dk // BD, K*N)."""
+    elements each. Grid (cdiv(B, BB), Dk // BD, K*N).
+
+    TABLE: step t = 1 from tables over the token of step 0 (`lstm_first_steps_table_`): with
+    j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
+    G[k, token[b, 1], n] and c from c0 [K*N, V, Dk]; the row's step-0 state h1 [K, V, N, Dk] (rows of
+    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk)."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
     kn = tl.program_id(2).to(tl.int64)
     k = kn // N
@@ -646,16 +652,28 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     ds = tl.arange(0, BD)
     bmask = bs < B
     m2 = bmask[:, None] & (ds < BD)[None, :]
-    ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds                  # the unit tile's four gates, BD columns each
-    tok = tl.load(tok_ptr + bs.to(tl.int64) * tok_stride_b + t, mask=bmask, other=0)
-    gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
-    zero = tl.zeros([BB, BD], tl.float32)
-    c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
-                          zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
-                          tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
-                          tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
-                          zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     rows = bs.to(tl.int64)
+    tok = tl.load(tok_ptr + rows * tok_stride_b + t, mask=bmask, other=0)
+    gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
+    if TABLE:
+        j = tl.load(tok_ptr + rows * tok_stride_b + t - 1, mask=bmask, other=0)
+        ub = u_ptr + ((kn * V + j) * (4 * Dk) + 4 * d0)[:, None] + ds[None, :]
+        c_prev = tl.load(c0_ptr + ((kn * V + j) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
+        c_new, h = _cell_math(tl.load(ub, mask=m2, other=0.0), tl.load(ub + BD, mask=m2, other=0.0),
+                              tl.load(ub + 2 * BD, mask=m2, other=0.0), tl.load(ub + 3 * BD, mask=m2, other=0.0),
+                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
+                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
+                              c_prev, FAST)
+        h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
+        tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
+    else:
+        ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds              # the unit tile's four gates, BD columns each
+        zero = tl.zeros([BB, BD], tl.float32)
+        c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
+                              zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
+                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
+                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
+                              zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
     tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty),
              mask=m2)
@@ -687,47 +705,3 @@ def token_table_gemm_kernel(h_ptr, w_ptr, u_ptr, V, N, Dk: tl.constexpr, BV: tl.
         else:
             acc = tl.dot(h, w, acc)
     tl.store(u_ptr + (kn * V + vs[:, None]) * (4 * Dk) + cols[None, :], acc, mask=vmask[:, None] & cmask[None, :])
-
-
-@triton.jit
-def step1_cell_kernel(u_ptr, c1_ptr, h1_ptr, g_ptr, tok_ptr, perm_ptr, start_ptr, c_ptr, h_ptr, hp_ptr, B, N, V,
-                      tok_stride_b, stride_hk, stride_hpk, Dk: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr):
-    """Step 1 from the tables over step 0's token (`lstm_first_steps_table_`), for the batch rows whose
-    step-0 token is j = program_id(0), the BD units of one unit tile of one head kn = k*N + n: the
-    token's recurrent term u[kn, j] ([K*N, V, 4*Dk] fp32, the tile's four gates contiguous), c1[kn, j]
-    ([K*N, V, Dk] fp32) and h1[k, j, n] ([K, V, N, Dk], model stride V*N*Dk) are read once, then for
-    each row b (RB at a time): c, h = cell(u[j] + G[k, token[b, 1], n], c1[j]) into c [K*N, B, Dk] and
-    h [K, B, N, Dk] (model stride stride_hk), and h1[j] copied to hp (step 0's h, model stride
-    stride_hpk). The rows of token j are perm[start[j]:start[j+1]] (rows sorted by token).
-    Grid (V, Dk // BD, K*N)."""
-    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
-    j = tl.program_id(0)
-    kn = tl.program_id(2).to(tl.int64)
-    k = kn // N
-    n = kn - k * N
-    d0 = tl.program_id(1) * BD
-    ds = tl.arange(0, BD)
-    ub = u_ptr + (kn * V + j) * (4 * Dk) + 4 * d0 + ds
-    u_i = tl.load(ub)[None, :]
-    u_f = tl.load(ub + BD)[None, :]
-    u_z = tl.load(ub + 2 * BD)[None, :]
-    u_o = tl.load(ub + 3 * BD)[None, :]
-    c_prev = tl.load(c1_ptr + (kn * V + j) * Dk + d0 + ds)[None, :]
-    h1 = tl.broadcast_to(tl.load(h1_ptr + k * V * N * Dk + (j * N + n) * Dk + d0 + ds)[None, :], (RB, BD))
-    zero = tl.zeros([RB, BD], tl.float32)
-    r_end = tl.load(start_ptr + j + 1)
-    for r0 in range(tl.load(start_ptr + j), r_end, RB):
-        rs = r0 + tl.arange(0, RB)
-        rmask = rs < r_end
-        m2 = rmask[:, None] & (ds < BD)[None, :]
-        rows = tl.load(perm_ptr + rs, mask=rmask, other=0).to(tl.int64)
-        tok = tl.load(tok_ptr + rows * tok_stride_b + 1, mask=rmask, other=0)
-        gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
-        c_new, h = _cell_math(zero + u_i, zero + u_f, zero + u_z, zero + u_o,
-                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
-                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
-                              zero + c_prev, FAST)
-        tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
-        off = (rows * N + n) * Dk + d0
-        tl.store(h_ptr + (k * stride_hk + off)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty), mask=m2)
-        tl.store(hp_ptr + (k * stride_hpk + off)[:, None] + ds[None, :], h1, mask=m2)

@@ -468,18 +468,17 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
 
 
 
-def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, RB: int = 16,
+def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
                             num_warps: int = 4) -> None:
     """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
     After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
-    B (`first_steps_tables`); step 1's cell then reads each token's values once for all its rows
-    (`first_steps_cell_`). Pays where V is well below B (the paper's shapes: V = 100, B = 1024):
+    B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays where V is well below B (the paper's shapes: V = 100, B = 1024):
     `_recurrence_chunk` uses it only for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written),
     c_out [K*N, B, Dk] fp32 (c after step 1), the rest as in `lstm_first_step_`. Step 0's h equals
     `lstm_first_step_`'s; step 1's recurrent sum is a different GEMM's (equal to the step kernel's on
     the H200, bench/bench_first_steps.py, but not promised: it may differ by rounding)."""
     tables = first_steps_tables(h0, c0, w, g, K=K, N=N, Dk=Dk, BD=BD, dtype=hs.dtype)
-    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, RB=RB, num_warps=num_warps)
+    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps)
 
 
 def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype):
@@ -503,25 +502,23 @@ def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype)
     return h1, c1, u
 
 
-def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, RB: int = 16,
+def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
                       num_warps: int = 4) -> None:
     """Step 1's cell from the tables of `first_steps_tables`, per row with j = tok[b, 0]:
     c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0]
-    (`step1_cell_kernel`: a program per token, unit tile and head reads the token's table values
-    once, then its rows RB at a time; the rows grouped by token with one sort on the device, no host
-    sync). RB, num_warps: the kernel's rows an iteration and warps (bench/bench_first_steps.py)."""
+    (`first_step_cell_kernel`, TABLE: tiles of BB rows x BD units, the table rows gathered per row).
+    BB, num_warps: bench/bench_first_steps.py (BB 32 measured fastest at large; a program per token
+    reading its table values once, and rows sorted by token, were both slower on the H200)."""
     import triton
     from models import _lstm_step_triton as kern
     h1, c1, u = tables
     B, V = c_out.shape[1], g.shape[1]
     assert hs.dim() == 5 and hs.shape[1] >= 2 and hs.stride(-1) == 1 and hs.stride(-2) == Dk
     assert c_out.is_contiguous() and c_out.shape == (K * N, B, Dk)
-    tok0, perm = torch.sort(tok[:, 0])
-    start = torch.searchsorted(tok0, torch.arange(V + 1, device=tok.device, dtype=tok0.dtype))
     h_prev, h_out = hs[:, 0], hs[:, 1]
-    kern.step1_cell_kernel[(V, Dk // BD, K * N)](
-        u, c1, h1, g, tok, perm, start, c_out, h_out, h_prev, B, N, V, tok.stride(0), h_out.stride(0),
-        h_prev.stride(0), Dk=Dk, BD=BD, RB=RB, num_warps=num_warps)
+    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](
+        u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=BD, BB=BB, TABLE=True,
+        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), num_warps=num_warps)
 
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
@@ -668,8 +665,14 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
                                       hs.stride(0), Dk=Dk, BLOCK=block, num_warps=4)
 
 
+# `input_table_kernel`'s tile: all of a 100-token vocabulary and the whole input width in one program
+# (bench/bench_prepare.py --table_tiles, H200 2026-11-29: large 0.168 against 0.345 ms for 64:64:32 at 4
+# warps, xlarge 0.370 against 0.702, medium 0.203 against 0.356)
+INPUT_TABLE_TILE = {"BV": 128, "BU": 64, "BI": 128, "num_warps": 8, "num_stages": 2}
+
+
 def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None = None,
-                 table_cols_first: bool | None = None):
+                 table_cols_first: bool | None = None, tile: dict | None = None):
     """G [K, V, N, 4*Dk] (weight dtype) = emb @ W_in + b per token, in the padded gate layout.
 
     The input of the LSTM is an embedded token, so its input projection takes only V distinct values
@@ -679,7 +682,8 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None =
     (`input_table_kernel`) that writes each value straight into the padded layout; else one batched
     GEMM and one strided copy into that layout (the copy and the bias broadcast cost twice the GEMM at
     the large preset). table_cols_first (tests): the kernel's column blocks on the grid's first axis,
-    which it takes by itself past 65535 of them."""
+    which it takes by itself past 65535 of them. tile (bench/bench_prepare.py): the kernel's BV, BU,
+    BI, num_warps, num_stages, over INPUT_TABLE_TILE."""
     K, V, I = emb.shape
     G = torch.empty(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
     if kernel is None:
@@ -689,12 +693,13 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None =
         from models._lstm_step_triton import input_table_kernel
         e = emb.to(W_in.dtype).contiguous()
         bb = b.reshape(K, -1).to(W_in.dtype).contiguous()
-        BV, BU = 64, 64
+        cfg = {**INPUT_TABLE_TILE, **(tile or {})}
+        BV, BU = cfg.pop("BV"), cfg.pop("BU")
         rows, cols = triton.cdiv(V, BV), 4 * N * triton.cdiv(Dk, BU)
         first = cols > 65535 or bool(table_cols_first)             # a grid's second axis stops at 65535
         input_table_kernel[(cols, rows, K) if first else (rows, cols, K)](
-            e, W_in.contiguous(), bb, G, V, N, D, Dk, I=I, BV=BV, BU=BU, BI=32,
-            IEEE=W_in.dtype == torch.float32 or interpreted(), COLS_FIRST=first, num_warps=4)
+            e, W_in.contiguous(), bb, G, V, N, D, Dk, I=I, BV=BV, BU=BU,
+            IEEE=W_in.dtype == torch.float32 or interpreted(), COLS_FIRST=first, **cfg)
         return G.view(K, V, N, 4 * Dk)
     x = torch.baddbmm(b.reshape(K, 1, -1).to(W_in.dtype), emb.to(W_in.dtype), W_in)    # [K, V, 4*N*D]
     if Dk > D:

@@ -563,8 +563,12 @@ for K, V, I, N, D in [(2, 11, 6, 3, 20), (1, 70, 40, 2, 50), (1, 9, 33, 1, 150),
         ref = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=False)
         out = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True)
         assert out.shape == ref.shape and not out.isnan().any(), (K, V, I, N, D, dt)
-        # the grid with the column blocks first (taken past 65535 of them) writes the same table
+        # the grid with the column blocks first (taken past 65535 of them) writes the same table, and so
+        # does a tile of fewer rows and a shorter input step (several row blocks, several k-steps)
         assert torch.equal(_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, table_cols_first=True), out)
+        small = {{"BV": 16, "BU": 32, "BI": 16, "num_warps": 4, "num_stages": 3}}
+        d = (_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, tile=small).float() - out.float()).abs()
+        assert float(d.max()) <= (2 ** -7 if dt == torch.bfloat16 else 1e-5) * float(out.float().abs().max()) + 1e-6
         pad = out.view(K, V, N, 4, Dk)[..., D:]
         assert torch.equal(pad, torch.zeros_like(pad)), "padding units must be exactly zero"
         # the fp32 sums of the same products in another order: equal up to the last bit of the dtype
@@ -629,10 +633,10 @@ for K, N, D, B, V, BD in [(2, 3, 20, 40, 7, 16), (1, 2, 50, 33, 33, 64), (1, 1, 
         if dt == torch.float32:
             lstm_step_(ref[:, 0], ref[:, 1], W, G, tok, 1, c_ref, c_ref, K=K, N=N, Dk=Dk, BD=BD, BK=BD)
             assert (ref[:, 1] - h_t).abs().max() < 1e-5 and (c_ref - c_t).abs().max() < 1e-5
-        for RB in (16, 4):      # rows of a token in one iteration, or over several
+        for BB in (32, 16):     # the batch in one row tile or in several
             hs = torch.empty(K, 2, B, N, Dk, dtype=dt)
             c = torch.empty(K * N, B, Dk)
-            lstm_first_steps_table_(h0, c0, hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=BD, RB=RB)
+            lstm_first_steps_table_(h0, c0, hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB)
             assert not hs.isnan().any() and not c.isnan().any(), (K, N, D, B, V, dt)
             assert torch.equal(hs[:, 0], ref[:, 0]), (K, N, D, B, V, dt)      # step 0: the same arithmetic
             assert float(hs[..., D:].abs().sum()) == 0.0 and float(c[..., D:].abs().sum()) == 0.0
@@ -648,8 +652,8 @@ def test_first_steps_through_token_tables_match_the_step_kernel():
     memory: step 0's h equal bit for bit; step 1's h and c against torch from step 0's state (and, in
     fp32, the per-step kernel), within fp32 rounding in fp32 and one bf16 rounding of h in bf16;
     padding units exactly zero;
-    vocabularies below, equal to and far below the batch, unit tiles of 16, 32 and 64; a token's rows
-    in one iteration of the cell kernel or in several."""
+    vocabularies below, equal to and far below the batch, unit tiles of 16, 32 and 64, row tiles of 16
+    and 32."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + FIRST_STEPS_SCRIPT).format(root=ROOT)],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -664,10 +668,13 @@ def test_input_table_kernel_compiles_for_sm90():
     from models import _lstm_step_triton as kern
     sig = {"e_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "g_ptr": "*bf16", "V": "i32", "N": "i32", "D": "i32",
            "Dk": "i32"}
-    compiled = _compile_sm90(kern.input_table_kernel, sig, {"I": 100, "BV": 64, "BU": 64, "BI": 32, "IEEE": False},
-                             aligned=("e_ptr", "w_ptr", "b_ptr", "g_ptr", "Dk"), num_warps=4)
-    ptx = compiled.asm["ptx"]
-    assert "mma" in ptx and "st.global.v4" in ptx and "st.global.b16" not in ptx
+    from models.lstm_fused import INPUT_TABLE_TILE
+    for tile in (INPUT_TABLE_TILE, {"BV": 64, "BU": 64, "BI": 32, "num_warps": 4, "num_stages": 3}):
+        cx = {"I": 100, "IEEE": False, **{k: v for k, v in tile.items() if k not in ("num_warps", "num_stages")}}
+        compiled = _compile_sm90(kern.input_table_kernel, sig, cx, aligned=("e_ptr", "w_ptr", "b_ptr", "g_ptr", "Dk"),
+                                 num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        ptx = compiled.asm["ptx"]
+        assert "mma" in ptx and "st.global.v4" in ptx and "st.global.b16" not in ptx, tile
 
 
 def test_first_steps_table_kernels_compile_for_sm90():
@@ -679,12 +686,12 @@ def test_first_steps_table_kernels_compile_for_sm90():
                                                                  "IEEE": False}, aligned=("h_ptr", "w_ptr", "u_ptr"),
                              num_warps=8)
     assert "mma" in compiled.asm["ptx"]
-    ptrs = ("u_ptr", "c1_ptr", "h1_ptr", "g_ptr", "tok_ptr", "perm_ptr", "start_ptr", "c_ptr", "h_ptr", "hp_ptr")
-    sig = {**{p: "*fp32" for p in ("u_ptr", "c1_ptr", "c_ptr")}, **{p: "*bf16" for p in ("g_ptr", "h_ptr", "h1_ptr",
+    ptrs = ("u_ptr", "g_ptr", "tok_ptr", "c0_ptr", "c_ptr", "h_ptr", "h1_ptr", "hp_ptr")
+    sig = {**{p: "*fp32" for p in ("u_ptr", "c0_ptr", "c_ptr")}, **{p: "*bf16" for p in ("g_ptr", "h_ptr", "h1_ptr",
                                                                                           "hp_ptr")},
-           **{p: "*i64" for p in ("tok_ptr", "perm_ptr", "start_ptr")}, "B": "i32", "N": "i32", "V": "i32",
-           "tok_stride_b": "i32", "stride_hk": "i32", "stride_hpk": "i32"}
-    compiled = _compile_sm90(kern.step1_cell_kernel, sig, {"Dk": 320, "BD": 64, "RB": 16},
+           "tok_ptr": "*i64", "B": "i32", "N": "i32", "V": "i32", "tok_stride_b": "i32", "t": "i32", "stride_hk": "i32",
+           "stride_hpk": "i32"}
+    compiled = _compile_sm90(kern.first_step_cell_kernel, sig, {"Dk": 320, "BD": 64, "BB": 32, "TABLE": True},
                              aligned=ptrs + ("stride_hk", "stride_hpk"), num_warps=4)
     ptx = compiled.asm["ptx"]
     assert ptx.count("st.global.v4") >= 3 and "st.global.b16" not in ptx and "st.global.f32 " not in ptx
