@@ -338,7 +338,7 @@ def make_batch(B: int, T: int, dev, seed: int = 1234) -> Batch:
     tokens = torch.randint(0, VOCAB, (B, T + 1), generator=g)
     inputs, targets = tokens[:, :-1].clone(), tokens[:, 1:].clone()
     targets[:, :min(SCORED_FROM, T - 1)] = IGNORE_INDEX
-    return Batch(inputs=inputs, targets=targets).to(dev)
+    return Batch(inputs=inputs, targets=targets, scored_from=min(SCORED_FROM, T - 1)).to(dev)
 
 
 def time_fn(b: Bench, fn, *, reps: int, warm: int) -> list[float]:

@@ -632,7 +632,7 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 @triton.jit
 def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
                            Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, TABLE: tl.constexpr = False,
-                           h1_ptr=None, hp_ptr=None, stride_hpk=0):
+                           h1_ptr=None, hp_ptr=None, stride_hpk=0, COPY_H1: tl.constexpr = True):
     """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
     of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
     in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
@@ -642,7 +642,8 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     TABLE: step t = 1 from tables over the token of step 0 (`lstm_first_steps_table_`): with
     j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
     G[k, token[b, 1], n] and c from c0 [K*N, V, Dk]; the row's step-0 state h1 [K, V, N, Dk] (rows of
-    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk)."""
+    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk), unless
+    not COPY_H1 (a chunk whose step-0 h nobody reads)."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
     kn = tl.program_id(2).to(tl.int64)
     k = kn // N
@@ -664,8 +665,10 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
                               tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
                               tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
                               c_prev, FAST)
-        h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
-        tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
+        if COPY_H1:
+            h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2,
+                         other=0.0)
+            tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
     else:
         ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds              # the unit tile's four gates, BD columns each
         zero = tl.zeros([BB, BD], tl.float32)

@@ -148,6 +148,14 @@ class LSTMModel(nn.Module):
         return lstm_fused.loss_chunk_stacked_fused(P, tokens_BT, targets_BT, state, num_heads=self.N,
                                                    ignore_index=ignore_index)
 
+    def advance_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, state):
+        """The state of K stacked models after this chunk, without its logits (a chunk with no scored
+        target); the fused backend skips the output projection and step 0's copy of h."""
+        if self._fused() != "fused":
+            return self.forward_chunk_stacked(P, tokens_BT, state)[1]
+        from models import lstm_fused
+        return lstm_fused.advance_chunk_stacked_fused(P, tokens_BT, state, num_heads=self.N)
+
     def forward(self, tokens_BT: torch.Tensor, state=None, *, time_chunk: int = 0):
         """Logits for the whole sequence (chunked internally when time_chunk > 0)."""
         if state is None:

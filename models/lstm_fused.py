@@ -469,16 +469,17 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
 
 
 def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
-                            num_warps: int = 4) -> None:
+                            num_warps: int = 4, copy_h1: bool = True) -> None:
     """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
     After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
     B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays where V is well below B (the paper's shapes: V = 100, B = 1024):
-    `_recurrence_chunk` uses it only for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written),
+    `_recurrence_chunk` uses it only for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written; step
+    0 only if copy_h1),
     c_out [K*N, B, Dk] fp32 (c after step 1), the rest as in `lstm_first_step_`. Step 0's h equals
     `lstm_first_step_`'s; step 1's recurrent sum is a different GEMM's (equal to the step kernel's on
     the H200, bench/bench_first_steps.py, but not promised: it may differ by rounding)."""
     tables = first_steps_tables(h0, c0, w, g, K=K, N=N, Dk=Dk, BD=BD, dtype=hs.dtype)
-    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps)
+    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps, copy_h1=copy_h1)
 
 
 def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype):
@@ -503,9 +504,9 @@ def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype)
 
 
 def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
-                      num_warps: int = 4) -> None:
+                      num_warps: int = 4, copy_h1: bool = True) -> None:
     """Step 1's cell from the tables of `first_steps_tables`, per row with j = tok[b, 0]:
-    c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0]
+    c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0] if copy_h1
     (`first_step_cell_kernel`, TABLE: tiles of BB rows x BD units, the table rows gathered per row).
     BB, num_warps: bench/bench_first_steps.py (BB 32 measured fastest at large; a program per token
     reading its table values once, and rows sorted by token, were both slower on the H200)."""
@@ -518,7 +519,7 @@ def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD:
     h_prev, h_out = hs[:, 0], hs[:, 1]
     kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](
         u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=BD, BB=BB, TABLE=True,
-        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), num_warps=num_warps)
+        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), COPY_H1=copy_h1, num_warps=num_warps)
 
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
@@ -750,9 +751,11 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
     return out
 
 
-def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
+def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None,
+                      all_steps: bool = True):
     """The recurrence of `forward_chunk_stacked_fused`: (P with its per-pass layouts, hidden states
-    hs [K, Tc, B, N, Dk] in the weight dtype, c [K*N, B, Dk] fp32 after the chunk)."""
+    hs [K, Tc, B, N, Dk] in the weight dtype, c [K*N, B, Dk] fp32 after the chunk). all_steps False:
+    only the last step's h is needed (`step1_table` then leaves step 0's h unwritten)."""
     if "_fused" not in P:
         P = prepare_fused(P, num_heads=num_heads)
     f = P["_fused"]
@@ -822,7 +825,8 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         if first_gemv and h_in.stride(1) == 0 and c_in.stride(1) == 0 and T >= 1:
             if step1_table and T >= 2 and G.shape[1] <= B:
                 # steps 0 and 1 through tables over step 0's token (V rows instead of B)
-                lstm_first_steps_table_(h_in[:, 0], c_in[:, 0], hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=bd)
+                lstm_first_steps_table_(h_in[:, 0], c_in[:, 0], hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=bd,
+                                        copy_h1=all_steps)
                 h_in, c_in, t0 = hs[:, 1], c, 2
             else:
                 # every row starts from the same state: step 0's recurrent term is one h0 @ W per head
@@ -868,6 +872,13 @@ def _chunk_logits(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, st
     f = P["_fused"]
     logits = torch.baddbmm(f["bout"], hs.view(K, T * B, -1), f["Wout"])           # [K, T*B, Vp]
     return P, logits[..., :f["V"]], (hs[:, T - 1], c)
+
+
+def advance_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
+    """The state after this chunk, as `forward_chunk_stacked_fused` returns it, without the chunk's
+    output projection (a chunk with no scored target)."""
+    P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config, all_steps=False)
+    return hs[:, -1], c
 
 
 def loss_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *, num_heads: int,

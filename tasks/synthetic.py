@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from .base import Task, check_int
-from .batch import Batch
+from .batch import Batch, first_scored
 from .loss import IGNORE_INDEX
 from .tokenizers import BOS_ID, EOS_ID, PAD_ID, SEP_ID, NumericTokenizer
 
@@ -63,7 +63,9 @@ def assemble(prompt: torch.Tensor, p_len: torch.Tensor, answer: torch.Tensor, a_
     t = j[:, :-1]
     scored = (t >= sep_pos) & (t < eos_pos)
     targets = torch.where(scored, seq[:, 1:], IGNORE_INDEX)
-    return Batch(inputs=seq[:, :-1], targets=targets)
+    # on the CPU the first scored step costs no device sync: chunks before it skip their logits
+    return Batch(inputs=seq[:, :-1], targets=targets,
+                 scored_from=first_scored(targets) if device.type == "cpu" else 0)
 
 
 class SyntheticTask(Task):

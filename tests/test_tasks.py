@@ -529,3 +529,25 @@ def test_loss_on_task_batch():
     tok, seq = masked_accuracy(perfect, b.targets)
     assert tok.item() == 1.0 and seq.item() == 1.0
     assert masked_cross_entropy(perfect, b.targets).item() < 1e-6
+
+
+def test_scored_from_is_a_checked_promise():
+    """`Batch.scored_from` promises no scored target before that step: `first_scored` computes it, a
+    wrong promise or one past the sequence is refused with the value to pass, `to` keeps it, and the
+    synthetic tasks set it from their CPU targets (the prompt is never scored)."""
+    import torch
+    from tasks import IGNORE_INDEX
+    from tasks.batch import Batch, first_scored
+    tgt = torch.full((3, 6), IGNORE_INDEX)
+    inp = torch.zeros(3, 6, dtype=torch.long)
+    assert first_scored(tgt) == 6
+    tgt[2, 4], tgt[0, 5] = 1, 2
+    assert first_scored(tgt) == 4
+    assert Batch(inp, tgt, scored_from=4).to("cpu").scored_from == 4
+    with pytest.raises(ValueError, match="a target at time step 4 is scored; pass scored_from=first_scored"):
+        Batch(inp, tgt, scored_from=5)
+    with pytest.raises(ValueError, match=r"scored_from must be an int in \[0, 6\]"):
+        Batch(inp, tgt, scored_from=7)
+    b = CopyTask(seq_length=5, max_num=10).batch(batch_size=16, min_len=2, max_len=5,
+                                                 generator=torch.Generator().manual_seed(0))
+    assert 0 < b.scored_from == first_scored(b.targets)

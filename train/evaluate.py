@@ -60,18 +60,27 @@ def evaluate_batch(model, batch: Batch, *, time_chunk: int = 0):
 
 
 def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, micro_batch_size: int = 0) -> torch.Tensor:
-    """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked)."""
+    """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked). Time
+    chunks wholly before `batch.scored_from` only advance the state (`advance_chunk_stacked` where the
+    model has one): the same sums, without their output projection."""
     B, T = batch.inputs.shape
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     step = time_chunk if time_chunk > 0 else T
     total, count = None, None
     prep = getattr(model, "prepare_stacked", None)
     P = (prep(P) if prep is not None else None) or P      # per-pass layouts, built once for all chunks
+    K = next(t.shape[0] for t in P.values() if torch.is_tensor(t))
     fused_loss = getattr(model, "loss_chunk_stacked", None)
+    advance = getattr(model, "advance_chunk_stacked", None)
     for r0 in range(0, B, mb):
         inp, tgt = batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb]
         state = model.init_state_stacked(P, inp.shape[0])
         for t0 in range(0, T, step):
+            if t0 + step <= batch.scored_from:
+                # no target of this chunk is scored (the batch promises it): the state only, no logits
+                state = advance(P, inp[:, t0:t0 + step], state) if advance else \
+                    model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)[1]
+                continue
             tg = tgt[:, t0:t0 + step]
             # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself
             out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX) if fused_loss else None
@@ -83,4 +92,6 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
                 s, c = masked_ce_sum_stacked(logits, tg)
             total = s if total is None else total + s
             count = c if count is None else count + c
+    if total is None:           # no chunk holds a scored target
+        return torch.zeros(K, device=batch.inputs.device)
     return (total / count.clamp(min=1)).float()
