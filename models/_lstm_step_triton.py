@@ -33,7 +33,10 @@ slower at large (1.63 against 1.28 ms a step), equal at medium; opt-in through t
 `first_step_gemv_kernel` and `first_step_cell_kernel` run step 0 of a chunk whose initial state is
 the same for every batch row (the learned h0, c0): the recurrent term is then one matrix-vector
 product per head, and the cell a pass over tiles of rows x units (step-config key `first_gemv`; the
-H200's entries for medium, large and xlarge have it: 6-10% faster end to end, 2026-11-29).
+H200's entries for medium, large and xlarge have it: 6-10% faster end to end, 2026-11-29). With
+`step1_table` step 1 follows from tables over step 0's token: `first_step_cell_kernel` over the V
+tokens gives (h1, c1) per token, `token_table_gemm_kernel` their recurrent term, and the cell kernel's
+TABLE form gathers them per row (3-6% faster at large end to end, bit-equal on the H200).
 
 `input_table_kernel` builds the per-pass input table G = emb @ W_in + b straight into its padded
 gate layout (1.4-1.5x faster than a batched GEMM plus a strided copy at large and xlarge on the H200).
