@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_prepare import DEFAULT_K, cuda_ms  # noqa: E402
+from bench_prepare import DEFAULT_K, copy_gbs, cuda_ms, write_report  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
 from models.lstm_fused import (default_step_config, first_steps_cell_, first_steps_tables,  # noqa: E402
                                lstm_first_step_, lstm_step_, step_tiles)
@@ -50,17 +50,14 @@ def main(argv=None) -> int:
         sys.exit("bench_first_steps.py needs a CUDA device")
     cells = [tuple(map(int, c.split("x"))) for c in a.cells.split(",")]
     dev = torch.device("cuda")
-    src = torch.empty(1 << 28, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() / cuda_ms(lambda: dst.copy_(src), a.reps) / 1e6
-    del src, dst
+    copy = copy_gbs(dev, a.reps)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
     B, V = a.batch, a.vocab
     head = " | ".join(f"cell {bb}x{w}" for bb, w in cells)
     lines = [f"# Steps 0 and 1 from the broadcast state ({stamp} UTC, {torch.cuda.get_device_name(dev)}, "
              f"torch {torch.__version__})", "",
              f"Command: `python bench/bench_first_steps.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
-             f"B = {B}, V = {V}, bf16. Device-to-device copy bandwidth measured in this run: {copy_gbs:.0f} GB/s "
+             f"B = {B}, V = {V}, bf16. Device-to-device copy bandwidth measured in this run: {copy:.0f} GB/s "
              "(read + write). ms per pass (steps 0 and 1 of one chunk).", "",
              f"| size | K | Dk | BD | first_gemv + step kernel | tables | {head} | step1_table total | "
              "table ceiling | step 0 h equal | max diff h | max diff c |",
@@ -108,17 +105,14 @@ def main(argv=None) -> int:
             t_new.append(cuda_ms(cell, a.reps))
         rows = K * N * B * Dk
         tab = K * N * V * Dk * (4 * 4 + 4 + 2)            # u (fp32, 4 gates), c1 (fp32), h1 (bf16)
-        floor = (rows * (4 + 2 + 2) + K * V * N * 4 * Dk * 2 + tab) / (copy_gbs * 1e6)
+        floor = (rows * (4 + 2 + 2) + K * V * N * 4 * Dk * 2 + tab) / (copy * 1e6)
         lines.append(f"| {size} | {K} | {Dk} | {BD} | {t_old:.3f} ms | {t_tab:.3f} ms | "
                      + " | ".join(f"{t:.3f} ms" for t in t_new)
                      + f" | {t_tab + min(t_new):.3f} ms | {floor:.3f} ms | {'yes' if same0 else 'NO'} | {dh:.2e} | {dc:.2e} |")
         print(lines[-1], flush=True)
         del W, G, hs, c, ref_h0, ref_h, ref_c, tables
         torch.cuda.empty_cache()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_first_steps_{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(a.out, "bench_first_steps", stamp, lines)
     return 0
 
 

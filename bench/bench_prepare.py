@@ -53,6 +53,21 @@ def cuda_ms(fn, reps: int) -> float:
     return time_ms(fn, reps, warmup=1)[0]
 
 
+def copy_gbs(dev, reps: int) -> float:
+    """Device-to-device copy bandwidth (read + write, GB/s) of a 256 MiB copy: the ceilings' yardstick."""
+    src = torch.empty(1 << 28, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / cuda_ms(lambda: dst.copy_(src), reps) / 1e6
+
+
+def write_report(out: str, name: str, stamp: str, lines: list[str]) -> None:
+    """lines as <out>/<name>_<stamp>.md, and printed."""
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"{name}_{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="medium,large,xlarge")
@@ -64,15 +79,12 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         sys.exit("bench_prepare.py needs a CUDA device")
     dev = torch.device("cuda")
-    src = torch.empty(1 << 28, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() / cuda_ms(lambda: dst.copy_(src), a.reps) / 1e6
-    del src, dst
+    copy = copy_gbs(dev, a.reps)
     gpu = torch.cuda.get_device_name(dev)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H%M%S")
     lines = [f"# Per-pass preparation of the fused forward ({stamp} UTC, {gpu}, torch {torch.__version__})", "",
              f"Command: `python bench/bench_prepare.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
-             f"Device-to-device copy bandwidth measured in this run: {copy_gbs:.0f} GB/s (read + write).", "",
+             f"Device-to-device copy bandwidth measured in this run: {copy:.0f} GB/s (read + write).", "",
              "| size | K | D→Dk | BD | W GB | tile W: now | tile by tile (before) | copy ceiling | input table: kernel | "
              "input table: GEMM + copy | table ceiling | table max diff | rest of prepare_fused |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -92,14 +104,14 @@ def main(argv=None) -> int:
         t_now = cuda_ms(lambda: tile_recurrent_weight(R, N=N, Dk=Dk, BD=BD), a.reps)
         t_old = cuda_ms(lambda: tile_by_tile(R, N=N, Dk=Dk, BD=BD), a.reps)
         w_bytes = K * N * Dk * 4 * Dk * R.element_size()
-        floor = (R.numel() * R.element_size() + w_bytes) / (copy_gbs * 1e6)
+        floor = (R.numel() * R.element_size() + w_bytes) / (copy * 1e6)
         # the input table: the Triton kernel (default on CUDA) against the GEMM + strided copy it replaced
         tab = dict(emb=P["embedding"], W_in=P["W_in"], b=P["b"], N=N, D=D, Dk=Dk)
         diff = float((_input_table(**tab, kernel=True).float() - _input_table(**tab, kernel=False).float()).abs().max())
         t_tab = cuda_ms(lambda: _input_table(**tab, kernel=True), a.reps)
         t_tab_old = cuda_ms(lambda: _input_table(**tab, kernel=False), a.reps)
         V = P["embedding"].shape[1]
-        tab_floor = (P["W_in"].numel() + K * V * N * 4 * Dk) * R.element_size() / (copy_gbs * 1e6)
+        tab_floor = (P["W_in"].numel() + K * V * N * 4 * Dk) * R.element_size() / (copy * 1e6)
         for spec in filter(None, a.table_tiles.split(",")):
             bv, bu, bi, w, st = map(int, spec.split(":"))
             tile = {"BV": bv, "BU": bu, "BI": bi, "num_warps": w, "num_stages": st}
@@ -118,10 +130,7 @@ def main(argv=None) -> int:
         lines += ["", f"Input-table kernel tiles (BV:BU:BI:warps:stages; the default is "
                   f"{':'.join(str(v) for v in INPUT_TABLE_TILE.values())}):", "",
                   "| size | tile | input table | max diff to GEMM + copy |", "|---|---|---|---|"] + extra
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_prepare_{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(a.out, "bench_prepare", stamp, lines)
     return 0
 
 
