@@ -11,8 +11,8 @@ this GPU's tuned step config), with CUDA events (median of --reps):
   step 1's cell (`first_steps_cell_`) at BB rows a program and W warps, for each --cells variant;
   the total is tables + the best cell;
 - whether step 0's h equals the first form's bit for bit, and the largest difference of step 1's h
-  and c between the two (the recurrent sum runs in another
-  order), each variant writing into NaN-filled buffers;
+  and c between the two (the recurrent sum runs in another order), each variant writing into
+  NaN-filled buffers;
 - the ceiling of the table form: step 1's c (fp32) and both steps' h written once, plus the input
   gates and the tables read once, at the device-to-device copy bandwidth measured in the same run.
 Writes `bench_first_steps_<date>.md` under --out.

@@ -658,16 +658,14 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     m2 = bmask[:, None] & (ds < BD)[None, :]
     rows = bs.to(tl.int64)
     tok = tl.load(tok_ptr + rows * tok_stride_b + t, mask=bmask, other=0)
-    gp = g_ptr + (((k * V + tok) * N + n) * (4 * Dk) + d0)[:, None] + ds[None, :]
+    g_i, g_f, g_z, g_o = _gate_tile_raw(_g_rows(g_ptr, tok, k, n, V, N, Dk), d0, bmask, BD, Dk)
     if TABLE:
         j = tl.load(tok_ptr + rows * tok_stride_b + t - 1, mask=bmask, other=0)
         ub = u_ptr + ((kn * V + j) * (4 * Dk) + 4 * d0)[:, None] + ds[None, :]
         c_prev = tl.load(c0_ptr + ((kn * V + j) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
         c_new, h = _cell_math(tl.load(ub, mask=m2, other=0.0), tl.load(ub + BD, mask=m2, other=0.0),
                               tl.load(ub + 2 * BD, mask=m2, other=0.0), tl.load(ub + 3 * BD, mask=m2, other=0.0),
-                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
-                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
-                              c_prev, FAST)
+                              g_i, g_f, g_z, g_o, c_prev, FAST)
         if COPY_H1:
             h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2,
                          other=0.0)
@@ -677,9 +675,7 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
         zero = tl.zeros([BB, BD], tl.float32)
         c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
                               zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
-                              tl.load(gp, mask=m2, other=0.0), tl.load(gp + Dk, mask=m2, other=0.0),
-                              tl.load(gp + 2 * Dk, mask=m2, other=0.0), tl.load(gp + 3 * Dk, mask=m2, other=0.0),
-                              zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
+                              g_i, g_f, g_z, g_o, zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
     tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty),
              mask=m2)

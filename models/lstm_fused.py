@@ -467,15 +467,14 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
                                                                        BD=BD, BB=BB, num_warps=4)
 
 
-
 def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
                             num_warps: int = 4, copy_h1: bool = True) -> None:
     """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
     After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
-    B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays where V is well below B (the paper's shapes: V = 100, B = 1024):
-    `_recurrence_chunk` uses it only for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written; step
-    0 only if copy_h1),
-    c_out [K*N, B, Dk] fp32 (c after step 1), the rest as in `lstm_first_step_`. Step 0's h equals
+    B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays
+    where V is well below B (the paper's shapes: V = 100, B = 1024): `_recurrence_chunk` uses it only
+    for V <= B. hs [K, T >= 2, B, N, Dk] (steps 0 and 1 written; step 0 only if copy_h1), c_out
+    [K*N, B, Dk] fp32 (c after step 1), the rest as in `lstm_first_step_`. Step 0's h equals
     `lstm_first_step_`'s; step 1's recurrent sum is a different GEMM's (equal to the step kernel's on
     the H200, bench/bench_first_steps.py, but not promised: it may differ by rounding)."""
     tables = first_steps_tables(h0, c0, w, g, K=K, N=N, Dk=Dk, BD=BD, dtype=hs.dtype)

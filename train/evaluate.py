@@ -69,7 +69,6 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     total, count = None, None
     prep = getattr(model, "prepare_stacked", None)
     P = (prep(P) if prep is not None else None) or P      # per-pass layouts, built once for all chunks
-    K = next(t.shape[0] for t in P.values() if torch.is_tensor(t))
     fused_loss = getattr(model, "loss_chunk_stacked", None)
     advance = getattr(model, "advance_chunk_stacked", None)
     for r0 in range(0, B, mb):
@@ -93,5 +92,5 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
             total = s if total is None else total + s
             count = c if count is None else count + c
     if total is None:           # no chunk holds a scored target
-        return torch.zeros(K, device=batch.inputs.device)
+        return torch.zeros(next(t.shape[0] for t in P.values() if torch.is_tensor(t)), device=batch.inputs.device)
     return (total / count.clamp(min=1)).float()
