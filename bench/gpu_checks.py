@@ -291,6 +291,45 @@ def engine_kernel_checks(dev):
         zk.MULTI_MAX_NUMEL = old
 
 
+def early_update_checks(dev):
+    """zo_step's update queued before the sync (coefficients and the finiteness guard on the device)
+    against the update made after it, over 3 steps, bit for bit; and a NaN loss: the step raises with
+    master and live unchanged."""
+    from train.zo_step import NonFiniteLossError, zo_step
+    from zo.comm import LocalComm
+    cfg = ModelConfig(vocab_size=100, input_size=32, hidden_size=256, num_heads=4, dtype="bfloat16")
+
+    def run(early, nan_at=None, steps=3):
+        model = build_model(cfg, generator=torch.Generator().manual_seed(0), device=dev)
+        e = ZOEngine(model.named_parameters(), config=ZOConfig(num_perturbations=4, master_dtype=torch.float32),
+                     run_seed=3)
+        e.update_before_sync = early and e.update_before_sync
+
+        def stacked(P):
+            loss = sum((t.float().reshape(t.shape[0], -1) * 0.1).sin().sum(1) for t in P.values())
+            if nan_at is not None:
+                loss[nan_at] = float("nan")
+            return loss
+        before = [(p.master.clone(), p.live.clone()) for p in e.params]
+        try:
+            for step in range(steps):
+                zo_step(e, step=step, lr=1e-2, loss_for_probe=None, comm=LocalComm(dev), stacked_loss=stacked,
+                        models_per_pass=2)
+            raised = False
+        except NonFiniteLossError:
+            raised = True
+        unchanged = all(torch.equal(p.master, m0) and torch.equal(p.live, l0) for p, (m0, l0) in zip(e.params, before))
+        return e, raised, unchanged
+    ea, _, moved_a = run(True)
+    eb, _, _ = run(False)
+    check("update queued before the sync == update after it, 3 steps (master, live), bitwise",
+          ea.update_before_sync and not moved_a and all(torch.equal(p.master, q.master) and torch.equal(p.live, q.live)
+                                                        for p, q in zip(ea.params, eb.params)))
+    _, raised, unchanged = run(True, nan_at=1, steps=1)
+    check("a NaN loss with the update queued before the sync: raises, master and live bitwise unchanged",
+          raised and unchanged)
+
+
 def fused_loss_checks(dev):
     """The fused output projection + loss kernel (models/logits_ce.py) against the bf16 logits scored
     by masked_ce_sum_stacked, at the tiny and small presets' widths and the paper's B, T and V."""
@@ -324,7 +363,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for fn in (noise_checks, restore_check, forward_check, backend_checks, step_form_checks, fused_loss_checks,
                graph_checks,
-               kernel_checks, engine_kernel_checks):
+               kernel_checks, engine_kernel_checks, early_update_checks):
         try:
             fn(dev)
         except Exception as e:  # report and continue: one broken check must not hide the others

@@ -33,8 +33,15 @@ def ce_sum_stacked(logits_KRV: torch.Tensor, targets_BT: torch.Tensor, *, ignore
     """Cross-entropy sums [K] (fp64) of logits [K, R, V] (rows r = t*B + b, last dim contiguous, any
     row stride: a view of wider padded logits is fine) against targets [B, T], unscored where the
     target is `ignore_index`; equal to `tasks.loss.masked_ce_sum_stacked` of the same logits up to
-    summation order. Per tile of BM rows the sum is fp32; the tiles are summed in fp64 in a fixed
-    order, so the result is deterministic."""
+    summation order: the row sums of `ce_tile_sums_stacked`, in fp64."""
+    return ce_tile_sums_stacked(logits_KRV, targets_BT, ignore_index=ignore_index, BM=BM, VB=VB).double().sum(dim=1)
+
+
+def ce_tile_sums_stacked(logits_KRV: torch.Tensor, targets_BT: torch.Tensor, *, ignore_index: int, BM: int = 32,
+                         VB: int = 0) -> torch.Tensor:
+    """The cross-entropy sums of `ce_sum_stacked` per tile of BM rows, unsummed: fp32 [K, cdiv(R, BM)]
+    (0 for a tile with no scored target). A caller scoring several chunks sums all their tiles in
+    one reduction instead of one per chunk."""
     import triton
     K, R, V = logits_KRV.shape
     B, T = targets_BT.shape
@@ -49,4 +56,4 @@ def ce_sum_stacked(logits_KRV: torch.Tensor, targets_BT: torch.Tensor, *, ignore
     out = torch.empty(K, grid[0], dtype=torch.float32, device=logits_KRV.device)
     _kernel()[grid](logits_KRV, tgt, out, R, B, V, logits_KRV.stride(0), logits_KRV.stride(1), tgt.stride(0),
                     tgt.stride(1), ignore_index, BM=BM, VB=VB, V_LOOP=V if interpreted() else -1, num_warps=4)
-    return out.double().sum(dim=1)
+    return out

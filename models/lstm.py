@@ -136,10 +136,10 @@ class LSTMModel(nn.Module):
 
     def loss_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *,
                            ignore_index: int):
-        """(cross-entropy sums [K] fp64 over this chunk's scored targets, state) of K stacked models,
-        scored by one kernel where the output GEMM left the logits; None where this backend has no
-        such loss (then the caller scores forward_chunk_stacked's logits: same sums up to summation
-        order)."""
+        """(cross-entropy sums over this chunk's scored targets, fp32 [K, n] per row tile: their row
+        sums are the chunk's sums, state) of K stacked models, scored by one kernel where the output
+        GEMM left the logits; None where this backend has no such loss (then the caller scores
+        forward_chunk_stacked's logits: same sums up to summation order)."""
         if self._fused() != "fused":
             return None
         from models import logits_ce, lstm_fused

@@ -882,13 +882,13 @@ def advance_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
 
 def loss_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *, num_heads: int,
                              ignore_index: int, step_config=None):
-    """(cross-entropy sums [K] fp64 over the chunk's scored targets, state) of K stacked LSTMs: the
-    recurrence and output GEMM of `forward_chunk_stacked_fused`, then one kernel that scores the
-    logits where the GEMM left them (models/logits_ce.py): no fp32 copy, reordering or log-softmax
-    pass over them."""
-    from models.logits_ce import ce_sum_stacked
+    """(cross-entropy sums over the chunk's scored targets per row tile, fp32 [K, tiles] (their row
+    sums are the chunk's sums), state) of K stacked LSTMs: the recurrence and output GEMM of
+    `forward_chunk_stacked_fused`, then one kernel that scores the logits where the GEMM left them
+    (models/logits_ce.py): no fp32 copy, reordering or log-softmax pass over them."""
+    from models.logits_ce import ce_tile_sums_stacked
     P, logits, state = _chunk_logits(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
-    return ce_sum_stacked(logits, targets_BT, ignore_index=ignore_index), state
+    return ce_tile_sums_stacked(logits, targets_BT, ignore_index=ignore_index), state
 
 
 def forward_chunk_stacked_bmm(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):

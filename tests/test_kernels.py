@@ -497,3 +497,70 @@ def test_engine_kernel_path_uploads_keys_once_and_matches_per_tensor_calls():
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert lines == ["drop 0.0 True True", "drop 0.25 True True", "stack_plans 1", "adam True True"], out.stdout
+
+
+EARLY_UPDATE_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from models import ModelConfig, build_model
+from train.zo_step import NonFiniteLossError, zo_step
+from zo.comm import LocalComm
+from zo.estimator import ZOConfig, ZOEngine
+m = build_model(ModelConfig(vocab_size=11, input_size=6, hidden_size=12, num_heads=3), generator=torch.Generator().manual_seed(0))
+start = [t.detach().clone() for _, t in m.named_parameters()]
+
+def engines(**kw):
+    out = []
+    for early in (True, False):
+        e = ZOEngine(zip([n for n, _ in m.named_parameters()], [t.clone() for t in start]),
+                     config=ZOConfig(num_perturbations=3, **kw), run_seed=5)
+        e.use_kernels = True                     # the CUDA path, run by the Triton interpreter on CPU
+        e.update_before_sync = early
+        out.append(e)
+    return out
+
+def stacked_for(e, bad_at=None):
+    def stacked(P):
+        # a deterministic function of the probed tensors: one loss per model
+        loss = sum((t.float().reshape(t.shape[0], -1) * 0.1).sin().sum(1) for t in P.values())
+        if bad_at is not None:
+            loss = loss.clone(); loss[bad_at] = float("nan")
+        return loss
+    return stacked
+
+for kw in (dict(), dict(probe_normalization=True, distribution="normal")):
+    a, b = engines(**kw)
+    for step in (0, 1, 2):
+        for e in (a, b):
+            zo_step(e, step=step, lr=0.05, loss_for_probe=None, comm=LocalComm(), stacked_loss=stacked_for(e),
+                    models_per_pass=2)
+    same = all(torch.equal(p.master, q.master) and torch.equal(p.live, q.live) for p, q in zip(a.params, b.params))
+    moved = any(not torch.equal(p.master, d) for p, d in zip(a.params, start))
+    print("equal", same, moved)
+# a NaN loss: the queued update is a no-op and the step raises
+a, _ = engines()
+before = [(p.master.clone(), p.live.clone()) for p in a.params]
+try:
+    zo_step(a, step=0, lr=0.05, loss_for_probe=None, comm=LocalComm(), stacked_loss=stacked_for(a, bad_at=1),
+            models_per_pass=2)
+    print("no error")
+except NonFiniteLossError as err:
+    print("raised", err.step, all(torch.equal(p.master, m0) and torch.equal(p.live, l0)
+                                  for p, (m0, l0) in zip(a.params, before)))
+wd = ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=3, weight_decay=0.1), run_seed=5)
+wd.use_kernels = True
+print("wd", wd.update_before_sync)
+"""
+
+
+def test_update_queued_before_the_sync_equals_the_update_after_it_and_a_nan_leaves_theta():
+    """zo_step's early update (coefficients kept on the device, guarded on device) ends bit-equal to
+    the update made after the sync, with and without probe normalisation; a NaN loss raises with
+    master and live bitwise unchanged."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", EARLY_UPDATE_SCRIPT.format(root=root)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines() == ["equal True True", "equal True True", "raised 0 True", "wd False"], out.stdout

@@ -66,7 +66,7 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     B, T = batch.inputs.shape
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     step = time_chunk if time_chunk > 0 else T
-    total, count = None, None
+    total, tiles = None, []
     prep = getattr(model, "prepare_stacked", None)
     P = (prep(P) if prep is not None else None) or P      # per-pass layouts, built once for all chunks
     fused_loss = getattr(model, "loss_chunk_stacked", None)
@@ -84,13 +84,18 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
             # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself
             out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX) if fused_loss else None
             if out is not None:
-                s, state = out
-                c = (tg != IGNORE_INDEX).sum()
+                part, state = out
+                tiles.append(part)    # per-tile sums: all chunks' tiles are summed in one reduction below
             else:
                 logits, state = model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)
-                s, c = masked_ce_sum_stacked(logits, tg)
-            total = s if total is None else total + s
-            count = c if count is None else count + c
+                s, _ = masked_ce_sum_stacked(logits, tg)
+                total = s if total is None else total + s
+    if tiles:
+        # one fp64 reduction over every chunk's fp32 tile sums (a chunk's own sum differs only by fp64 rounding)
+        s = torch.cat(tiles, dim=1).double().sum(dim=1)
+        total = s if total is None else total + s
     if total is None:           # no chunk holds a scored target
         return torch.zeros(next(t.shape[0] for t in P.values() if torch.is_tensor(t)), device=batch.inputs.device)
+    # the scored targets of the chunks scored above, counted once (not per chunk: fewer small kernels)
+    count = (batch.targets[:, (batch.scored_from // step) * step:] != IGNORE_INDEX).sum()
     return (total / count.clamp(min=1)).float()

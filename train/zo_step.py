@@ -9,7 +9,7 @@ import torch
 
 
 class NonFiniteLossError(RuntimeError):
-    """A probe loss was NaN or inf; raised on every rank before any update."""
+    """A probe loss was NaN or inf; raised on every rank, with the weights as they were before the step."""
 
     def __init__(self, step: int, lr: float):
         super().__init__(f"non-finite loss at step {step} (lr={lr:g}); the weights were NOT updated. "
@@ -34,7 +34,10 @@ def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=N
     stacked_loss(P) with models_per_pass > 1: evaluate that many perturbed models per forward
     (same batch for all probes); the losses are the same as the one-at-a-time path's.
     One host synchronisation: coefficients and mean loss come back together, and a non-finite
-    value stops the step before the update (on every rank alike, since all see the same losses)."""
+    value stops the step with the weights unchanged (on every rank alike, since all see the same
+    losses). Where the engine allows it (`update_before_sync`), the update is queued before that
+    sync with a device-side finiteness guard that turns it into a no-op, so its launches overlap
+    the forwards instead of following the sync."""
     t0 = time.perf_counter()
     seeds = engine.seeds(step)
     lo, hi = comm.shard(len(seeds))
@@ -62,13 +65,16 @@ def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=N
         # now, while the GPU still works through the forwards
         stacked = stacked_loss is not None and models_per_pass > 1
         prefetch(seeds, engine.seeds(step + 1)[lo:hi], models_per_pass=models_per_pass if stacked else 1)
+    early = getattr(engine, "update_before_sync", False)
+    if early:
+        engine.enqueue_update(seeds, coefs, torch.isfinite(packed).all(), lr=lr)
     ts0 = time.perf_counter()
     host = packed.tolist()  # the one sync: on a GPU, the queued forwards finish here (sync_wait_s)
     ts1 = time.perf_counter()
     if not all(math.isfinite(v) for v in host):
         raise NonFiniteLossError(step, lr)
     train_loss = host[-1]
-    info = engine.update(seeds, host[:-1], lr=lr)
+    info = {} if early else engine.update(seeds, host[:-1], lr=lr)
     t3 = time.perf_counter()
     # On a GPU the phases before the sync only launch work: probe_eval_s is host time, the forwards'
     # device time lands in sync_wait_s, and the update's kernels finish after this function returns.

@@ -188,6 +188,12 @@ class ZOEngine:
         # noise keys on the device by seed tuple (a pure function of it), so that `prefetch_keys` can
         # hash and upload a step's keys while the GPU runs the forwards instead of after the sync
         self._keys_cache: dict[tuple, torch.Tensor] = {}
+        # `enqueue_update` can queue the update before the step's host sync (its coefficients stay on
+        # the device) where the update needs no host-side value: the kernel path, no full gradient
+        # (clip / normalisation / Adam read its norm), no weight decay (its factor is a host scalar).
+        # Set it False to make zo_step update after the sync instead (same weights, bit for bit).
+        self.update_before_sync = (self.use_kernels and not config.needs_full_gradient
+                                   and config.weight_decay == 0)
 
     @property
     def _groups(self) -> list[list[int]]:
@@ -492,6 +498,31 @@ class ZOEngine:
             self._apply(p, g, lr)
         self.clear_step_cache()
         return info
+
+    @torch.no_grad()
+    def enqueue_update(self, seeds, coefs: torch.Tensor, ok: torch.Tensor, *, lr: float) -> None:
+        """`update(seeds, coefs, lr=lr)` queued without reading anything on the host.
+
+        coefs: the device tensor from `coefficients`; ok: a device bool scalar. Where ok is False
+        every coefficient is replaced by 0, which leaves the weights bitwise unchanged (live is
+        rewritten with cast(master), the value it already holds). The caller checks ok after its
+        one sync. Only where `update_before_sync` is True: the scaled coefficients are then formed in
+        float64 and rounded once to fp32, as `update` forms them on the host, so both end bit-equal."""
+        if not self.update_before_sync:
+            raise RuntimeError("enqueue_update needs the kernel path with no full gradient and no weight "
+                               "decay (engine.update_before_sync is False); call update after the sync")
+        seeds = list(seeds)
+        dev = self.params[0].master.device
+        c = coefs.to(device=dev).reshape(-1)
+        if c.numel() != len(seeds):
+            raise ValueError(f"{len(seeds)} seeds but {c.numel()} coefficients")
+        scales = [self.probe_scale(s) for s in seeds]
+        c = c.double()
+        if any(x != 1.0 for x in scales):
+            c = c * zk._upload(scales, torch.float64, dev)
+        c = torch.where(ok.to(device=dev), c, torch.zeros_like(c)).float()
+        self._kernel_update(self._keys(seeds), c, lr)
+        self.clear_step_cache()
 
     def _kernel_update(self, keys, c, lr: float) -> None:
         """theta <- theta*keep - lr * sum_i c_i z_i and live <- cast(theta), one launch per group of
