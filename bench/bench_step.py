@@ -602,8 +602,11 @@ def predict_zo(b: Bench, size: str, probes: int, params: int):
         if smaller:
             r = max(smaller, key=lambda r: (r["params"], r["probes"]))
             step = r["s_step"] * (params / r["params"]) * (probes / r["probes"])
-    rates = [r["setup_s"] / r["params"] for r in done if r.get("setup_s") and r["params"] >= 1e6]
-    setup = (max(rates) * params + 1.0) if rates else None
+    # setup scaled linearly from the largest model set up so far: smaller models' setup is mostly fixed
+    # cost (compiles), which a per-parameter rate taken from them multiplies a thousandfold at xlarge
+    built = [r for r in done if r.get("setup_s") and r["params"] >= 1e6]
+    ref = max(built, key=lambda r: r["params"]) if built else None
+    setup = ref["setup_s"] * max(1.0, params / ref["params"]) + 1.0 if ref else None
     return step, setup
 
 
