@@ -350,6 +350,14 @@ def fused_loss_checks(dev):
         rel = float(((fused - ref).abs() / ref.abs()).max())
         check(f"cross-entropy kernel on the fused logits == masked_ce_sum_stacked ({size})", rel < 1e-3,
               f"max rel diff {rel:.2e} (losses {ref.tolist()})")
+        # scored_from = 2 with 3-step chunks: the first chunk's first two steps get no logits (skip_steps)
+        del m.loss_chunk_stacked
+        with torch.inference_mode():
+            promised = stacked_batch_loss(m, P, Batch(inputs=bt.inputs, targets=bt.targets, scored_from=2), time_chunk=3)
+            plain = stacked_batch_loss(m, P, bt, time_chunk=3)
+        rel = float(((promised - plain).abs() / plain.abs()).max())
+        check(f"fused loss skipping the unscored steps of a chunk (scored_from 2, chunks of 3) == without ({size})",
+              rel < 1e-6, f"max rel diff {rel:.2e}")
 
 
 def main(argv=None) -> int:

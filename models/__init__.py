@@ -70,6 +70,15 @@ def _fused_chunk(cfg: ModelConfig, device) -> bool:
     return resolve_backend(cfg.backend, device, getattr(torch, cfg.dtype)) in ("fused", "fused_bmm")
 
 
+def _pass_hint(cfg: ModelConfig, device, batch_size: int) -> dict:
+    """The models per pass and time chunk measured for this GPU and shape (models/step_tuning.json,
+    `lstm_fused.pass_tuning`), fused LSTM only; {} elsewhere."""
+    if not _fused_chunk(cfg, device):
+        return {}
+    from models.lstm_fused import pass_tuning, step_tiles
+    return pass_tuning(Dk=step_tiles(cfg.lstm_head_size)[0], B=batch_size, heads=cfg.lstm_heads, device=device)
+
+
 def forward_flops(cfg: ModelConfig, *, batch_size: int, T: int) -> float:
     """Model FLOPs of one forward: 2 * params * tokens (the bench's and the paper's convention)."""
     return 2.0 * param_count(cfg) * batch_size * T
@@ -100,10 +109,12 @@ def auto_models_per_pass(cfg: ModelConfig, *, device, batch_size: int, time_chun
     Enough that one pass carries `work_flops` of model FLOPs (so launch and per-pass costs stay a few
     percent of it), never more than `wanted`, and all within `budget_fraction` of the free memory.
     Small models get every probe in one pass; a 1B model gets one (the per-probe path, which needs no
-    stacked copy at all); the count is even where possible (a probe's two signs share a pass)."""
+    stacked copy at all); the count is even where possible (a probe's two signs share a pass). Where
+    this GPU and shape have a measured count (`_pass_hint`), it replaces the FLOP rule."""
     one = stacked_model_bytes(cfg, batch_size=batch_size, time_chunk=time_chunk, fused=_fused_chunk(cfg, device))
     fit = int(budget_fraction * available_memory_bytes(device) // max(one, 1))
     enough = -(-int(work_flops) // max(1, int(forward_flops(cfg, batch_size=batch_size, T=time_chunk))))
+    enough = _pass_hint(cfg, device, batch_size).get("models_per_pass", enough)
     m = max(1, min(wanted, fit, enough))
     if m < wanted:
         passes = -(-wanted // m)
@@ -119,9 +130,13 @@ def auto_time_chunk(cfg: ModelConfig, *, device, batch_size: int, models: int = 
 
     Fused LSTM: the chunk's hidden states (Tc+1 steps of [B, H] per model) are kept within half the
     models' parameter bytes, or 1 GiB, whichever is more; so a 1B model runs one step per chunk and
-    small models whole sequences. Other paths: about three [B, Tc, 4H] input-gate buffers per model
-    within `budget_fraction` of the free memory."""
+    small models whole sequences; a measured chunk for this GPU and shape (`_pass_hint`) replaces that
+    rule. Other paths: about three [B, Tc, 4H] input-gate buffers per model within `budget_fraction` of
+    the free memory."""
     if _fused_chunk(cfg, device):
+        hint = _pass_hint(cfg, device, batch_size).get("time_chunk")
+        if hint:
+            return max(1, min(T, hint))
         per_step = models * batch_size * cfg.hidden_size * 1.1 * cfg.dtype_bytes
         budget = max(0.5 * models * param_count(cfg) * cfg.dtype_bytes, floor_bytes)
         return max(1, min(T, int(budget // per_step) - 1))

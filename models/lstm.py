@@ -135,18 +135,19 @@ class LSTMModel(nn.Module):
         return logits.view(K, B, T, -1), state
 
     def loss_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *,
-                           ignore_index: int):
+                           ignore_index: int, skip_steps: int = 0):
         """(cross-entropy sums over this chunk's scored targets, fp32 [K, n] per row tile: their row
         sums are the chunk's sums, state) of K stacked models, scored by one kernel where the output
         GEMM left the logits; None where this backend has no such loss (then the caller scores
-        forward_chunk_stacked's logits: same sums up to summation order)."""
+        forward_chunk_stacked's logits: same sums up to summation order). skip_steps: the chunk's first
+        steps score no target (the caller's promise), so they get no logits."""
         if self._fused() != "fused":
             return None
         from models import logits_ce, lstm_fused
         if not logits_ce.fits(P["W_out"].device):
             return None
         return lstm_fused.loss_chunk_stacked_fused(P, tokens_BT, targets_BT, state, num_heads=self.N,
-                                                   ignore_index=ignore_index)
+                                                   ignore_index=ignore_index, skip_steps=skip_steps)
 
     def advance_chunk_stacked(self, P: dict, tokens_BT: torch.Tensor, state):
         """The state of K stacked models after this chunk, without its logits (a chunk with no scored

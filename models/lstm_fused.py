@@ -191,6 +191,18 @@ def _tuning() -> dict:
 
 SEQ_MAX_DK = 64  # heads up to this padded size run a whole chunk per launch (lstm_seq_kernel)
 TUNING_NOTES = ("ms", "fast_act")  # tuning-entry keys that record the measurement, not launch options
+# tuning-entry keys measured end to end (bench/bench_step.py A/B runs), read by models.auto_models_per_pass
+# and models.auto_time_chunk: the pass shape, not a kernel launch option
+PASS_KEYS = ("models_per_pass", "time_chunk")
+
+
+def pass_tuning(*, Dk: int, B: int, heads: int = 0, device=None) -> dict:
+    """The measured pass shape of this GPU and padded head size ({"models_per_pass", "time_chunk"}, either
+    may be absent), or {} where none was measured. The callers keep their memory bounds on top."""
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return {}
+    hit = _tuning().get(tuning_key(torch.cuda.get_device_name(device), Dk, B, heads)) or {}
+    return {k: hit[k] for k in PASS_KEYS if isinstance(hit.get(k), int) and hit[k] > 0}
 
 
 def default_seq_config(Dk: int, B: int) -> dict | None:
@@ -216,7 +228,8 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     (with "first_gemv"): steps 0 and 1 through tables over the vocabulary (`lstm_first_steps_table_`),
     where the vocabulary has at most B tokens.
     A caller's step config is applied on top of this, so it inherits the entry's other keys.
-    Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, not launch options."""
+    Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, and PASS_KEYS the pass
+    shape (`pass_tuning`), not launch options."""
     if device is not None and torch.device(device).type == "cuda":
         key = tuning_key(torch.cuda.get_device_name(device), Dk, B, heads)
         hit = _tuning().get(key)
@@ -226,7 +239,7 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
                        f"kernel, which cannot run here ({why}); using the heuristic step config instead (slower). "
                        f"Install a triton with Gluon, or re-run bench/step_kernel_sweep.py on this machine.")
         elif hit:
-            hit = {k: v for k, v in hit.items() if k not in TUNING_NOTES}
+            hit = {k: v for k, v in hit.items() if k not in TUNING_NOTES and k not in PASS_KEYS}
             hit.setdefault("seq", default_seq_config(Dk, B))
             return hit
     bm = 128 if B > 64 else max(16, 1 << (max(B, 1) - 1).bit_length())
@@ -864,12 +877,17 @@ def forward_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
     return logits.view(logits.shape[0], T, B, -1).transpose(1, 2), state
 
 
-def _chunk_logits(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None):
-    """(P, logits [K, Tc*B, V] (rows (t, b); a view of the padded [.., Vp] GEMM output), state)."""
-    P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
+def _chunk_logits(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None, skip_steps: int = 0):
+    """(P, logits [K, (Tc - skip_steps)*B, V] (rows (t, b) from step skip_steps; a view of the padded
+    [.., Vp] GEMM output), state). The first skip_steps steps get no logits (no target there is scored)."""
+    P, hs, c = _recurrence_chunk(P, tokens_BT, state, num_heads=num_heads, step_config=step_config,
+                                 all_steps=skip_steps == 0)
     K, T, B = hs.shape[:3]
+    if not 0 <= skip_steps < T:
+        raise ValueError(f"skip_steps must be in [0, {T}) for a chunk of {T} steps (a chunk with no scored step only "
+                         f"advances the state: advance_chunk_stacked_fused); got {skip_steps}")
     f = P["_fused"]
-    logits = torch.baddbmm(f["bout"], hs.view(K, T * B, -1), f["Wout"])           # [K, T*B, Vp]
+    logits = torch.baddbmm(f["bout"], hs[:, skip_steps:].reshape(K, (T - skip_steps) * B, -1), f["Wout"])
     return P, logits[..., :f["V"]], (hs[:, T - 1], c)
 
 
@@ -881,14 +899,17 @@ def advance_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, state, *, num_
 
 
 def loss_chunk_stacked_fused(P: dict, tokens_BT: torch.Tensor, targets_BT: torch.Tensor, state, *, num_heads: int,
-                             ignore_index: int, step_config=None):
+                             ignore_index: int, step_config=None, skip_steps: int = 0):
     """(cross-entropy sums over the chunk's scored targets per row tile, fp32 [K, tiles] (their row
     sums are the chunk's sums), state) of K stacked LSTMs: the recurrence and output GEMM of
     `forward_chunk_stacked_fused`, then one kernel that scores the logits where the GEMM left them
-    (models/logits_ce.py): no fp32 copy, reordering or log-softmax pass over them."""
+    (models/logits_ce.py): no fp32 copy, reordering or log-softmax pass over them. skip_steps: the
+    chunk's first steps hold no scored target (the caller's promise): their logits are not computed,
+    and step 0's h is not written where `step1_table` runs."""
     from models.logits_ce import ce_tile_sums_stacked
-    P, logits, state = _chunk_logits(P, tokens_BT, state, num_heads=num_heads, step_config=step_config)
-    return ce_tile_sums_stacked(logits, targets_BT, ignore_index=ignore_index), state
+    P, logits, state = _chunk_logits(P, tokens_BT, state, num_heads=num_heads, step_config=step_config,
+                                     skip_steps=skip_steps)
+    return ce_tile_sums_stacked(logits, targets_BT[:, skip_steps:], ignore_index=ignore_index), state
 
 
 def forward_chunk_stacked_bmm(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, pad_to: int = 8):

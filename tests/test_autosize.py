@@ -97,7 +97,9 @@ def test_committed_tuning_file_is_valid():
         step_opts = {n for n, p in inspect.signature(lstm_fused.lstm_step_).parameters.items()
                      if p.kind == p.KEYWORD_ONLY} - {"K", "N", "Dk"}
         assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg), key
-        assert set(cfg) <= step_opts | {"seq", "split", "persist", "first_gemv", "step1_table"} | set(lstm_fused.TUNING_NOTES), key
+        assert set(cfg) <= (step_opts | {"seq", "split", "persist", "first_gemv", "step1_table"}
+                            | set(lstm_fused.TUNING_NOTES) | set(lstm_fused.PASS_KEYS)), key
+        assert all(isinstance(cfg[k], int) and cfg[k] > 0 for k in lstm_fused.PASS_KEYS if k in cfg), key
         if cfg.get("ws"):       # a warp-specialised entry the launcher would accept (it checks the same)
             BK = cfg.get("BK", cfg["BD"])
             assert cfg["BM"] == 64 and Dk % BK == 0 and BK % 16 == 0, key
@@ -116,3 +118,34 @@ def test_committed_tuning_file_is_valid():
             assert {"BD", "BM", "num_warps", "num_stages"} <= set(persist) <= {"BD", "BM", "BK", "num_warps",
                                                                           "num_stages"}, key
             assert Dk % persist["BD"] == 0, key
+
+
+def test_a_measured_pass_shape_replaces_the_heuristics_within_the_memory_bounds(tmp_path, monkeypatch):
+    """A tuning entry's models_per_pass and time_chunk (measured end to end) replace the FLOP rule and the
+    chunk rule for that GPU and head size; the probes wanted, T and the memory fit still bound them; the
+    entry's other keys stay launch options and these two never reach the kernel's launch."""
+    key = lstm_fused.tuning_key("NVIDIA H200", 320, 1024, 440)
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({key: {"BD": 64, "BM": 128, "one_dot": True, "num_warps": 8, "num_stages": 3,
+                                   "models_per_pass": 4, "time_chunk": 11}}))
+    monkeypatch.setenv("ZO_STEP_TUNING", str(f))
+    monkeypatch.setattr(lstm_fused, "_TUNING", None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(models, "_fused_chunk", lambda *_: True)
+    monkeypatch.setattr(models, "available_memory_bytes", lambda *_: 100 << 30)
+    cfg = models.preset("large", vocab_size=100, input_size=100, dtype="bfloat16")
+    dev = torch.device("cuda", 0)
+    assert lstm_fused.pass_tuning(Dk=320, B=1024, device=dev) == {"models_per_pass": 4, "time_chunk": 11}
+    assert lstm_fused.pass_tuning(Dk=320, B=1024, device="cpu") == {}
+    assert models.auto_models_per_pass(cfg, device=dev, batch_size=1024, time_chunk=11, wanted=24) == 4
+    assert models.auto_models_per_pass(cfg, device=dev, batch_size=1024, time_chunk=11, wanted=2) == 2
+    assert models.auto_time_chunk(cfg, device=dev, batch_size=1024, models=4, T=64) == 11
+    assert models.auto_time_chunk(cfg, device=dev, batch_size=1024, models=4, T=5) == 5
+    # little free memory: the fit bounds the measured count
+    monkeypatch.setattr(models, "available_memory_bytes", lambda *_: 3 << 30)
+    assert models.auto_models_per_pass(cfg, device=dev, batch_size=1024, time_chunk=11, wanted=24) < 4
+    # another head size has no measured shape: the heuristics (large at M = 4 gets 1 step a chunk)
+    monkeypatch.setattr(lstm_fused, "_TUNING", {})
+    assert models.auto_time_chunk(cfg, device=dev, batch_size=1024, models=4, T=64) == 1
+    monkeypatch.setattr(lstm_fused, "_TUNING", None)

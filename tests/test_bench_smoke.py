@@ -84,6 +84,9 @@ def test_sweep_keeps_a_faster_recorded_entry():
     # another activation mode, or an entry without a time: the new measurement is recorded
     assert sweep.keep_faster(old, {"BD": 32}, 1.8e-3, False)[1]
     assert sweep.keep_faster({"BD": 64}, {"BD": 32}, 1.8e-3, True)[1]
+    # the pass shape (measured end to end by bench_step, not by the sweep) stays with a replaced entry
+    kept = sweep.keep_faster(dict(old, models_per_pass=4, time_chunk=11), {"BD": 32}, 1.5e-3, True)[0]
+    assert kept == {"BD": 32, "ms": 1.5, "fast_act": True, "models_per_pass": 4, "time_chunk": 11}
     # the record keys are not launch options: the loader drops them
     from models import lstm_fused
     assert set(lstm_fused.TUNING_NOTES) == {"ms", "fast_act"}
@@ -194,3 +197,24 @@ def test_profile_step_idle_gaps_finds_the_device_idle_intervals():
     assert worst == [(280, "d", "e"), (60, "b", "c")]
     assert n_long == 2 and total == 340
     assert busy_seconds(evs) == pytest.approx((40 + 10 + 5 + 10) * 1e-6)
+
+
+def test_bench_predicts_setup_from_the_largest_model_measured():
+    """The time-budget check's setup estimate scales the largest measured model's setup linearly (a
+    per-parameter rate from a small model, whose setup is mostly fixed compile cost, predicted ~440 s
+    for an xlarge setup that took 8 s), and the step time from the same size's measured row."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_step
+
+    class B:
+        res = {"zo_steps": [
+            {"size": "tiny", "params": 2e6, "probes": 12, "s_step": 0.001, "setup_s": 4.0},
+            {"size": "medium", "params": 1.06e7, "probes": 12, "s_step": 0.017, "setup_s": 4.0},
+            {"size": "large", "params": 1.126e8, "probes": 12, "s_step": 0.15, "setup_s": 8.0},
+            {"size": "large", "params": 1.126e8, "probes": 12, "s_step": 0.5, "setup_s": 1.0, "label": "other"}]}
+    step, setup = bench_step.predict_zo(B, "xlarge", 12, 1.162e9)
+    assert setup == pytest.approx(8.0 * 1.162e9 / 1.126e8 + 1.0)          # ~84 s, not ~440
+    assert step == pytest.approx(0.15 * 1.162e9 / 1.126e8)
+    step, setup = bench_step.predict_zo(B, "large", 64, 1.126e8)
+    assert step == pytest.approx(0.15 * 64 / 12) and setup == pytest.approx(9.0)
+    assert bench_step.predict_zo(type("E", (), {"res": {"zo_steps": []}}), "tiny", 12, 2e6) == (None, None)

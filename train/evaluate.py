@@ -62,7 +62,8 @@ def evaluate_batch(model, batch: Batch, *, time_chunk: int = 0):
 def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, micro_batch_size: int = 0) -> torch.Tensor:
     """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked). Time
     chunks wholly before `batch.scored_from` only advance the state (`advance_chunk_stacked` where the
-    model has one): the same sums, without their output projection."""
+    model has one), and a fused loss skips the logits of a chunk's steps before it: the same sums,
+    without that output projection."""
     B, T = batch.inputs.shape
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     step = time_chunk if time_chunk > 0 else T
@@ -81,8 +82,10 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
                     model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)[1]
                 continue
             tg = tgt[:, t0:t0 + step]
-            # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself
-            out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX) if fused_loss else None
+            # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself;
+            # the chunk's steps before `scored_from` get no logits
+            out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX,
+                             skip_steps=max(0, batch.scored_from - t0)) if fused_loss else None
             if out is not None:
                 part, state = out
                 tiles.append(part)    # per-tile sums: all chunks' tiles are summed in one reduction below
