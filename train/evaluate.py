@@ -76,7 +76,7 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
         inp, tgt = batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb]
         state = model.init_state_stacked(P, inp.shape[0])
         for t0 in range(0, T, step):
-            if t0 + step <= batch.scored_from:
+            if t0 + min(step, T - t0) <= batch.scored_from:
                 # no target of this chunk is scored (the batch promises it): the state only, no logits
                 state = advance(P, inp[:, t0:t0 + step], state) if advance else \
                     model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)[1]
