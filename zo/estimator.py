@@ -188,12 +188,21 @@ class ZOEngine:
         # noise keys on the device by seed tuple (a pure function of it), so that `prefetch_keys` can
         # hash and upload a step's keys while the GPU runs the forwards instead of after the sync
         self._keys_cache: dict[tuple, torch.Tensor] = {}
-        # `enqueue_update` can queue the update before the step's host sync (its coefficients stay on
-        # the device) where the update needs no host-side value: the kernel path, no full gradient
-        # (clip / normalisation / Adam read its norm), no weight decay (its factor is a host scalar).
-        # Set it False to make zo_step update after the sync instead (same weights, bit for bit).
-        self.update_before_sync = (self.use_kernels and not config.needs_full_gradient
-                                   and config.weight_decay == 0)
+        self._early_update = True           # see `update_before_sync`
+
+    @property
+    def update_before_sync(self) -> bool:
+        """Whether `enqueue_update` can queue the update before the step's host sync (its coefficients
+        stay on the device): where the update needs no host-side value, i.e. the kernel path, no full
+        gradient (clip / normalisation / Adam read its norm) and no weight decay (its factor is a host
+        scalar). Set it False to make zo_step update after the sync instead (same weights, bit for
+        bit); setting it True cannot enable it where those conditions fail."""
+        return (self._early_update and self.use_kernels and not self.cfg.needs_full_gradient
+                and self.cfg.weight_decay == 0)
+
+    @update_before_sync.setter
+    def update_before_sync(self, on: bool) -> None:
+        self._early_update = bool(on)
 
     @property
     def _groups(self) -> list[list[int]]:
