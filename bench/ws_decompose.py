@@ -10,8 +10,17 @@ Per preset (the shapes and tuning entry of bench/step_kernel_sweep.py), ms per s
 - no cell I/O: the GEMM and the cell's arithmetic and stores, but G[token] and c not loaded;
 - MMA + h store: the GEMM pipeline alone, one bf16 store of the summed gates per tile.
 If full ~ no MMA, the GEMM is hidden and the loads/cell are the critical path; if full ~ MMA + h
-store + (no MMA - ...) the two run one after the other. The variants are written to a temporary
-module (the shipped kernel is not changed); their outputs are meaningless.
+store + (no MMA - ...) the two run one after the other.
+
+--probes adds variants of the full kernel that each take one resource away (`PROBES`):
+- few_a: the h tile is loaded only for a head's first unit tile (the others reuse what shared
+  memory holds): the L2 traffic of a kernel that kept h on chip across a head's unit tiles;
+- half_w: the weight tile is loaded for every second row tile only (half the weight traffic);
+- no_g: G[token] neither loaded nor staged, its shared buffers (64 KB at large) dropped, at the
+  tuned number of stages and at the deeper rings that memory then allows (--probe_stages);
+- no_mufu: the tanh of the cell replaced by a multiply (no MUFU instructions).
+The variants are written to temporary modules (the shipped kernel is not changed); their outputs
+are meaningless.
 """
 from __future__ import annotations
 
@@ -58,15 +67,66 @@ EDITS = [
 ]
 
 
-def variant_module(tmp: Path):
+_A_COPIES = """            mbarrier.expect(bar, (2 if COOP else 1) * a_desc.block_type.nbytes
+                            + (1 if ONE_DOT else 4) * w_desc.block_type.nbytes)
+            if COOP:
+                tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], bar, a_bufs.index(2 * s))
+                tma.async_copy_global_to_shared(a_desc, [a_row + BM, n * Dk + kk * BK], bar, a_bufs.index(2 * s + 1))
+            else:"""
+_W_COPY = """            if ONE_DOT:
+                tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD)], bar, w_bufs.index(s))"""
+_TANH = """return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)"""
+# one resource taken away each (cooperative one-dot form, as tuned at large); see the docstring
+PROBES = {
+    "few_a": [(_A_COPIES, """            if pid_d == 0:
+                mbarrier.expect(bar, 2 * a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], bar, a_bufs.index(2 * s))
+                tma.async_copy_global_to_shared(a_desc, [a_row + BM, n * Dk + kk * BK], bar, a_bufs.index(2 * s + 1))
+            else:
+                mbarrier.expect(bar, w_desc.block_type.nbytes)
+            if COOP:
+                pass
+            else:""")],
+    "half_w": [(_A_COPIES, """            if pid_m % 2 == 0:
+                mbarrier.expect(bar, 2 * a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            else:
+                mbarrier.expect(bar, 2 * a_desc.block_type.nbytes)
+            if COOP:
+                tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], bar, a_bufs.index(2 * s))
+                tma.async_copy_global_to_shared(a_desc, [a_row + BM, n * Dk + kk * BK], bar, a_bufs.index(2 * s + 1))
+            else:"""),
+               (_W_COPY, """            if ONE_DOT:
+                if pid_m % 2 == 0:
+                    tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD)], bar,
+                                                    w_bufs.index(s))""")],
+    "no_g": [("""            for g in gl.static_range(4):
+                async_copy.async_copy_global_to_shared(g_sm.index(WHICH * 4 + g), gp + g * Dk, mask=gm)
+""", ""),
+             ("""            g_i = g_sm.index(WHICH * 4 + 0).load(acc_layout)
+            g_f = g_sm.index(WHICH * 4 + 1).load(acc_layout)
+            g_z = g_sm.index(WHICH * 4 + 2).load(acc_layout)
+            g_o = g_sm.index(WHICH * 4 + 3).load(acc_layout)
+""", """            g_i = gl.zeros([BM, BD], gl.bfloat16, acc_layout)
+            g_f = g_i
+            g_z = g_i
+            g_o = g_i
+"""),
+             ("""        g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, BM, BD], gl.SwizzledSharedLayout(8, G_PP, G_MP, order=[1, 0]))""",
+              """        g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, 1, BD], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))""")],
+    "no_mufu": [(_TANH, "return x * 0.3")],
+}
+
+
+def variant_module(tmp: Path, name: str = "ws_variants", extra=()):
     src = (ROOT / "models" / "_lstm_step_gluon.py").read_text()
-    for old, new in EDITS:
+    for old, new in list(EDITS) + list(extra):
         if old not in src:
-            raise SystemExit(f"ws_decompose: the kernel source changed; update EDITS (missing: {old[:60]!r})")
+            raise SystemExit(f"ws_decompose: the kernel source changed; update EDITS / PROBES (missing: {old[:60]!r})")
         src = src.replace(old, new)
-    path = tmp / "ws_variants.py"
+    path = tmp / f"{name}.py"
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location("ws_variants", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -77,7 +137,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="large,medium,xlarge")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--extra", default="[]", help="JSON list of config overrides timed as further 'full' rows")
+    ap.add_argument("--probes", default="", help=f"comma-separated variants that take one resource away: {','.join(PROBES)}")
+    ap.add_argument("--probe_stages", default="7,8", help="further stage counts for the no_g probe")
+    ap.add_argument("--K", type=int, default=0, help="stacked models (0: bench/step_kernel_sweep.py's default)")
     a = ap.parse_args(argv)
+    probes = [p for p in a.probes.split(",") if p]
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        sys.exit(f"ws_decompose: unknown --probes {unknown}; choose among {list(PROBES)}")
     if not torch.cuda.is_available():
         sys.exit("ws_decompose.py needs a CUDA device (Hopper, Gluon)")
     import step_kernel_sweep as S
@@ -86,8 +153,9 @@ def main(argv=None) -> int:
     extra = json.loads(a.extra)
     with tempfile.TemporaryDirectory() as tmp:
         kern = variant_module(Path(tmp))
+        probe_mods = {p: variant_module(Path(tmp), f"ws_probe_{p}", PROBES[p]) for p in probes}
         for size in a.sizes.split(","):
-            cs = S.make_case(size, S.DEFAULT_K[size], 1024, 100, dev)
+            cs = S.make_case(size, a.K or S.DEFAULT_K[size], 1024, 100, dev)
             K, N, Dk, B = cs["K"], cs["N"], cs["Dk"], cs["B"]
             base = default_step_config(B, cs["BD"], Dk=Dk, heads=K * N, device=dev)
             if not base.get("ws"):
@@ -97,13 +165,13 @@ def main(argv=None) -> int:
             h_out, c_out = torch.empty_like(cs["h"]), torch.empty_like(cs["c"])
             W = S.tile_recurrent_weight(cs["R"], N=N, Dk=Dk, BD=base["BD"])
 
-            def launch(cfg, variant):
+            def launch(cfg, variant, mod=None):
                 BM, BK, BD, one_dot, coop = 64, cfg["BK"], cfg["BD"], cfg["one_dot"], cfg["coop"]
                 a_desc, w_desc, rows_per_k, num_tiles, num_m = ws_launch_geometry(
                     cs["h"], W, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK, BD=BD, one_dot=one_dot, coop=coop)
                 P = min(num_tiles, num_sms(dev))
                 g, tok, c_in = cs["G"], cs["tok"], cs["c"]
-                kern.lstm_step_ws_kernel[(P,)](
+                (mod or kern).lstm_step_ws_kernel[(P,)](
                     a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, g.shape[1], tok.stride(0), 1, h_out.stride(0),
                     N * Dk, c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK,
                     STAGES=cfg["num_stages"], NUM_PROGRAMS=P, CONSUMER_REGS=cfg["consumer_regs"], A_REG=False,
@@ -126,9 +194,15 @@ def main(argv=None) -> int:
             plain = {**base, "prefetch": False, "stage_out": False}
             rows = [("full (tuned)", base, 0), ("no MMA", base, 1), ("no cell I/O", plain, 2),
                     ("MMA + h store only", plain, 3)] + [(f"full {e}", {**base, **e}, 0) for e in extra]
-            for name, cfg, v in rows:
+            rows = [r + (None,) for r in rows]
+            for p in probes:
+                stages = [base["num_stages"]] + ([int(x) for x in a.probe_stages.split(",") if x] if p == "no_g" else [])
+                rows += [(f"{p}, {st} stages", {**base, "num_stages": st}, 0, probe_mods[p]) for st in stages]
+            rows.append(("full (tuned), again", base, 0, None))
+            print(f"{size}: K {K} models, {K * N} heads, B {B}, Dk {Dk}", flush=True)
+            for name, cfg, v, mod in rows:
                 try:
-                    ms = timed(lambda: launch(cfg, v))
+                    ms = timed(lambda: launch(cfg, v, mod))
                     print(f"{size:7s} {name:24s} {ms:.3f} ms  {flops / ms / 1e9:.0f} TF/s", flush=True)
                 except Exception as e:  # a config the GPU refuses (e.g. shared memory): say so, go on
                     print(f"{size:7s} {name:24s} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)

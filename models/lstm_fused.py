@@ -472,8 +472,10 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
     assert h0.shape == (K, N, Dk) and c0.shape == (K * N, Dk) and c_out.is_contiguous()
     assert h_out.shape == (K, B, N, Dk) and h_out.stride(-1) == 1 and h_out.stride(-2) == Dk and h_out.stride(-3) == N * Dk
     u = torch.empty(K * N, 4 * Dk, dtype=torch.float32, device=c_out.device)
-    kern.first_step_gemv_kernel[(triton.cdiv(4 * Dk, 128), K * N)](h0.contiguous(), w, u, Dk=Dk, BC=128, BJ=64,
-                                                                     num_warps=4)
+    # 512 columns a program, no software pipelining: 0.198 against 0.278 ms (128 columns) at large
+    # (bench/results/logs/first_steps_launch_2026-11-29.log)
+    kern.first_step_gemv_kernel[(triton.cdiv(4 * Dk, 512), K * N)](h0.contiguous(), w, u, Dk=Dk, BC=512, BJ=64,
+                                                                     num_warps=4, num_stages=1)
     BB = 64
     kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](u, g, tok, c0.contiguous(), c_out, h_out, B, N,
                                                                        V, tok.stride(0), t, h_out.stride(0), Dk=Dk,
@@ -509,9 +511,11 @@ def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype)
     lstm_first_step_(h0, c0, h1, c1, w, g, vocab, 0, K=K, N=N, Dk=Dk, BD=BD)
     u = torch.empty(K * N, V, 4 * Dk, dtype=torch.float32, device=dev)
     BV = min(128, max(16, triton.next_power_of_2(V)))
+    # 4 warps and 4 stages: 0.325 against 0.424 ms (8 warps, 3 stages) at large, the same sums
+    # (bench/results/logs/first_steps_launch_2026-11-29.log)
     kern.token_table_gemm_kernel[(triton.cdiv(V, BV), triton.cdiv(4 * Dk, 128), K * N)](
         h1, w, u, V, N, Dk=Dk, BV=BV, BC=128, BJ=32, IEEE=w.dtype == torch.float32 or interpreted(),
-        num_warps=8 if BV >= 128 else 4)
+        num_warps=4, num_stages=4)
     return h1, c1, u
 
 

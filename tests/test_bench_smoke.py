@@ -174,10 +174,19 @@ def test_ws_decompose_builds_its_variants_and_refuses_without_a_gpu(tmp_path):
     src = (tmp_path / "ws_variants.py").read_text()
     assert hasattr(mod, "lstm_step_ws_kernel") and src.count("VARIANT") >= 12
     assert "if VARIANT != 1:\n                acc = warpgroup_mma(" in src
+    for name, edits in ws_decompose.PROBES.items():     # each probe's edits apply and change the source
+        probe = ws_decompose.variant_module(tmp_path, f"ws_probe_{name}", edits)
+        psrc = (tmp_path / f"ws_probe_{name}.py").read_text()
+        assert hasattr(probe, "lstm_step_ws_kernel") and psrc != src
+    assert "tma.async_copy_global_to_shared(a_desc" not in (tmp_path / "ws_probe_few_a.py").read_text().split(
+        "if pid_d == 0:")[1].split("if COOP:")[1].split("else:")[0]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     nogpu = subprocess.run([sys.executable, str(REPO / "bench" / "ws_decompose.py"), "--sizes", "large"], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=120)
     assert nogpu.returncode != 0 and "needs a CUDA device" in nogpu.stderr
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "ws_decompose.py"), "--probes", "no_such"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown --probes ['no_such']" in bad.stderr
 
 
 def test_profile_step_idle_gaps_finds_the_device_idle_intervals():
