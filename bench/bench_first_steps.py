@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_prepare import DEFAULT_K, copy_gbs, cuda_ms, write_report  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
-from models.lstm_fused import (default_step_config, first_steps_cell_, first_steps_tables,  # noqa: E402
+from models.lstm_fused import (CHUNK_KEYS, default_step_config, first_steps_cell_, first_steps_tables,  # noqa: E402
                                lstm_first_step_, lstm_step_, step_tiles)
 
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         D = H // N
         Dk, BD0, BK0 = step_tiles(D)
         cfg = default_step_config(B, BD0, Dk=Dk, heads=K * N, device=dev)
-        cfg = {k: v for k, v in cfg.items() if k not in ("seq", "split", "persist", "first_gemv", "step1_table")}
+        cfg = {k: v for k, v in cfg.items() if k not in ("seq", "split", "persist") + CHUNK_KEYS}
         BD, BK = cfg.pop("BD", BD0), cfg.pop("BK", BK0)
         dt = torch.bfloat16
         W = torch.zeros(K * N, Dk, Dk // BD, 4, BD, dtype=dt, device=dev)

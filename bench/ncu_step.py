@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from models import SIZE_PRESETS  # noqa: E402
+from models import lstm_fused  # noqa: E402
 from models.lstm_fused import default_step_config  # noqa: E402
 
-CHUNK_KEYS = ("seq", "split", "persist", "first_gemv")  # chunk-level options, not a per-step launch's
+CHUNK_KEYS = ("seq", "split", "persist") + lstm_fused.CHUNK_KEYS  # chunk-level options, not a per-step launch's
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_update import time_ms  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
 from models._lstm_cell_triton import FAST_ACT  # noqa: E402
-from models.lstm_fused import (PASS_KEYS, SEQ_MAX_DK, WS_SMEM_LIMIT, _tuning, lstm_cell_, lstm_persist_,  # noqa: E402
+from models.lstm_fused import (CHUNK_KEYS, PASS_KEYS, SEQ_MAX_DK, WS_SMEM_LIMIT, _tuning, lstm_cell_, lstm_persist_,  # noqa: E402
                                lstm_seq_, lstm_step_, recurrence_split_, step_tiles, tile_recurrent_weight,
                                tuning_key, ws_shared_bytes)
 
@@ -331,8 +331,9 @@ def keep_faster(old: dict | None, new: dict, s: float, fast_act: bool) -> tuple[
     new = dict(new, ms=round(s * 1e3, 4), fast_act=fast_act)
     if old and old.get("fast_act") == fast_act and old.get("ms") is not None and old["ms"] < new["ms"]:
         return old, False
-    # the pass shape was measured end to end (bench_step), not by this sweep: it stays
-    new.update({k: old[k] for k in PASS_KEYS if old and k in old})
+    # the pass shape and the chunk's first-step options were measured end to end (bench_step,
+    # bench_first_steps), not by this sweep: they stay
+    new.update({k: old[k] for k in PASS_KEYS + CHUNK_KEYS if old and k in old})
     return new, True
 
 

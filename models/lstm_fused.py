@@ -194,6 +194,9 @@ TUNING_NOTES = ("ms", "fast_act")  # tuning-entry keys that record the measureme
 # tuning-entry keys measured end to end (bench/bench_step.py A/B runs), read by models.auto_models_per_pass
 # and models.auto_time_chunk: the pass shape, not a kernel launch option
 PASS_KEYS = ("models_per_pass", "time_chunk")
+# tuning-entry keys of the chunk's first steps (`_recurrence_chunk`), measured end to end
+# (bench/bench_first_steps.py, bench_step.py): the kernel sweep keeps them when it replaces an entry
+CHUNK_KEYS = ("first_gemv", "step1_table", "step1_rows")
 
 
 def pass_tuning(*, Dk: int, B: int, heads: int = 0, device=None) -> dict:
@@ -226,7 +229,8 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     "first_gemv": a chunk that starts from a state broadcast over the batch runs its step 0 as one
     matrix-vector product per head (`lstm_first_step_`) instead of the step kernel; "step1_table"
     (with "first_gemv"): steps 0 and 1 through tables over the vocabulary (`lstm_first_steps_table_`),
-    where the vocabulary has at most B tokens.
+    where the vocabulary has at most B tokens; "step1_rows": the batch rows of a program of its step-1
+    cell (default 32).
     A caller's step config is applied on top of this, so it inherits the entry's other keys.
     Keys TUNING_NOTES ("ms", "fast_act": what the sweep measured) are records, and PASS_KEYS the pass
     shape (`pass_tuning`), not launch options."""
@@ -815,6 +819,10 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     bk = cfg.pop("BK", BK)
     first_gemv = cfg.pop("first_gemv", False)
     step1_table = cfg.pop("step1_table", False)
+    step1_rows = cfg.pop("step1_rows", 32)
+    if not isinstance(step1_rows, int) or step1_rows < 16 or step1_rows > 128 or step1_rows & (step1_rows - 1):
+        raise ValueError(f"step config `step1_rows` (batch rows a program of the step-1 table cell) must be a power "
+                         f"of two in 16..128; got {step1_rows!r}")
     if step1_table and not first_gemv:
         raise ValueError("step config `step1_table` extends `first_gemv` (steps 0 and 1 from a broadcast state "
                          "through tables over the vocabulary): add first_gemv: true, or drop step1_table")
@@ -842,7 +850,7 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
             if step1_table and T >= 2 and G.shape[1] <= B:
                 # steps 0 and 1 through tables over step 0's token (V rows instead of B)
                 lstm_first_steps_table_(h_in[:, 0], c_in[:, 0], hs, c, W, G, tok, K=K, N=N, Dk=Dk, BD=bd,
-                                        copy_h1=all_steps)
+                                        BB=step1_rows, copy_h1=all_steps)
                 h_in, c_in, t0 = hs[:, 1], c, 2
             else:
                 # every row starts from the same state: step 0's recurrent term is one h0 @ W per head

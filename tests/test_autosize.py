@@ -97,7 +97,7 @@ def test_committed_tuning_file_is_valid():
         step_opts = {n for n, p in inspect.signature(lstm_fused.lstm_step_).parameters.items()
                      if p.kind == p.KEYWORD_ONLY} - {"K", "N", "Dk"}
         assert {"BD", "BM", "one_dot", "num_warps", "num_stages"} <= set(cfg), key
-        assert set(cfg) <= (step_opts | {"seq", "split", "persist", "first_gemv", "step1_table"}
+        assert set(cfg) <= (step_opts | {"seq", "split", "persist"} | set(lstm_fused.CHUNK_KEYS)
                             | set(lstm_fused.TUNING_NOTES) | set(lstm_fused.PASS_KEYS)), key
         assert all(isinstance(cfg[k], int) and cfg[k] > 0 for k in lstm_fused.PASS_KEYS if k in cfg), key
         if cfg.get("ws"):       # a warp-specialised entry the launcher would accept (it checks the same)

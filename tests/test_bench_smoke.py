@@ -87,6 +87,10 @@ def test_sweep_keeps_a_faster_recorded_entry():
     # the pass shape (measured end to end by bench_step, not by the sweep) stays with a replaced entry
     kept = sweep.keep_faster(dict(old, models_per_pass=4, time_chunk=11), {"BD": 32}, 1.5e-3, True)[0]
     assert kept == {"BD": 32, "ms": 1.5, "fast_act": True, "models_per_pass": 4, "time_chunk": 11}
+    # so do the chunk's first-step options (measured end to end by bench_first_steps and bench_step)
+    chunk = {"first_gemv": True, "step1_table": True, "step1_rows": 16}
+    kept = sweep.keep_faster(dict(old, **chunk), {"BD": 32}, 1.5e-3, True)[0]
+    assert kept == {"BD": 32, "ms": 1.5, "fast_act": True, **chunk}
     # the record keys are not launch options: the loader drops them
     from models import lstm_fused
     assert set(lstm_fused.TUNING_NOTES) == {"ms", "fast_act"}

@@ -108,7 +108,7 @@ g = torch.Generator().manual_seed(0)
 worst = {{"logits": 0.0, "h": 0.0, "c": 0.0, "pad": 0.0}}
 table_runs = []
 _table = lstm_fused.lstm_first_steps_table_
-lstm_fused.lstm_first_steps_table_ = lambda *a, **kw: (table_runs.append(kw["Dk"]), _table(*a, **kw))
+lstm_fused.lstm_first_steps_table_ = lambda *a, **kw: (table_runs.append(f"{{kw['Dk']}}:{{kw['BB']}}"), _table(*a, **kw))
 seq_cases = []
 # head sizes padded to 16 / 32 / 160 (BD 32), batches that are and are not multiples of the row tile
 for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 300, 2, 3, 3)]:
@@ -136,7 +136,8 @@ for (V, I, H, N, B, T) in [(11, 6, 12, 3, 5, 7), (13, 7, 40, 2, 20, 4), (9, 8, 3
                {{"BD": 16, "BK": 16, "tma": True, "first_gemv": True, "seq": None}},
                # steps 0 and 1 through tables over the vocabulary (taken where V <= B)
                {{"one_dot": True, "first_gemv": True, "step1_table": True, "seq": None}},
-               {{"BD": 16, "BK": 16, "first_gemv": True, "step1_table": True, "seq": None}}]
+               {{"BD": 16, "BK": 16, "first_gemv": True, "step1_table": True, "seq": None}},
+               {{"one_dot": True, "first_gemv": True, "step1_table": True, "step1_rows": 16, "seq": None}}]
         if step_tiles(D)[0] <= lstm_fused.SEQ_MAX_DK:
             scs += [{{"seq": {{"BM": 16, "num_warps": 4}}}}, {{"seq": {{"BM": 16, "num_warps": 4, "prefetch": True}}}}]
             seq_cases.append(D)
@@ -188,6 +189,16 @@ with torch.inference_mode():
         skip = max(skip, float((stacked_batch_loss(mf, P, Batch(inputs=inp, targets=ts, scored_from=sf), time_chunk=tc)
                                 - stacked_batch_loss(mf, P, Batch(inputs=inp, targets=ts), time_chunk=tc)).abs().max()))
 print("loss", l1, l2, mf.prepare_stacked(P) is not None, mt.prepare_stacked(P) is None, same)
+# the fused model asks for its rows sorted by their first token (stable); the chunks see them so
+seen = []
+_loss = mf.loss_chunk_stacked
+mf.loss_chunk_stacked = lambda P_, tk, *a, **kw: (seen.append(tk[:, 0].clone()), _loss(P_, tk, *a, **kw))[1]
+with torch.inference_mode():
+    stacked_batch_loss(mf, P, bt, time_chunk=4)
+del mf.loss_chunk_stacked
+order = mf.batch_row_order(inp)
+print("order", torch.equal(order, torch.argsort(inp[:, 0], stable=True)), mt.batch_row_order(inp) is None,
+      torch.equal(seen[0], inp[order, 0]), bool((seen[0][1:] >= seen[0][:-1]).all()))
 # nothing scored (scored_from = T = 9, a last chunk of 1 step): every chunk only advances, the loss is 0
 none = Batch(inputs=inp, targets=torch.full_like(tgt, -100), scored_from=9)
 with torch.inference_mode():
@@ -208,7 +219,9 @@ def test_gemm_cell_kernel_matches_torch_reference():
     logits, h, c, pad = map(float, vals["step"].split())
     assert logits < 1e-5 and h < 1e-5 and c < 1e-5
     assert vals["seq_cases"].split() == ["4", "20"]          # the whole-chunk kernel ran at Dk 16 and 32
-    assert vals["table_runs"].split() == ["32", "32"]        # step1_table ran where V <= B (V 13, B 20)
+    # step1_table ran where V <= B (V 13, B 20), with the cell's rows a program as configured
+    assert vals["table_runs"].split() == ["32:32", "32:32", "32:16"]
+    assert vals["order"].split() == ["True"] * 4
     assert vals["seq_default"] == "{'BM': 64, 'num_warps': 4} True True"
     assert pad == 0.0                                  # padded units stay exactly zero
     l1, l2, prepared, torch_none, skip_same = vals["loss"].split()
@@ -854,6 +867,11 @@ def test_first_gemv_with_a_whole_chunk_form_is_refused():
     with pytest.raises(ValueError, match="`step1_table` extends `first_gemv`.*add first_gemv: true"):
         forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
                                     step_config={"seq": None, "step1_table": True})
+    for bad in (24, 8, 256, "16"):
+        with pytest.raises(ValueError, match="`step1_rows`.*power of two in 16..128"):
+            forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
+                                        step_config={"seq": None, "first_gemv": True, "step1_table": True,
+                                                     "step1_rows": bad})
 
 
 def test_step_config_on_top_of_a_tuning_entry():

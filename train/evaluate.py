@@ -63,9 +63,14 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked). Time
     chunks wholly before `batch.scored_from` only advance the state (`advance_chunk_stacked` where the
     model has one), and a fused loss skips the logits of a chunk's steps before it: the same sums,
-    without that output projection."""
+    without that output projection. The rows run in the order the model's `batch_row_order` asks for
+    (where it has one), every micro-batch from the initial state."""
     B, T = batch.inputs.shape
     mb = micro_batch_size if 0 < micro_batch_size < B else B
+    # a model may ask for its rows in another order (a sum over rows: only the rounding changes)
+    order = getattr(model, "batch_row_order", None)
+    perm = order(batch.inputs) if order is not None else None
+    inputs, targets = (batch.inputs, batch.targets) if perm is None else (batch.inputs[perm], batch.targets[perm])
     step = time_chunk if time_chunk > 0 else T
     total, tiles = None, []
     prep = getattr(model, "prepare_stacked", None)
@@ -73,7 +78,7 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     fused_loss = getattr(model, "loss_chunk_stacked", None)
     advance = getattr(model, "advance_chunk_stacked", None)
     for r0 in range(0, B, mb):
-        inp, tgt = batch.inputs[r0:r0 + mb], batch.targets[r0:r0 + mb]
+        inp, tgt = inputs[r0:r0 + mb], targets[r0:r0 + mb]
         state = model.init_state_stacked(P, inp.shape[0])
         for t0 in range(0, T, step):
             if t0 + min(step, T - t0) <= batch.scored_from:
