@@ -199,6 +199,10 @@ del mf.loss_chunk_stacked
 order = mf.batch_row_order(inp)
 print("order", torch.equal(order, torch.argsort(inp[:, 0], stable=True)), mt.batch_row_order(inp) is None,
       torch.equal(seen[0], inp[order, 0]), bool((seen[0][1:] >= seen[0][:-1]).all()))
+# micro-batches of 4 and 2 rows, each a slice of the sorted order: the same loss as the torch path's
+with torch.inference_mode():
+    print("micro", float((stacked_batch_loss(mt, P, bt, time_chunk=4, micro_batch_size=4)
+                          - stacked_batch_loss(mf, P, bt, time_chunk=4, micro_batch_size=4)).abs().max()))
 # nothing scored (scored_from = T = 9, a last chunk of 1 step): every chunk only advances, the loss is 0
 none = Batch(inputs=inp, targets=torch.full_like(tgt, -100), scored_from=9)
 with torch.inference_mode():
@@ -222,6 +226,7 @@ def test_gemm_cell_kernel_matches_torch_reference():
     # step1_table ran where V <= B (V 13, B 20), with the cell's rows a program as configured
     assert vals["table_runs"].split() == ["32:32", "32:32", "32:16"]
     assert vals["order"].split() == ["True"] * 4
+    assert float(vals["micro"]) < 1e-6
     assert vals["seq_default"] == "{'BM': 64, 'num_warps': 4} True True"
     assert pad == 0.0                                  # padded units stay exactly zero
     l1, l2, prepared, torch_none, skip_same = vals["loss"].split()

@@ -67,10 +67,10 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     (where it has one), every micro-batch from the initial state."""
     B, T = batch.inputs.shape
     mb = micro_batch_size if 0 < micro_batch_size < B else B
-    # a model may ask for its rows in another order (a sum over rows: only the rounding changes)
+    # a model may ask for its rows in another order (a sum over rows: only the rounding changes); each
+    # chunk's rows are gathered as it runs, so nothing of the size of the whole batch is copied
     order = getattr(model, "batch_row_order", None)
     perm = order(batch.inputs) if order is not None else None
-    inputs, targets = (batch.inputs, batch.targets) if perm is None else (batch.inputs[perm], batch.targets[perm])
     step = time_chunk if time_chunk > 0 else T
     total, tiles = None, []
     prep = getattr(model, "prepare_stacked", None)
@@ -78,25 +78,25 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
     fused_loss = getattr(model, "loss_chunk_stacked", None)
     advance = getattr(model, "advance_chunk_stacked", None)
     for r0 in range(0, B, mb):
-        inp, tgt = inputs[r0:r0 + mb], targets[r0:r0 + mb]
-        state = model.init_state_stacked(P, inp.shape[0])
+        rows = slice(r0, r0 + mb) if perm is None else perm[r0:r0 + mb]
+        state = model.init_state_stacked(P, min(mb, B - r0))
         for t0 in range(0, T, step):
+            inp = batch.inputs[:, t0:t0 + step][rows]        # this chunk's tokens and targets, in row order
+            tgt = batch.targets[:, t0:t0 + step][rows]
             if t0 + min(step, T - t0) <= batch.scored_from:
                 # no target of this chunk is scored (the batch promises it): the state only, no logits
-                state = advance(P, inp[:, t0:t0 + step], state) if advance else \
-                    model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)[1]
+                state = advance(P, inp, state) if advance else model.forward_chunk_stacked(P, inp, state)[1]
                 continue
-            tg = tgt[:, t0:t0 + step]
             # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself;
             # the chunk's steps before `scored_from` get no logits
-            out = fused_loss(P, inp[:, t0:t0 + step], tg, state, ignore_index=IGNORE_INDEX,
+            out = fused_loss(P, inp, tgt, state, ignore_index=IGNORE_INDEX,
                              skip_steps=max(0, batch.scored_from - t0)) if fused_loss else None
             if out is not None:
                 part, state = out
                 tiles.append(part)    # per-tile sums: all chunks' tiles are summed in one reduction below
             else:
-                logits, state = model.forward_chunk_stacked(P, inp[:, t0:t0 + step], state)
-                s, _ = masked_ce_sum_stacked(logits, tg)
+                logits, state = model.forward_chunk_stacked(P, inp, state)
+                s, _ = masked_ce_sum_stacked(logits, tgt)
                 total = s if total is None else total + s
     if tiles:
         # one fp64 reduction over every chunk's fp32 tile sums (a chunk's own sum differs only by fp64 rounding)
