@@ -103,12 +103,17 @@ class LSTMModel(nn.Module):
 
     def batch_row_order(self, tokens_BT: torch.Tensor) -> torch.Tensor | None:
         """A permutation of a batch's rows for `train.evaluate.stacked_batch_loss`, or None (keep the
-        order): the rows sorted by their first token (stable) where the fused backend runs. Its step-1
-        cell (`lstm_fused.first_steps_cell_`) gathers, per row, the tables of that row's step-0 token;
-        sorted, a program's rows share a few table rows (large on the H200: 1.08 against 1.36 ms a
-        pass, bench/results/logs/first_steps_sorted_2026-11-29.log). The loss is a sum over rows:
-        only its rounding depends on the order."""
+        order): the rows sorted by their first token (stable) where the fused backend runs steps 0 and 1
+        through tables over the vocabulary (`lstm_fused.step1_tables_run`). Step 1's cell
+        (`lstm_fused.first_steps_cell_`) gathers, per row, the tables of that row's step-0 token; sorted,
+        a program's rows share a few table rows (large on the H200: 1.08 against 1.36 ms a pass,
+        bench/results/logs/first_steps_sorted_2026-11-29.log). The loss is a sum over rows: only its
+        rounding depends on the order."""
         if self._fused() != "fused" or tokens_BT.dim() != 2 or tokens_BT.shape[1] < 2:
+            return None
+        from models import lstm_fused
+        if not lstm_fused.step1_tables_run(D=self.D, B=tokens_BT.shape[0], V=self.cfg.vocab_size,
+                                           device=tokens_BT.device):
             return None
         return torch.argsort(tokens_BT[:, 0], stable=True)
 

@@ -168,6 +168,19 @@ _TUNING: dict | None = None
 _TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_tuning.json")
 
 
+def step1_tables_run(*, D: int, B: int, V: int, device) -> bool:
+    """Whether a chunk of B rows that starts from the broadcast initial state runs its steps 0 and 1
+    through tables over the V tokens here: `first_gemv` and `step1_table` in this GPU's step config for
+    head size D (per-step kernels, not a whole-chunk form), and V <= B. What `LSTMModel.batch_row_order`
+    asks before it sorts the rows for those tables' gathers (elsewhere sorting buys nothing)."""
+    if V > B:
+        return False
+    Dk, BD, _ = step_tiles(D)
+    cfg = default_step_config(B, BD, Dk=Dk, device=device)
+    return bool(cfg.get("first_gemv") and cfg.get("step1_table")
+                and not (cfg.get("seq") or cfg.get("split") or cfg.get("persist")))
+
+
 def tuning_key(gpu: str, Dk: int, B: int, heads: int) -> str:
     """Key of a measured best config (bench/step_kernel_sweep.py): GPU name, padded head size, batch class."""
     del heads  # the measured best depends little on the number of heads at these sizes

@@ -81,12 +81,12 @@ def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, mic
         rows = slice(r0, r0 + mb) if perm is None else perm[r0:r0 + mb]
         state = model.init_state_stacked(P, min(mb, B - r0))
         for t0 in range(0, T, step):
-            inp = batch.inputs[:, t0:t0 + step][rows]        # this chunk's tokens and targets, in row order
-            tgt = batch.targets[:, t0:t0 + step][rows]
+            inp = batch.inputs[:, t0:t0 + step][rows]        # this chunk's tokens, in row order
             if t0 + min(step, T - t0) <= batch.scored_from:
                 # no target of this chunk is scored (the batch promises it): the state only, no logits
                 state = advance(P, inp, state) if advance else model.forward_chunk_stacked(P, inp, state)[1]
                 continue
+            tgt = batch.targets[:, t0:t0 + step][rows]
             # a model that scores its chunk in one kernel (no fp32 copy of the logits) returns the sums itself;
             # the chunk's steps before `scored_from` get no logits
             out = fused_loss(P, inp, tgt, state, ignore_index=IGNORE_INDEX,
