@@ -279,9 +279,12 @@ WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out")     # options of the w
 
 def merge_step_config(entry: dict, user: dict | None) -> dict:
     """A caller's step config on top of the tuning entry (it inherits the entry's other keys), except
-    that `ws: False` in the caller's config also drops the entry's warp-specialised-only options."""
+    that `ws: False` in the caller's config also drops the entry's warp-specialised-only options, and
+    `step1_table: False` or `first_gemv: False` the entry's `step1_rows` (an option of the tables)."""
     user = user or {}
-    base = {k: v for k, v in entry.items() if not (user.get("ws") is False and k in WS_KEYS)}
+    no_tables = user.get("step1_table") is False or user.get("first_gemv") is False
+    base = {k: v for k, v in entry.items()
+            if not (user.get("ws") is False and k in WS_KEYS) and not (no_tables and k == "step1_rows")}
     return {**base, **user}
 
 
@@ -834,6 +837,9 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     bk = cfg.pop("BK", BK)
     first_gemv = cfg.pop("first_gemv", False)
     step1_table = cfg.pop("step1_table", False)
+    if "step1_rows" in cfg and not step1_table:
+        raise ValueError("step config `step1_rows` sets the rows a program of the step-1 table cell (`step1_table`); "
+                         "add step1_table (with first_gemv) or drop step1_rows")
     step1_rows = cfg.pop("step1_rows", 32)
     if not isinstance(step1_rows, int) or step1_rows < 16 or step1_rows > 128 or step1_rows & (step1_rows - 1):
         raise ValueError(f"step config `step1_rows` (batch rows a program of the step-1 table cell) must be a power "

@@ -880,6 +880,9 @@ def test_first_gemv_with_a_whole_chunk_form_is_refused():
             forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
                                         step_config={"seq": None, "first_gemv": True, "step1_table": True,
                                                      "step1_rows": bad})
+    with pytest.raises(ValueError, match="`step1_rows` sets the rows.*add step1_table"):
+        forward_chunk_stacked_fused(prepare_fused(P, num_heads=2), tok, m.init_state_stacked(P, 4), num_heads=2,
+                                    step_config={"seq": None, "first_gemv": True, "step1_rows": 16})
 
 
 def test_rows_are_sorted_only_where_step1_tables_run(monkeypatch):
@@ -910,6 +913,10 @@ def test_step_config_on_top_of_a_tuning_entry():
     assert merge_step_config(entry, {"ws": False, "tma": True}) == {"BD": 64, "ws": False, "prefetch": True,
                                                                    "num_stages": 5, "tma": True}
     assert merge_step_config(entry, None) == entry
+    tables = {"BD": 64, "first_gemv": True, "step1_table": True, "step1_rows": 16}
+    assert merge_step_config(tables, {"step1_table": False}) == {"BD": 64, "first_gemv": True, "step1_table": False}
+    assert merge_step_config(tables, {"first_gemv": False}) == {"BD": 64, "first_gemv": False, "step1_table": True}
+    assert merge_step_config(tables, {"step1_rows": 32}) == dict(tables, step1_rows=32)
 
 
 def test_a_ws_tuning_entry_where_the_kernel_cannot_run_warns_and_uses_the_heuristic(monkeypatch, capsys):
