@@ -168,6 +168,18 @@ def test_ws_bitcheck_refuses_bad_input_clearly():
     assert nogpu.returncode == 2 and "needs a CUDA device" in nogpu.stderr
 
 
+def test_first_steps_variants_checks_its_sizes_and_refuses_without_a_gpu():
+    """bench/first_steps_variants.py: an unknown size is named; without a GPU it says so, nonzero."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    script = str(REPO / "bench" / "first_steps_variants.py")
+    bad = subprocess.run([sys.executable, script, "--sizes", "huge"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "--sizes ['huge'] not among" in bad.stderr
+    nogpu = subprocess.run([sys.executable, script, "--sizes", "large"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert nogpu.returncode != 0 and "needs a CUDA device" in nogpu.stderr
+
+
 def test_ws_decompose_builds_its_variants_and_refuses_without_a_gpu(tmp_path):
     """bench/ws_decompose.py: every source edit still applies to the shipped Gluon kernel (a kernel
     change that breaks one is caught here, not on the GPU), the variant module imports with the
