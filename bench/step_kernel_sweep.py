@@ -182,7 +182,7 @@ def seq_configs(cs):
     return [{"BM": bm, "num_warps": w, "prefetch": p} for bm in (32, 64, 128) for w in (4, 8) for p in (False, True)]
 
 
-GRIDS = ("focus", "quick", "all", "wres", "ws")
+GRIDS = ("focus", "quick", "all", "wres", "ws", "pp")
 def ws_configs(cs):
     """Configs of the warp-specialised Gluon kernel (`ws`): BD 64 where it divides Dk (else the
     preset's), BK 64 and 32; consumers on alternate tiles of 64 rows (a ring of stages each) or
@@ -205,6 +205,24 @@ def ws_configs(cs):
     ref = [dict(c, one_dot=False) for c in out if c["BK"] == 32 and not c["coop"] and not c["prefetch"]][:1]
     ref += [dict(c, stage_out=False) for c in out if c["BK"] == 32 and c["coop"] and c["prefetch"]][:1]
     return out + ref
+
+def pp_configs(cs):
+    """Configs of the weight-resident ping-pong Gluon kernel (`ws` with `pingpong`): BD 32 and 16
+    where they divide Dk (the accumulator and the cell's inputs in registers), BK 32 and 64, rings of
+    8, 16 and as many h stages as fit beside the weight tile (at most 32)."""
+    Dk = cs["Dk"]
+    out = []
+    for bd, bk in itertools.product((32, 16), (32, 64)):
+        if Dk % bd or Dk % bk:
+            continue
+        fits = [st for st in range(2, 33)
+                if ws_shared_bytes(BD=bd, BK=bk, stages=st, prefetch=False, coop=False, pingpong=True,
+                                   Dk=Dk) <= WS_SMEM_LIMIT]
+        for st in sorted({fits[-1], 16, 8} & set(fits), reverse=True) if fits else ():
+            out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
+                        "ws": True, "consumer_regs": 240, "pingpong": True})
+    return out
+
 
 WRES_SMEM = 200 * 1024  # the weight tile a weight-resident program may hold in shared memory (of 227 KB)
 
@@ -242,8 +260,8 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
     all: focus plus the forms slower everywhere timed so far: the four-dot form, the persistent
       kernel, the TMA kernel's descriptor epilogue (`tma_epi`), the weight-resident kernel and the
       warp-specialised Gluon kernel (`ws`);
-    wres, ws: the recorded entry, then the weight-resident (`wres_configs`) or the warp-specialised
-      kernel's configs (`ws_configs`).
+    wres, ws, pp: the recorded entry, then the weight-resident (`wres_configs`), the warp-specialised
+      kernel's configs (`ws_configs`) or its weight-resident ping-pong form (`pp_configs`).
     Small shapes (under 50 GFLOP a step, where the whole-chunk kernel runs) get the quick grid."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS}")
@@ -264,16 +282,17 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
                                                                (False, True)):
         focus.append({"BD": bd, "BM": bm, "one_dot": True, "num_warps": warps, "num_stages": stages,
                       "prefetch": True, "BK": bk, **({"tma": True} if tma else {})})
-    if grid in ("wres", "ws"):      # the recorded entry first, to compare with in the same run
+    if grid in ("wres", "ws", "pp"):      # the recorded entry first, to compare with in the same run
         first = [{k: v for k, v in recorded.items() if k in ENTRY_KEYS}] if recorded else []
-        return first + (wres_configs(cs) if grid == "wres" else ws_configs(cs))
+        return first + {"wres": wres_configs, "ws": ws_configs, "pp": pp_configs}[grid](cs)
     if grid == "focus":
         return focus
     if grid == "quick":
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
-                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out") if k in recorded}
+                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong")
+                    if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
         return first + rest
@@ -282,7 +301,7 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
     # the TMA kernel's descriptor epilogue: 3-7% slower than its pointer epilogue at large, xlarge and
     # medium on the H200 (`step_kernel_sweep_2026-11-28_222323`), so only here
     epi = [dict(c, tma_epi=True) for c in focus if c.get("tma")]
-    return focus + four + persistent_configs(cs, False) + epi + wres_configs(cs) + ws_configs(cs)
+    return focus + four + persistent_configs(cs, False) + epi + wres_configs(cs) + ws_configs(cs) + pp_configs(cs)
 
 
 def persistent_configs(cs, quick: bool):
@@ -305,7 +324,7 @@ def persistent_configs(cs, quick: bool):
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
              "wres", "tma_epi", "ws")
 # every launch option a tuning entry may hold (STEP_KEYS and the form-specific ones)
-ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg", "coop", "stage_out")
+ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong")
 
 
 def step_entry(row) -> dict:
@@ -321,6 +340,7 @@ def step_entry(row) -> dict:
         entry["a_reg"] = row.get("a_reg", False)
         entry["coop"] = row.get("coop", False)
         entry["stage_out"] = row.get("stage_out", False)
+        entry["pingpong"] = row.get("pingpong", False)
     return entry
 
 
@@ -344,6 +364,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=100)
     ap.add_argument("--grid", default="focus", choices=GRIDS, help="the config grid (see grid_configs)")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
+    ap.add_argument("--K", type=int, default=0, help="stacked models a launch (0: DEFAULT_K per size)")
     ap.add_argument("--time_budget_s", type=float, default=240.0)
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
     a = ap.parse_args(argv)
@@ -360,7 +381,7 @@ def main(argv=None):
     for si, size in enumerate(sizes):
         # each size gets an equal share of what is left, so a slow size cannot starve the rest
         size_deadline = time.time() + (a.time_budget_s - (time.time() - t_start)) / (len(sizes) - si)
-        K = DEFAULT_K[size]
+        K = a.K or DEFAULT_K[size]
         cs = make_case(size, K, a.batch, a.vocab, dev)
         K, N, B, Dk, D = cs["K"], cs["N"], cs["B"], cs["Dk"], cs["D"]
         flops = 2.0 * K * N * B * Dk * 4 * Dk

@@ -338,3 +338,217 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         (_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, COOP, ONE_DOT, STAGE_OUT, 1)),
                         (_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, A_REG, PREFETCH, COOP, ONE_DOT, STAGE_OUT, 0))],
                        [4, 1], [CONSUMER_REGS, 24])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weight-resident ping-pong form (`lstm_step_pp_kernel`)
+#
+# A program owns "units" (one head of one stacked model x BD hidden units, all four gates) and runs
+# every row tile of a unit against the unit's weight tile W[:Dk, 4*BD], which it loads once into
+# shared memory (NK chunks of BK rows, each with its own barriers, so the next unit's chunk k loads as
+# soon as the unit's last tile is past k-step k). Only h streams through the ring, in [BM, BK] stages.
+# The two consumers take alternate row tiles and pass a turn between them (mbarriers `turn`): one
+# runs its GEMM while the other runs the cell of its previous tile, so the tensor cores do not wait
+# on the cell. With the turn the ring is consumed strictly in tile order, as by one consumer.
+# The cell's inputs G[token] and c are loaded into registers in the accumulator's layout before the
+# tile waits for its turn; BD 32 keeps the accumulator (64 registers), G (32) and c (16) in registers.
+# L2 traffic a row tile: its h rows only ([BM, Dk]); the weight tile is read once per unit.
+
+@gluon.jit
+def _pp_unit(q, pid, num_m, NUM_D: gl.constexpr, NUM_PROGRAMS: gl.constexpr):
+    """(unit index in this program, row tile, unit tile, head) of this program's q-th row tile."""
+    ui = q // num_m
+    unit = pid + ui * NUM_PROGRAMS
+    return ui, q - ui * num_m, unit % NUM_D, unit // NUM_D
+
+
+@gluon.jit
+def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
+                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
+    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
+     turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+     num_q, num_m, a_rows_per_k) = args
+    NK: gl.constexpr = Dk // BK
+    NUM_D: gl.constexpr = Dk // BD
+    pid = gl.program_id(0)
+    for q in range(num_q):
+        ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+        k = pid_h // N
+        n = pid_h - k * N
+        a_row = k * a_rows_per_k + pid_m * BM
+        for kk in gl.static_range(NK):
+            if pid_m == 0:      # the unit's weight chunk kk, once the previous unit's last tile is done with it
+                mbarrier.wait(w_empty.index(kk), (ui & 1) ^ 1)
+                mbarrier.expect(w_ready.index(kk), w_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD)], w_ready.index(kk),
+                                                w_bufs.index(kk))
+            count = q * NK + kk
+            s = count % STAGES
+            mbarrier.wait(empty.index(s), ((count // STAGES) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], ready.index(s), a_bufs.index(s))
+
+
+@gluon.jit
+def _pp_tokens(tok_ptr, q, num_q, num_m, B, tok_stride_b, t, BM: gl.constexpr, layout: gl.constexpr):
+    """The tokens at step t of row tile q's BM rows (0 past this program's last tile or the batch)."""
+    pid_m = q % num_m
+    rows = pid_m * BM + gl.arange(0, BM, layout=layout)
+    return gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=(rows < B) & (q < num_q), other=0)
+
+
+@gluon.jit
+def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q, pid, num_m, B, N, V, stride_cin_h, stride_cin_b,
+                 Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr,
+                 g_cp: gl.constexpr, c_cp: gl.constexpr):
+    """Copy (cp.async, 16 bytes a thread and copy) G[token]'s four gates and c of row tile q into this
+    consumer's shared buffers g_sm[4 WHICH + gate], c_sm[WHICH] (zeros past this program's last tile);
+    tok: the tile's tokens in g_cp's row layout."""
+    NUM_D: gl.constexpr = Dk // BD
+    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+    k = pid_h // N
+    n = pid_h - k * N
+    g_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, g_cp))
+    g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, g_cp))
+    g_row = ((k * V + tok) * N + n) * (4 * Dk)
+    gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + g_cols, 0))
+    gm = gl.expand_dims((g_rows < B) & (q < num_q), 1) & gl.expand_dims(g_cols < BD, 0)
+    for g in gl.static_range(4):
+        async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)
+    c_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, c_cp))
+    c_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_cp))
+    cm = gl.expand_dims((c_rows < B) & (q < num_q), 1) & gl.expand_dims(c_cols < BD, 0)
+    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_in_ptr + _c_in_offsets(c_rows, c_cols, pid_d, pid_h, stride_cin_h,
+                                                                         stride_cin_b, BD), mask=cm)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
+                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
+    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
+     turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+     num_q, num_m, a_rows_per_k) = args
+    NK: gl.constexpr = Dk // BK
+    NUM_D: gl.constexpr = Dk // BD
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BD, 16])
+    acc4_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                          instr_shape=[16, 4 * BD, 16])
+    # 16-byte pieces: G's rows as [BM, BD] bf16 in 8-element vectors, c's (fp32) in 4
+    g_cp: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (BD // 8), BD // 8], [4, 1], [1, 0])
+    c_cp: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BD // 4), BD // 4], [4, 1], [1, 0])
+    tok_layout: gl.constexpr = gl.SliceLayout(1, g_cp)
+    pid = gl.program_id(0)
+    # the cell's inputs are copied a tile ahead (in flight during the previous tile's GEMM and cell and
+    # the other consumer's GEMM), their tokens loaded two tiles ahead
+    tok = _pp_tokens(tok_ptr, WHICH, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
+    _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, num_m, B, N, V, stride_cin_h, stride_cin_b,
+                 Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp)
+    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
+    j = 0
+    for q in range(WHICH, num_q, 2):
+        ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+        k = pid_h // N
+        n = pid_h - k * N
+        last = pid_m == num_m - 1           # the unit's last row tile frees its weight chunks
+        # this tile's cell inputs into registers, in the accumulator layout; then the next tile's copies
+        async_copy.wait_group(0)
+        gl.thread_barrier()                 # every thread's copies have landed
+        g_i = g_sm.index(4 * WHICH + 0).load(acc_layout)
+        g_f = g_sm.index(4 * WHICH + 1).load(acc_layout)
+        g_z = g_sm.index(4 * WHICH + 2).load(acc_layout)
+        g_o = g_sm.index(4 * WHICH + 3).load(acc_layout)
+        c = c_sm.index(WHICH).load(acc_layout)
+        gl.thread_barrier()                 # every thread has read them
+        _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, num_m, B, N, V, stride_cin_h,
+                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp)
+        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
+        # this tile's turn: the other consumer has issued its last k-step
+        mbarrier.wait(turn.index(WHICH), (j & 1) ^ (1 - WHICH))
+        acc = gl.zeros([BM, 4 * BD], gl.float32, acc4_layout)
+        s_prev = 0
+        for kk in gl.static_range(NK):
+            count = q * NK + kk
+            s = count % STAGES
+            mbarrier.wait(w_ready.index(kk), ui & 1)
+            mbarrier.wait(ready.index(s), (count // STAGES) & 1)
+            acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)
+            if kk > 0:
+                # the previous k-step's MMA is done: free its stage (and, on the unit's last tile, its
+                # weight chunk). Only the async proxy (TMA, wgmma) touches these buffers, so no proxy
+                # fence (it compiles to a MEMBAR that waits for this thread's copies and stores)
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                mbarrier.arrive(empty.index(s_prev), count=1)
+                mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
+            s_prev = s
+        mbarrier.arrive(turn.index(1 - WHICH), count=1)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index(s_prev), count=1)
+        mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)
+        j += 1
+        # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
+        acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
+        even, odd = gl.split(acc)
+        acc_i, acc_z = gl.split(even)
+        acc_f, acc_o = gl.split(odd)
+        i_g = gl.convert_layout(acc_i, acc_layout) + g_i.to(gl.float32)
+        f_g = gl.convert_layout(acc_f, acc_layout) + g_f.to(gl.float32)
+        z_g = gl.convert_layout(acc_z, acc_layout) + g_z.to(gl.float32)
+        o_g = gl.convert_layout(acc_o, acc_layout) + g_o.to(gl.float32)
+        c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
+        h = _sig_fast(o_g) * _tanh_fast(c_new)
+        # c and h out through shared memory, then stored in 16-byte pieces
+        oc_sm.index(WHICH).store(c_new)
+        oh_sm.index(WHICH).store(h.to(gl.bfloat16))
+        gl.thread_barrier()
+        _store_tile(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                    pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
+
+
+@gluon.jit
+def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
+                        B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+                        num_units, num_m, a_rows_per_k,
+                        Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
+                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
+    (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
+    p, p + NUM_PROGRAMS, ..., each for all num_m row tiles of BM rows."""
+    NK: gl.constexpr = Dk // BK
+    a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    w_ready = gl.allocate_shared_memory(gl.int64, [NK, 1], mbarrier.MBarrierLayout())
+    w_empty = gl.allocate_shared_memory(gl.int64, [NK, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    # per consumer: the cell's inputs (four gates of G[token], c) and outputs (c, h), 16-byte chunks
+    # swizzled so that the accumulator layout's 8 rows x 4 threads of a warp hit distinct banks
+    G_PP: gl.constexpr = 1 if BD * 2 >= 128 else 128 // (BD * 2)
+    G_MP: gl.constexpr = 8 if BD * 2 >= 128 else BD * 2 // 16
+    C_PP: gl.constexpr = 1 if BD * 4 >= 128 else 128 // (BD * 4)
+    C_MP: gl.constexpr = 8 if BD * 4 >= 128 else BD * 4 // 16
+    g_layout: gl.constexpr = gl.SwizzledSharedLayout(8, G_PP, G_MP, order=[1, 0])
+    c_layout: gl.constexpr = gl.SwizzledSharedLayout(4, C_PP, C_MP, order=[1, 0])
+    g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, BM, BD], g_layout)
+    c_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
+    oc_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
+    oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], g_layout)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+    for s in gl.static_range(NK):
+        mbarrier.init(w_ready.index(s), count=1)
+        mbarrier.init(w_empty.index(s), count=1)
+    for s in gl.static_range(2):
+        mbarrier.init(turn.index(s), count=1)
+    pid = gl.program_id(0)
+    num_q = ((num_units - pid + NUM_PROGRAMS - 1) // NUM_PROGRAMS) * num_m     # this program's row tiles
+    args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
+            w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
+            stride_cin_b, num_q, num_m, a_rows_per_k)
+    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0)),
+                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 1)),
+                        (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0))],
+                       [4, 1], [CONSUMER_REGS, 24])

@@ -274,7 +274,7 @@ def _warn_once(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out")     # options of the warp-specialised kernel only
+WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out", "pingpong")  # options of the warp-specialised kernel only
 
 
 def merge_step_config(entry: dict, user: dict | None) -> dict:
@@ -348,7 +348,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
                tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False,
-               coop: bool = False, stage_out: bool = False):
+               coop: bool = False, stage_out: bool = False, pingpong: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -368,7 +368,10 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     and c copied (cp.async) into shared memory during the GEMM; stage_out (with prefetch): c and h
     stored back through those buffers in 16-byte pieces; coop: both consumers share each weight
     tile, a tile of 2*BM rows, instead of taking alternate tiles; one_dot: one wgmma of 4*BD columns a
-    k-step instead of four of BD; it has its own loads, so tma does not apply to it)."""
+    k-step instead of four of BD; it has its own loads, so tma does not apply to it; pingpong (with
+    one_dot, BD 16 or 32): `lstm_step_pp_kernel`, a program holds a unit tile's weights in shared memory
+    for every row tile and its two consumers take alternate row tiles, one's GEMM beside the other's
+    cell; num_stages is then the depth of its one ring of h tiles)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -387,10 +390,10 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                              "warp-specialised kernel is its own form; drop one of them")
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
                              stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch,
-                             coop=coop, one_dot=one_dot, stage_out=stage_out)
-    if coop or stage_out or a_reg or consumer_regs != 240:
-        raise ValueError("step config `coop`, `stage_out`, `a_reg` and `consumer_regs` belong to the warp-specialised "
-                         "kernel; add `ws` or drop them")
+                             coop=coop, one_dot=one_dot, stage_out=stage_out, pingpong=pingpong)
+    if coop or stage_out or a_reg or pingpong or consumer_regs != 240:
+        raise ValueError("step config `coop`, `stage_out`, `a_reg`, `pingpong` and `consumer_regs` belong to the "
+                         "warp-specialised kernel; add `ws` or drop them")
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -563,9 +566,16 @@ def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD:
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
 
 
-def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bool, coop: bool) -> int:
+def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bool, coop: bool,
+                    pingpong: bool = False, Dk: int = 0) -> int:
     """Shared memory of the warp-specialised kernel: the rings of stages (two consumers' h tiles and one
-    weight tile each with coop, else one ring per consumer), the cell's staged inputs, the barriers."""
+    weight tile each with coop, else one ring per consumer), the cell's staged inputs, the barriers.
+    pingpong: the resident weight tile [Dk, 4*BD], one ring of [BM, BK] h tiles, and per consumer the
+    cell's staged inputs (G's four gates, c) and outputs (c, h)."""
+    if pingpong:
+        nk = Dk // BK
+        cell = 2 * BM * BD * (4 * 2 + 4 + 4 + 2)
+        return nk * BK * 4 * BD * 2 + stages * BM * BK * 2 + cell + (2 * stages + 2 * nk + 2) * 8 + 256
     rings = 1 if coop else 2
     ring = stages * (2 * BM * BK * 2 + rings * BK * 4 * BD * 2)
     cell = 2 * (4 * BM * BD * 2 + BM * BD * 4) if prefetch else 0
@@ -573,8 +583,12 @@ def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bo
 
 
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
-                  a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False):
+                  a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
+    if pingpong:
+        return _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
+                             stages=stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch, coop=coop,
+                             one_dot=one_dot, stage_out=stage_out)
     if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
         raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
                          f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
@@ -611,6 +625,47 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
         c_in.stride(0), c_in.stride(1), num_tiles, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
         NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, A_REG=bool(a_reg), PREFETCH=bool(prefetch),
         COOP=bool(coop), ONE_DOT=bool(one_dot), STAGE_OUT=bool(stage_out), num_warps=4, maxnreg=168)
+
+
+def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, a_reg,
+                  prefetch, coop, one_dot, stage_out):
+    """`lstm_step_` with the weight-resident ping-pong Gluon kernel (`lstm_step_pp_kernel`)."""
+    given = [k for k, v in (("a_reg", a_reg), ("prefetch", prefetch), ("coop", coop), ("stage_out", stage_out)) if v]
+    if given:
+        raise ValueError(f"step config `pingpong` has its own weight and cell-input handling; drop {', '.join(given)} "
+                         f"(or drop pingpong)")
+    if not one_dot:
+        raise ValueError("step config `pingpong` runs one wgmma of 4*BD columns a k-step: set one_dot True")
+    if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
+        raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240; got {consumer_regs!r}")
+    if BM != 64 or BD not in (16, 32) or Dk % BD or Dk % BK or BK % 16:
+        raise ValueError(f"step config `pingpong` needs BM 64, BD 16 or 32 dividing Dk (the accumulator and the "
+                         f"cell's inputs live in registers) and BK a multiple of 16 dividing Dk (got BM {BM}, BD {BD}, "
+                         f"BK {BK}, Dk {Dk})")
+    smem = ws_shared_bytes(BD=BD, BK=BK, BM=BM, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk)
+    if smem > WS_SMEM_LIMIT:
+        raise ValueError(f"step config `pingpong` needs {smem} bytes of shared memory (the weight tile [{Dk}, {4 * BD}] "
+                         f"and {stages} stages of [{BM}, {BK}]), over the {WS_SMEM_LIMIT} a program may have; lower "
+                         f"num_stages or BD")
+    ok, why = ws_available(h_out.device)
+    if not ok:
+        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
+    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
+        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
+                         f"{h_out.dtype}); drop `ws` for other dtypes")
+    if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
+        raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
+                         "batch and its model stride must be whole rows; write h out in full first")
+    from models import _lstm_step_gluon as kern
+    B, V = c_out.shape[1], g.shape[1]
+    a_desc, w_desc, rows_per_k, _, num_m = ws_launch_geometry(h_in, w, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK, BD=BD,
+                                                              one_dot=True, coop=False)
+    num_units = K * N * (Dk // BD)
+    programs = min(num_units, num_sms(c_out.device))
+    return kern.lstm_step_pp_kernel[(programs,)](
+        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
+        c_in.stride(0), c_in.stride(1), num_units, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
 
 
 def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,
