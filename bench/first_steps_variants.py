@@ -1,6 +1,7 @@
 """Launch variants of the first-step kernels, timed per preset (what the shipped launches were chosen from).
 
     python bench/first_steps_variants.py --sizes medium,large,xlarge
+    python bench/first_steps_variants.py --sizes large --BD 32 --only_cell
 
 Per preset (K stacked models a pass: medium 12, large 4 as tuned on the H200, xlarge 1; B = 1024,
 V = 100, bf16 random weights), ms per launch from CUDA events (median of --reps), twice:
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="medium,large,xlarge")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--BD", type=int, default=0, help="unit tile BD of W's tiling and the step-1 cell (0: the "
+                    "preset's, step_tiles); 32 is the H200's large entry with the ping-pong step kernel")
+    ap.add_argument("--only_cell", action="store_true", help="only the step-1 cell timing")
     a = ap.parse_args(argv)
     bad = [s for s in a.sizes.split(",") if s not in MODELS]
     if bad:
@@ -50,6 +54,9 @@ def main(argv=None) -> int:
         H, N = SIZE_PRESETS[size]
         K, D = MODELS[size], H // N
         Dk, BD, _ = step_tiles(D)
+        BD = a.BD or BD
+        if Dk % BD:
+            sys.exit(f"first_steps_variants.py: --BD {BD} does not divide {size}'s Dk {Dk}")
         W = (torch.randn(K * N, Dk, 4 * Dk, device=dev, generator=gen) * 0.05).to(dt)
         h1 = (torch.rand(K, V, N, Dk, device=dev, generator=gen) - 0.5).to(dt)
         h0 = (torch.rand(K * N, Dk, device=dev, generator=gen) - 0.5).to(dt)
@@ -69,7 +76,7 @@ def main(argv=None) -> int:
             f()
             return cuda_ms(f, a.reps), u
 
-        for _ in range(2):
+        for _ in range(0 if a.only_cell else 2):
             base, u0 = table(128, 8, 3)
             for cfg in ((128, 4, 4), (128, 4, 3), (64, 4, 4)):
                 ms, u = table(*cfg)

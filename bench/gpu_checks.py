@@ -139,7 +139,8 @@ def backend_checks(dev):
 
 def step_form_checks(dev):
     """Each form of the fused per-step kernel (pointer and TMA loads, the TMA kernel's descriptor
-    epilogue, prefetched cell loads, the weight-resident kernel, the warp-specialised Gluon kernel;
+    epilogue, prefetched cell loads, the weight-resident kernel, the warp-specialised Gluon kernel and
+    its weight-resident ping-pong form;
     each config on top of this GPU's
     tuning entry, as a user's step config is) in the chunk forward of K = 2
     stacked bf16 LSTMs, against the fp32 CPU reference at D = 300 and 150 (Dk 320, 160), B = 300
@@ -152,7 +153,7 @@ def step_form_checks(dev):
         "weight-resident": {"wres": True, "tma": False, "BM": 64, "num_warps": 4, "num_stages": 1},
         "weight-resident, prefetch, 4 row tiles": {"wres": True, "tma": False, "prefetch": True, "row_tiles": 4,
                                                    "BM": 64, "num_warps": 4, "num_stages": 1, "BD": 32}}
-    ws = {"ws": True, "tma": False, "BM": 64, "BK": 32, "num_stages": 3}
+    ws = {"ws": True, "tma": False, "BM": 64, "BK": 32, "num_stages": 3, "pingpong": False}
     ws_forms = {
         "warp-specialised (Gluon), four dots, alternate tiles": dict(ws, one_dot=False, coop=False, prefetch=False,
                                                                      stage_out=False, num_stages=4),
@@ -161,7 +162,13 @@ def step_form_checks(dev):
         "warp-specialised, one dot, cooperative, staged in and out": dict(ws, one_dot=True, coop=True, prefetch=True,
                                                                           stage_out=True),
         "warp-specialised, one dot, cooperative": dict(ws, one_dot=True, coop=True, prefetch=False, stage_out=False,
-                                                       num_stages=6)}
+                                                       num_stages=6),
+        "warp-specialised ping-pong, weight-resident, BD 32": dict(ws, one_dot=True, coop=False, prefetch=False,
+                                                                   stage_out=False, pingpong=True, BD=32, BK=64,
+                                                                   num_stages=8),
+        "warp-specialised ping-pong, weight-resident, BD 16": dict(ws, one_dot=True, coop=False, prefetch=False,
+                                                                   stage_out=False, pingpong=True, BD=16, BK=32,
+                                                                   num_stages=12)}
     # every key a form leaves out comes from the GPU's tuning entry; ws False drops the entry's ws-only keys
     forms = {**{n: dict(c, ws=False) for n, c in triton_forms.items()}, **ws_forms,
              "step 0 as one matrix-vector product per head, then the tuning entry's kernel": {"first_gemv": True,
@@ -189,6 +196,8 @@ def step_form_checks(dev):
             cfg = dict(cfg, seq=None)
             if cfg.get("wres"):          # at most 8 weight chunks (the tuning entry's BK may be smaller)
                 cfg["BK"] = 64 if Dk % 64 == 0 else 32
+            if cfg.get("pingpong") and Dk % cfg["BK"]:
+                cfg["BK"] = 32
             try:
                 with torch.inference_mode():
                     Pf = prepare_fused(Pd, num_heads=heads)

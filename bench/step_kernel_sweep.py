@@ -36,7 +36,7 @@ from models.lstm_fused import (CHUNK_KEYS, PASS_KEYS, SEQ_MAX_DK, WS_SMEM_LIMIT,
                                tuning_key, ws_shared_bytes)
 
 # K stacked models per pass at B = 1024, T = 11, 12 probes (models.auto_models_per_pass on an H200)
-DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 2, "xlarge": 1}
+DEFAULT_K = {"tiny": 24, "small": 24, "medium": 12, "large": 4, "xlarge": 1}
 
 
 def cuda_time(fn, *, reps: int, warm: int = 2) -> float:

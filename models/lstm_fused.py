@@ -277,14 +277,22 @@ def _warn_once(msg: str) -> None:
 WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out", "pingpong")  # options of the warp-specialised kernel only
 
 
+COOP_FORM_KEYS = ("coop", "prefetch", "stage_out", "a_reg")     # options of the warp-specialised kernel's
+                                                                # cooperative / alternate-tile form
+
+
 def merge_step_config(entry: dict, user: dict | None) -> dict:
     """A caller's step config on top of the tuning entry (it inherits the entry's other keys), except
-    that `ws: False` in the caller's config also drops the entry's warp-specialised-only options, and
-    `step1_table: False` or `first_gemv: False` the entry's `step1_rows` (an option of the tables)."""
+    that `ws: False` in the caller's config also drops the entry's warp-specialised-only options,
+    `step1_table: False` or `first_gemv: False` the entry's `step1_rows` (an option of the tables), and
+    any of COOP_FORM_KEYS set true (without `pingpong`) the entry's `pingpong` (those options belong to
+    the other form of the warp-specialised kernel)."""
     user = user or {}
     no_tables = user.get("step1_table") is False or user.get("first_gemv") is False
+    other_form = "pingpong" not in user and any(user.get(k) for k in COOP_FORM_KEYS)
     base = {k: v for k, v in entry.items()
-            if not (user.get("ws") is False and k in WS_KEYS) and not (no_tables and k == "step1_rows")}
+            if not (user.get("ws") is False and k in WS_KEYS) and not (no_tables and k == "step1_rows")
+            and not (other_form and k == "pingpong")}
     return {**base, **user}
 
 

@@ -106,8 +106,11 @@ def test_committed_tuning_file_is_valid():
             assert not cfg.get("stage_out") or cfg.get("prefetch"), key
             assert not cfg.get("one_dot") or 4 * cfg["BD"] <= 256, key
             assert lstm_fused.ws_shared_bytes(BD=cfg["BD"], BK=BK, stages=cfg["num_stages"],
-                                              prefetch=bool(cfg.get("prefetch")),
-                                              coop=bool(cfg.get("coop"))) <= lstm_fused.WS_SMEM_LIMIT, key
+                                              prefetch=bool(cfg.get("prefetch")), coop=bool(cfg.get("coop")),
+                                              pingpong=bool(cfg.get("pingpong")), Dk=Dk) <= lstm_fused.WS_SMEM_LIMIT, key
+            if cfg.get("pingpong"):     # the ping-pong form's own constraints (_lstm_step_pp checks the same)
+                assert cfg["one_dot"] and cfg["BD"] in (16, 32), key
+                assert not any(cfg.get(k) for k in lstm_fused.COOP_FORM_KEYS), key
         seq = cfg.get("seq")
         if seq is not None:   # the whole-chunk kernel: only for heads of at most SEQ_MAX_DK, a power of two
             assert Dk <= lstm_fused.SEQ_MAX_DK and Dk & (Dk - 1) == 0, key
