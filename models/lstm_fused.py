@@ -583,7 +583,7 @@ def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bo
     if pingpong:
         nk = Dk // BK
         cell = 2 * BM * BD * (4 * 2 + 4 + 4 + 2)
-        return nk * BK * 4 * BD * 2 + stages * BM * BK * 2 + cell + (2 * stages + 2 * nk + 2) * 8 + 256
+        return nk * BK * 4 * BD * 2 + stages * BM * BK * 2 + cell + (2 * stages + 2 * nk + 2) * 8 + 512
     rings = 1 if coop else 2
     ring = stages * (2 * BM * BK * 2 + rings * BK * 4 * BD * 2)
     cell = 2 * (4 * BM * BD * 2 + BM * BD * 4) if prefetch else 0

@@ -98,8 +98,8 @@ def test_sweep_keeps_a_faster_recorded_entry():
 
 def test_sweep_grids():
     """The kernel sweep's grids: focus times every per-step config with and without prefetch; quick puts
-    the recorded entry and its prefetch twin first; wres / ws the recorded entry, then the weight-resident
-    / warp-specialised kernel; all adds the four-dot, persistent, descriptor-epilogue, weight-resident and
+    the recorded entry and its prefetch twin first; wres / ws / pp the recorded entry, then the
+    weight-resident / warp-specialised kernel / its ping-pong form (every ring fitting the shared memory); all adds the four-dot, persistent, descriptor-epilogue, weight-resident and
     warp-specialised forms; small
     shapes always get the quick grid; an unknown grid name is an error."""
     pytest.importorskip("triton")
@@ -132,6 +132,15 @@ def test_sweep_grids():
     ws = sweep.grid_configs(large, "ws", rec)
     assert ws[0]["BM"] == 128 and ws[1:] and all(c["ws"] and c["BM"] == 64 and 320 % c["BK"] == 0 for c in ws[1:])
     assert all(c in full for c in ws[1:])
+    pp = sweep.grid_configs(large, "pp", rec)
+    assert pp[0]["BM"] == 128 and {(c["BD"], c["BK"]) for c in pp[1:]} == {(32, 32), (32, 64), (16, 32), (16, 64)}
+    from models.lstm_fused import WS_SMEM_LIMIT, ws_shared_bytes
+    for c in pp[1:]:
+        assert c["ws"] and c["pingpong"] and c["one_dot"] and c["BM"] == 64 and 2 <= c["num_stages"] <= 32
+        assert ws_shared_bytes(BD=c["BD"], BK=c["BK"], stages=c["num_stages"], prefetch=False, coop=False,
+                               pingpong=True, Dk=320) <= WS_SMEM_LIMIT
+        assert c in full
+    assert sweep.step_entry(dict(pp[1], s=1e-3))["pingpong"] is True          # the entry reproduces the form
     tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32, "BK": 32}
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):

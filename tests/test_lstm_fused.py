@@ -824,6 +824,92 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     assert est - 512 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
+@pytest.mark.parametrize("Dk, BD, BK, stages", [(320, 32, 64, 8),     # the large preset's tuning entry
+                                                (160, 32, 32, 16), (320, 16, 32, 12)])
+def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
+    """The weight-resident ping-pong Gluon step kernel compiled for sm_90 (no GPU needed): three
+    partitions, no register spills, Dk/BK x BK/16 wgmma per consumer, the cell's inputs as 16-byte
+    cp.async (both consumers, the first tile's copies and the loop's) and c and h stored in 16-byte
+    pieces, no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and stores), the
+    shared memory `ws_shared_bytes` estimates (within 227 KB)."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon._runtime import GluonASTSource
+    except Exception as e:  # pragma: no cover - triton without Gluon
+        pytest.skip(f"no Gluon compile API: {e!r}")
+    from models import _lstm_step_gluon as kern
+    from models.lstm_fused import WS_SMEM_LIMIT, ws_shared_bytes
+    BM = 64
+    a_l = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16)
+    w_l = gl.NVMMASharedLayout.get_default_for([BK, 4 * BD], gl.bfloat16)
+    sig = {"a_desc": f"tensordesc<bf16[{BM},{BK}],{a_l!r}>", "w_desc": f"tensordesc<bf16[{BK},{4 * BD}],{w_l!r}>",
+           "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
+           **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
+                                 "stride_cin_b", "num_units", "num_m", "a_rows_per_k")}}
+    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240)
+    names = list(sig)
+    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
+             ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
+              "stride_cin_b")}
+    src = GluonASTSource(fn=kern.lstm_step_pp_kernel, signature={**sig, **{k: "constexpr" for k in cx}},
+                         constexprs=cx, attrs=attrs)
+    try:
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168})
+    except Exception as e:
+        if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
+            pytest.skip(f"no ptxas: {e!r}")
+        raise
+    ptx = compiled.asm["ptx"]
+    assert "ttg.warp_specialize" in compiled.asm["ttgir"] and "setmaxnreg" in ptx
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if ptxas.exists():
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "k.ptx").write_text(ptx)
+            rep = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(Path(d) / "k.ptx"), "-o",
+                                  str(Path(d) / "k.cubin")], capture_output=True, text=True, check=True).stderr
+        if BD == 32:        # BD 16 (four times the tiles) spills a few bytes, harmless but reported
+            assert " 0 bytes spill stores" in rep, rep
+    assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * (BK // 16)
+    per_thread = lambda nbytes: max(1, nbytes // 16 // 128)                 # noqa: E731  16-byte pieces
+    assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2) + per_thread(BM * BD * 4))
+    assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
+    assert "fence.proxy.async" not in ptx
+    est = ws_shared_bytes(BD=BD, BK=BK, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk)
+    assert est - 1024 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
+
+
+def test_pingpong_form_refuses_what_it_cannot_run():
+    """`pingpong` in a step config: without `ws`, with the cooperative form's options, without one_dot,
+    with a BD whose accumulator and cell inputs would not fit registers, or with a ring over the shared
+    memory, a clear error that names the fix; a caller asking for the cooperative form's options drops
+    a tuning entry's pingpong (merge_step_config)."""
+    import torch
+    from models.lstm_fused import COOP_FORM_KEYS, lstm_step_, merge_step_config
+    K, N, Dk, B = 1, 2, 64, 8
+    h = torch.zeros(K, B, N, Dk, dtype=torch.bfloat16)
+    W = torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16)
+    G = torch.zeros(K, 3, N, 4 * Dk, dtype=torch.bfloat16)
+    tok = torch.zeros(B, 2, dtype=torch.int64)
+    c = torch.zeros(K * N, B, Dk)
+    base = dict(K=K, N=N, Dk=Dk, BD=32, BK=32, BM=64, one_dot=True, num_stages=8)
+    with pytest.raises(ValueError, match="`pingpong`.*belong to the warp-specialised kernel; add `ws`"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **base, pingpong=True)
+    for cfg, msg in (({"coop": True}, "drop coop"), ({"prefetch": True, "stage_out": True}, "drop prefetch, stage_out"),
+                     ({"one_dot": False}, "set one_dot True"), ({"BD": 64}, "BD 16 or 32"),
+                     ({"num_stages": 40}, "lower num_stages or BD"),
+                     ({}, "needs a CUDA device")):
+        with pytest.raises(ValueError, match=msg):
+            lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, pingpong=True, **cfg))
+    entry = {"ws": True, "pingpong": True, "BD": 32, "coop": False, "prefetch": False}
+    for k in COOP_FORM_KEYS:
+        assert "pingpong" not in merge_step_config(entry, {k: True, "BD": 64})
+    assert merge_step_config(entry, {"coop": True, "pingpong": True})["pingpong"] is True     # asked for: kept
+    assert merge_step_config(entry, {"num_stages": 6})["pingpong"] is True
+    assert "pingpong" not in merge_step_config(entry, {"ws": False})
+
+
 def test_warp_specialised_kernel_refuses_what_it_cannot_run():
     """`ws` in a step config: off a Hopper GPU, with another kernel form, or with other dtypes, a clear
     error that names the fix (nothing falls back to another kernel silently)."""
