@@ -252,3 +252,24 @@ def test_bench_predicts_setup_from_the_largest_model_measured():
     step, setup = bench_step.predict_zo(B, "large", 64, 1.126e8)
     assert step == pytest.approx(0.15 * 64 / 12) and setup == pytest.approx(9.0)
     assert bench_step.predict_zo(type("E", (), {"res": {"zo_steps": []}}), "tiny", 12, 2e6) == (None, None)
+
+
+def test_pp_decompose_builds_its_variants_and_refuses_without_a_gpu(tmp_path):
+    """bench/pp_decompose.py: every variant's edits still apply, once each, to the shipped ping-pong
+    kernel and change it, and the variant module imports; a stale edit is refused by name; an unknown
+    variant is named; without a GPU the script says so, nonzero."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import pp_decompose
+    shipped = pp_decompose.SRC_PATH.read_text()
+    for name, edits in pp_decompose.VARIANTS.items():
+        mod = pp_decompose.variant_module(tmp_path, name, edits)
+        assert hasattr(mod, "lstm_step_pp_kernel") and (tmp_path / f"pp_variant_{name}.py").read_text() != shipped
+    with pytest.raises(SystemExit, match="the kernel source changed"):
+        pp_decompose.variant_source([("no such line", "")])
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    script = str(REPO / "bench" / "pp_decompose.py")
+    bad = subprocess.run([sys.executable, script, "--variants", "nope"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown --variants ['nope']" in bad.stderr
+    nogpu = subprocess.run([sys.executable, script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert nogpu.returncode != 0 and "needs a CUDA device" in nogpu.stderr

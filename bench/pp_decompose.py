@@ -1,0 +1,192 @@
+"""Where the weight-resident ping-pong step kernel's time goes (`lstm_step_pp_kernel`): the kernel
+timed against variants of itself, built from its source with one part removed or done another way.
+
+    python bench/pp_decompose.py --size large --K 4 [--variants noload,nostore] [--rounds 2]
+
+The preset's shapes (bench/step_kernel_sweep.py's case: B = 1024, V = 100, K stacked models), ms per
+launch with CUDA events (median of --reps), in --rounds interleaved rounds (the machine drifts by a
+few percent), for: this GPU's tuning entry; the ping-pong form at --configs (BK:stages, BD 32); and
+each variant at the first of those configs:
+- noload: the cell's inputs (G[token], c) not copied into shared memory (read as whatever it holds);
+- nostore: c and h staged in shared memory but not stored to global memory;
+- noload_nostore: both;
+- nomufu: the cell's tanh and sigmoids replaced by their arguments (no MUFU instructions);
+- direct_out: c and h stored from the accumulator layout (4- and 8-byte stores), not staged;
+- c_reg: c loaded into registers a tile ahead (8-byte loads), not staged through shared memory;
+- wait2: two k-steps of wgmma in flight instead of one;
+- if_last: the weight chunks' release under a branch instead of a predicate.
+The variants are written to temporary modules (the shipped kernel is not changed); outputs of noload,
+nostore and nomufu are meaningless. Results: bench/results/logs/pp_variants_2026-11-29_session12.log.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+SRC_PATH = ROOT / "models" / "_lstm_step_gluon.py"
+
+_G_COPY = """    for g in gl.static_range(4):
+        async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)"""
+_C_COPY = """    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_in_ptr + _c_in_offsets(c_rows, c_cols, pid_d, pid_h, stride_cin_h,
+                                                                         stride_cin_b, BD), mask=cm)"""
+_CELL = """        c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
+        h = _sig_fast(o_g) * _tanh_fast(c_new)
+        # c and h out"""
+_STAGED_OUT = """        oc_sm.index(WHICH).store(c_new)
+        oh_sm.index(WHICH).store(h.to(gl.bfloat16))
+        gl.thread_barrier()
+        _store_tile(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                    pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
+_STORE = """        _store_tile(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                    pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
+_C_REGS = """@gluon.jit
+def _pp_c_regs(c_in_ptr, q, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk: gl.constexpr, BM: gl.constexpr,
+               BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, layout: gl.constexpr):
+    NUM_D: gl.constexpr = Dk // BD
+    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+    rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, layout))
+    m2 = gl.expand_dims((rows < B) & (q < num_q), 1) & gl.expand_dims(cols < BD, 0)
+    return gl.load(c_in_ptr + _c_in_offsets(rows, cols, pid_d, pid_h, stride_cin_h, stride_cin_b, BD), mask=m2,
+                   other=0.0)
+
+
+@gluon.jit
+def _pp_consumer("""
+_TOK0 = "    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)\n    j = 0"
+_TOKN = "        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)"
+_CREG = ("_pp_c_regs(c_in_ptr, {q}, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, "
+         "acc_layout)")
+_WAIT = ("""            if kk > 0:
+                # the previous""", """            if kk > 1:
+                # the previous""")
+_RELEASE = """                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                mbarrier.arrive(empty.index(s_prev), count=1)
+                mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
+            s_prev = s"""
+_LAST = """        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index(s_prev), count=1)
+        mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)"""
+_LOOP = """        s_prev = 0
+        for kk in gl.static_range(NK):
+            count = q * NK + kk"""
+
+# name -> (old, new) source edits
+VARIANTS = {
+    "noload": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)")],
+    "nostore": [(_STORE, "        gl.thread_barrier()")],
+    "noload_nostore": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"),
+                       (_STORE, "        gl.thread_barrier()")],
+    "nomufu": [(_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)", "i_g")
+                .replace("_tanh_fast(z_g)", "z_g").replace("_sig_fast(o_g)", "o_g").replace("_tanh_fast(c_new)", "c_new"))],
+    "direct_out": [(_STAGED_OUT, """        _store_tile(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
+                    stride_out_k, stride_hb, Dk, BM, BD)""")],
+    "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
+              (_TOK0, _TOK0.replace("    j = 0", "    c_reg = " + _CREG.format(q="WHICH") + "\n    j = 0")),
+              ("        c = c_sm.index(WHICH).load(acc_layout)\n        gl.thread_barrier()                 # every thread has read",
+               "        c = c_reg\n        gl.thread_barrier()                 # every thread has read"),
+              (_TOKN, _TOKN + "\n        c_reg = " + _CREG.format(q="q + 2"))],
+    "wait2": [_WAIT, (_RELEASE, _RELEASE.replace("num_outstanding=1", "num_outstanding=2")
+                      .replace("empty.index(s_prev)", "empty.index(s_pp)").replace("kk - 1", "kk - 2")
+                      .replace("            s_prev = s", "            s_pp = s_prev\n            s_prev = s")),
+              (_LAST, _LAST.replace("        mbarrier.arrive(empty.index(s_prev), count=1)",
+                                    "        mbarrier.arrive(empty.index(s_pp), count=1)\n"
+                                    "        mbarrier.arrive(w_empty.index(NK - 2), count=1, pred=last)\n"
+                                    "        mbarrier.arrive(empty.index(s_prev), count=1)")),
+              (_LOOP, _LOOP.replace("        s_prev = 0", "        s_prev = 0\n        s_pp = 0"))],
+    "if_last": [("""                mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)""",
+                 """                if last:
+                    mbarrier.arrive(w_empty.index(kk - 1), count=1)"""),
+                ("""        mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)""",
+                 """        if last:
+            mbarrier.arrive(w_empty.index(NK - 1), count=1)""")],
+}
+
+
+def variant_source(edits, src: str | None = None) -> str:
+    """The kernel module's source with `edits` applied (each must match exactly once)."""
+    src = SRC_PATH.read_text() if src is None else src
+    for old, new in edits:
+        if src.count(old) != 1:
+            raise SystemExit(f"pp_decompose: the kernel source changed; update VARIANTS (found {src.count(old)} "
+                             f"times: {old[:70]!r})")
+        src = src.replace(old, new)
+    return src
+
+
+def variant_module(tmp: Path, name: str, edits):
+    """The kernel module with `edits` applied, imported from a file under tmp (Gluon reads its source)."""
+    path = tmp / f"pp_variant_{name}.py"
+    path.write_text(variant_source(edits))
+    spec = importlib.util.spec_from_file_location(f"pp_variant_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="large")
+    ap.add_argument("--K", type=int, default=4, help="stacked models a launch (large's pass on the H200: 4)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--configs", default="64:8,32:16", help="ping-pong BK:stages to time (BD 32); variants use the first")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=30)
+    a = ap.parse_args(argv)
+    names = [v for v in a.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"pp_decompose: unknown --variants {unknown}; choose among {list(VARIANTS)}")
+    try:
+        configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",") if c]
+        assert configs and all(len(c) == 2 for c in configs)
+    except (ValueError, AssertionError):
+        sys.exit(f"pp_decompose: --configs wants BK:stages pairs, e.g. 64:8,32:16 (got {a.configs!r})")
+    if not torch.cuda.is_available():
+        print("pp_decompose.py needs a CUDA device (Hopper, Gluon)", file=sys.stderr)
+        return 2
+    import models
+    import models._lstm_step_gluon as shipped
+    import step_kernel_sweep as S
+    from models import lstm_fused
+    dev = torch.device("cuda")
+    cs = S.make_case(a.size, a.K, 1024, 100, dev)
+    h_out, c_out = torch.empty_like(cs["h"]), torch.empty_like(cs["c"])
+    key = lstm_fused.tuning_key(torch.cuda.get_device_name(dev), cs["Dk"], cs["B"], cs["K"] * cs["N"])
+    skip = lstm_fused.TUNING_NOTES + lstm_fused.PASS_KEYS + lstm_fused.CHUNK_KEYS + ("seq", "split", "persist")
+    entry = {k: v for k, v in lstm_fused._tuning().get(key, {}).items() if k not in skip}
+    pp = [{"BD": 32, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st, "ws": True,
+           "consumer_regs": 240, "pingpong": True} for bk, st in configs]
+    rows = ([(f"tuning entry {key}", None, entry)] if entry else [])
+    rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages", None, c) for c in pp]
+    rows += [(f"ping-pong BK {pp[0]['BK']}, {pp[0]['num_stages']} stages, {v}", v, pp[0]) for v in names]
+    print(f"{a.size}: K={cs['K']} N={cs['N']} Dk={cs['Dk']}, {2.0 * cs['K'] * cs['N'] * cs['B'] * cs['Dk'] * 4 * cs['Dk'] / 1e9:.0f} "
+          f"GFLOP a launch", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        mods = {v: variant_module(Path(tmp), v, VARIANTS[v]) for v in names}
+        for rnd in range(a.rounds):
+            for label, v, cfg in rows:
+                models._lstm_step_gluon = mods[v] if v else shipped   # what lstm_fused's launcher imports
+                try:
+                    S.run_kernel(cs, cfg, h_out, c_out)
+                    torch.cuda.synchronize()
+                    t = S.cuda_time(lambda: S.run_kernel(cs, cfg, h_out, c_out), reps=a.reps)  # noqa: B023
+                    print(f"round {rnd} {label}: {t * 1e3:.3f} ms", flush=True)
+                except Exception as e:  # noqa: BLE001  (a variant that fails is a result too)
+                    print(f"round {rnd} {label}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                finally:
+                    models._lstm_step_gluon = shipped
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
