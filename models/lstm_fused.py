@@ -590,6 +590,20 @@ def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bo
     return ring + cell + 2 * rings * stages * 8 + 256        # + alignment and the compiler's own
 
 
+def _ws_runnable(h_in, h_out, w, g, *, N: int, Dk: int) -> None:
+    """Refuse, naming the fix, what no form of the warp-specialised kernel can run: no Gluon-capable
+    Hopper device, other dtypes than bf16, an h_in a tensor descriptor cannot describe."""
+    ok, why = ws_available(h_out.device)
+    if not ok:
+        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
+    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
+        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
+                         f"{h_out.dtype}); drop `ws` for other dtypes")
+    if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
+        raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
+                         "batch and its model stride must be whole rows; write h out in full first")
+
+
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
                   a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
@@ -614,15 +628,7 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
         raise ValueError(f"step config `ws` needs {smem} bytes of shared memory at BK {BK}, {stages} stages"
                          f"{' with prefetch' if prefetch else ''}, over the {WS_SMEM_LIMIT} a program may have; "
                          f"lower num_stages or BK")
-    ok, why = ws_available(h_out.device)
-    if not ok:
-        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
-    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
-        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
-                         f"{h_out.dtype}); drop `ws` for other dtypes")
-    if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
-        raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
-                         "batch and its model stride must be whole rows; write h out in full first")
+    _ws_runnable(h_in, h_out, w, g, N=N, Dk=Dk)
     from models import _lstm_step_gluon as kern
     B, V = c_out.shape[1], g.shape[1]
     a_desc, w_desc, rows_per_k, num_tiles, num_m = ws_launch_geometry(h_in, w, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK,
@@ -655,15 +661,7 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
         raise ValueError(f"step config `pingpong` needs {smem} bytes of shared memory (the weight tile [{Dk}, {4 * BD}] "
                          f"and {stages} stages of [{BM}, {BK}]), over the {WS_SMEM_LIMIT} a program may have; lower "
                          f"num_stages or BD")
-    ok, why = ws_available(h_out.device)
-    if not ok:
-        raise ValueError(f"step config `ws`: {why}; drop `ws` from the step config")
-    if w.dtype != torch.bfloat16 or g.dtype != torch.bfloat16 or h_out.dtype != torch.bfloat16:
-        raise ValueError(f"step config `ws` needs bf16 weights, input gates and h (got {w.dtype}, {g.dtype}, "
-                         f"{h_out.dtype}); drop `ws` for other dtypes")
-    if h_in.stride(1) == 0 or h_in.stride(0) % (N * Dk):
-        raise ValueError("step config `ws` reads h through a tensor descriptor: h_in must not broadcast over the "
-                         "batch and its model stride must be whole rows; write h out in full first")
+    _ws_runnable(h_in, h_out, w, g, N=N, Dk=Dk)
     from models import _lstm_step_gluon as kern
     B, V = c_out.shape[1], g.shape[1]
     a_desc, w_desc, rows_per_k, _, num_m = ws_launch_geometry(h_in, w, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK, BD=BD,

@@ -764,6 +764,32 @@ def test_weight_resident_kernel_keeps_its_weight_in_shared_memory():
         assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
 
 
+def _compile_ws_sm90(fn, sig, cx, attrs):
+    """A Gluon kernel compiled for sm_90 as the launcher compiles it (num_warps 4, maxnreg 168): the
+    compiled kernel, its PTX (checked: warp-specialised, with register reallocation) and ptxas' -v
+    report (None where the package has no ptxas); skips where this triton has no ptxas."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    src = GluonASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in cx}}, constexprs=cx, attrs=attrs)
+    try:
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168})
+    except Exception as e:
+        if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
+            pytest.skip(f"no ptxas: {e!r}")
+        raise
+    ptx = compiled.asm["ptx"]
+    assert "ttg.warp_specialize" in compiled.asm["ttgir"] and "setmaxnreg" in ptx
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        return compiled, ptx, None
+    with tempfile.TemporaryDirectory() as d:                # the register report of the cubin's assembler
+        (Path(d) / "k.ptx").write_text(ptx)
+        rep = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(Path(d) / "k.ptx"), "-o",
+                              str(Path(d) / "k.cubin")], capture_output=True, text=True, check=True).stderr
+    return compiled, ptx, rep
+
+
 @pytest.mark.parametrize("Dk, BD, BK, stages, one_dot, coop, prefetch, stage_out", [
     (320, 64, 32, 5, False, False, False, False),     # the four-wgmma form, alternate tiles
     (320, 64, 32, 5, True, True, True, False),        # the large preset's tuning entry
@@ -775,10 +801,9 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     without one_dot), the staged cell inputs as 16-byte cp.async and the staged stores as 16-byte
     stores, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
     try:
-        import triton
-        from triton.backends.compiler import GPUTarget
+        import triton.backends.compiler  # noqa: F401
+        import triton.experimental.gluon._runtime  # noqa: F401
         from triton.experimental.gluon import language as gl
-        from triton.experimental.gluon._runtime import GluonASTSource
     except Exception as e:  # pragma: no cover - triton without Gluon
         pytest.skip(f"no Gluon compile API: {e!r}")
     from models import _lstm_step_gluon as kern
@@ -798,22 +823,8 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
               "stride_cin_b")}
-    src = GluonASTSource(fn=kern.lstm_step_ws_kernel, signature={**sig, **{k: "constexpr" for k in cx}},
-                         constexprs=cx, attrs=attrs)
-    try:
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168})
-    except Exception as e:
-        if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
-            pytest.skip(f"no ptxas: {e!r}")
-        raise
-    ptx = compiled.asm["ptx"]
-    assert "ttg.warp_specialize" in compiled.asm["ttgir"] and "setmaxnreg" in ptx
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if ptxas.exists():                                      # the register report of the cubin's assembler
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "k.ptx").write_text(ptx)
-            rep = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(Path(d) / "k.ptx"), "-o",
-                                  str(Path(d) / "k.cubin")], capture_output=True, text=True, check=True).stderr
+    compiled, ptx, rep = _compile_ws_sm90(kern.lstm_step_ws_kernel, sig, cx, attrs)
+    if rep is not None:
         assert " 0 bytes spill stores" in rep, rep
     assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * (BK // 16) * (1 if one_dot else 4)
     per_thread = lambda nbytes: nbytes // 16 // 128                          # noqa: E731  16-byte pieces
@@ -833,10 +844,9 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     pieces, no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and stores), the
     shared memory `ws_shared_bytes` estimates (within 227 KB)."""
     try:
-        import triton
-        from triton.backends.compiler import GPUTarget
+        import triton.backends.compiler  # noqa: F401
+        import triton.experimental.gluon._runtime  # noqa: F401
         from triton.experimental.gluon import language as gl
-        from triton.experimental.gluon._runtime import GluonASTSource
     except Exception as e:  # pragma: no cover - triton without Gluon
         pytest.skip(f"no Gluon compile API: {e!r}")
     from models import _lstm_step_gluon as kern
@@ -853,24 +863,9 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
               "stride_cin_b")}
-    src = GluonASTSource(fn=kern.lstm_step_pp_kernel, signature={**sig, **{k: "constexpr" for k in cx}},
-                         constexprs=cx, attrs=attrs)
-    try:
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168})
-    except Exception as e:
-        if "ptxas" in repr(e).lower() and "not found" in repr(e).lower():
-            pytest.skip(f"no ptxas: {e!r}")
-        raise
-    ptx = compiled.asm["ptx"]
-    assert "ttg.warp_specialize" in compiled.asm["ttgir"] and "setmaxnreg" in ptx
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if ptxas.exists():
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "k.ptx").write_text(ptx)
-            rep = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(Path(d) / "k.ptx"), "-o",
-                                  str(Path(d) / "k.cubin")], capture_output=True, text=True, check=True).stderr
-        if BD == 32:        # BD 16 (four times the tiles) spills a few bytes, harmless but reported
-            assert " 0 bytes spill stores" in rep, rep
+    compiled, ptx, rep = _compile_ws_sm90(kern.lstm_step_pp_kernel, sig, cx, attrs)
+    if rep is not None and BD == 32:        # BD 16 (four times the tiles) spills a few bytes, harmless but reported
+        assert " 0 bytes spill stores" in rep, rep
     assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * (BK // 16)
     per_thread = lambda nbytes: max(1, nbytes // 16 // 128)                 # noqa: E731  16-byte pieces
     assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2) + per_thread(BM * BD * 4))
