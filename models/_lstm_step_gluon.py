@@ -28,10 +28,12 @@ tanh, h rounded to bf16); on the H200 its h and c equal that kernel's bit for bi
 
 Measured on the H200 (bench/results/step_kernel_sweep_2026-11-28_235254, _235543), ms a step against
 the Triton TMA kernel in the same run: large 1.131 vs 1.296 (COOP, ONE_DOT, PREFETCH, BK 32, 5
-stages), medium 0.781 vs 0.990 (alternate tiles, ONE_DOT, PREFETCH + STAGE_OUT, 7 stages), xlarge
-4.093 vs 4.516 (COOP, ONE_DOT, PREFETCH + STAGE_OUT, 5 stages); the tuning entries of
-models/step_tuning.json pick these. The four-wgmma form without staging (the first version) was
-8-34% slower than the Triton kernel.
+stages; 2 models a launch), medium 0.781 vs 0.990 (alternate tiles, ONE_DOT, PREFETCH + STAGE_OUT, 7
+stages), xlarge 4.093 vs 4.516 (COOP, ONE_DOT, PREFETCH + STAGE_OUT, 5 stages); the tuning entries of
+models/step_tuning.json pick these for medium and xlarge. Large now runs the weight-resident ping-pong
+form at the end of this file (`lstm_step_pp_kernel`: 1.9-2.1 against 2.1-2.3 ms a launch of 4 models,
+bench/results/logs/pp_variants_2026-11-29_session12.log). The four-wgmma form without staging (the
+first version) was 8-34% slower than the Triton kernel.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
