@@ -166,9 +166,6 @@ def step_form_checks(dev):
         "warp-specialised ping-pong, weight-resident, BD 32": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                    stage_out=False, pingpong=True, BD=32, BK=64,
                                                                    num_stages=8),
-        "warp-specialised ping-pong, weight-resident, BD 32, G in registers": dict(
-            ws, one_dot=True, coop=False, prefetch=False, stage_out=False, pingpong=True, g_regs=True, BD=32, BK=64,
-            num_stages=8),
         "warp-specialised ping-pong, weight-resident, BD 16": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                    stage_out=False, pingpong=True, BD=16, BK=32,
                                                                    num_stages=12)}

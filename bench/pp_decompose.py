@@ -5,8 +5,7 @@ timed against variants of itself, built from its source with one part removed or
 
 The preset's shapes (bench/step_kernel_sweep.py's case: B = 1024, V = 100, K stacked models), ms per
 launch with CUDA events (median of --reps), in --rounds interleaved rounds (the machine drifts by a
-few percent), for: this GPU's tuning entry; the ping-pong form at --configs (BK:stages, BD 32; with
-`:g` G[token] loaded into registers, `g_regs`); and
+few percent), for: this GPU's tuning entry; the ping-pong form at --configs (BK:stages, BD 32); and
 each variant at the first of those configs:
 - noload: the cell's inputs (G[token], c) not copied into shared memory (read as whatever it holds);
 - nostore: c and h staged in shared memory but not stored to global memory;
@@ -35,8 +34,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 SRC_PATH = ROOT / "models" / "_lstm_step_gluon.py"
 
-_G_COPY = """        for g in gl.static_range(4):
-            async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)"""
+_G_COPY = """    for g in gl.static_range(4):
+        async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)"""
 _C_COPY = """    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_in_ptr + _c_in_offsets(c_rows, c_cols, pid_d, pid_h, stride_cin_h,
                                                                          stride_cin_b, BD), mask=cm)"""
 _CELL = """        c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
@@ -64,7 +63,7 @@ def _pp_c_regs(c_in_ptr, q, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk
 @gluon.jit
 def _pp_consumer("""
 _TOK0 = "    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)\n    j = 0"
-_TOKN = "                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp, G_REGS)"
+_TOKN = "        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)"
 _CREG = ("_pp_c_regs(c_in_ptr, {q}, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, "
          "acc_layout)")
 _WAIT = ("""            if kk > 0:
@@ -83,9 +82,9 @@ _LOOP = """        s_prev = 0
 
 # name -> (old, new) source edits
 VARIANTS = {
-    "noload": [(_G_COPY, "        g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)")],
+    "noload": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)")],
     "nostore": [(_STORE, "        gl.thread_barrier()")],
-    "noload_nostore": [(_G_COPY, "        g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"),
+    "noload_nostore": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"),
                        (_STORE, "        gl.thread_barrier()")],
     "nomufu": [(_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)", "i_g")
                 .replace("_tanh_fast(z_g)", "z_g").replace("_sig_fast(o_g)", "o_g").replace("_tanh_fast(c_new)", "c_new"))],
@@ -139,8 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="large")
     ap.add_argument("--K", type=int, default=4, help="stacked models a launch (large's pass on the H200: 4)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--configs", default="64:8,32:16,64:8:g", help="ping-pong BK:stages[:g] to time (BD 32; g: "
-                    "G loaded into registers, `g_regs`); variants use the first")
+    ap.add_argument("--configs", default="64:8,32:16", help="ping-pong BK:stages to time (BD 32); variants use the first")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
     a = ap.parse_args(argv)
@@ -149,11 +147,10 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"pp_decompose: unknown --variants {unknown}; choose among {list(VARIANTS)}")
     try:
-        configs = [(int(c.split(":")[0]), int(c.split(":")[1]), c.split(":")[2:] == ["g"])
-                   for c in a.configs.split(",") if c]
-        assert configs and all(len(c.split(":")) in (2, 3) for c in a.configs.split(",") if c)
+        configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",") if c]
+        assert configs and all(len(c) == 2 for c in configs)
     except (ValueError, AssertionError):
-        sys.exit(f"pp_decompose: --configs wants BK:stages[:g], e.g. 64:8,32:16,64:8:g (got {a.configs!r})")
+        sys.exit(f"pp_decompose: --configs wants BK:stages pairs, e.g. 64:8,32:16 (got {a.configs!r})")
     if not torch.cuda.is_available():
         print("pp_decompose.py needs a CUDA device (Hopper, Gluon)", file=sys.stderr)
         return 2
@@ -168,10 +165,9 @@ def main(argv=None) -> int:
     skip = lstm_fused.TUNING_NOTES + lstm_fused.PASS_KEYS + lstm_fused.CHUNK_KEYS + ("seq", "split", "persist")
     entry = {k: v for k, v in lstm_fused._tuning().get(key, {}).items() if k not in skip}
     pp = [{"BD": 32, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st, "ws": True,
-           "consumer_regs": 240, "pingpong": True, **({"g_regs": True} if gr else {})} for bk, st, gr in configs]
+           "consumer_regs": 240, "pingpong": True} for bk, st in configs]
     rows = ([(f"tuning entry {key}", None, entry)] if entry else [])
-    rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages{', G in registers' if c.get('g_regs') else ''}", None, c)
-             for c in pp]
+    rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages", None, c) for c in pp]
     rows += [(f"ping-pong BK {pp[0]['BK']}, {pp[0]['num_stages']} stages, {v}", v, pp[0]) for v in names]
     print(f"{a.size}: K={cs['K']} N={cs['N']} Dk={cs['Dk']}, {2.0 * cs['K'] * cs['N'] * cs['B'] * cs['Dk'] * 4 * cs['Dk'] / 1e9:.0f} "
           f"GFLOP a launch", flush=True)

@@ -1,10 +1,9 @@
 """One step of the warp-specialised Gluon kernel against the Triton per-step kernel on the same
 inputs: the largest |difference| of h and of c (0.0: bit for bit equal). Needs a Hopper GPU.
 
-    python bench/ws_bitcheck.py STAGES K N D B V [PREFETCH COOP ONE_DOT STAGE_OUT [PINGPONG [G_REGS]]]
+    python bench/ws_bitcheck.py STAGES K N D B V [PREFETCH COOP ONE_DOT STAGE_OUT [PINGPONG]]
     python bench/ws_bitcheck.py 5 2 220 300 1024 100 1 1 1 0      # the large preset's shapes and entry
-    python bench/ws_bitcheck.py 8 4 220 300 1024 100 0 0 1 0 1     # the weight-resident ping-pong form
-    python bench/ws_bitcheck.py 8 4 220 300 1024 100 0 0 1 0 1 1   # ... with G loaded into registers
+    python bench/ws_bitcheck.py 24 4 220 300 1024 100 0 0 1 0 1   # the weight-resident ping-pong form
 
 K stacked models of N heads of D units (padded to the kernel's Dk; BD 64 where it divides Dk, else
 32; BK 32; BD 32 with PINGPONG), B batch rows, vocabulary V; the flags 0/1 are the step-config keys of
@@ -27,7 +26,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     st, K, N, D, B, V = map(int, argv[:6])
-    pre, coop, one, so, pp, gr = (bool(int(argv[i])) if len(argv) > i else False for i in range(6, 12))
+    pre, coop, one, so, pp = (bool(int(argv[i])) if len(argv) > i else False for i in range(6, 11))
     if not torch.cuda.is_available():
         print("ws_bitcheck needs a CUDA device (Hopper)", file=sys.stderr)
         return 2
@@ -45,7 +44,7 @@ def main(argv: list[str]) -> int:
     lstm_step_(h, h1, W, G, tok, 1, c, c1, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=64, one_dot=True, num_warps=4)
     h2, c2 = torch.zeros_like(h), torch.zeros_like(c)
     lstm_step_(h, h2, W, G, tok, 1, c, c2, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=64, ws=True, num_stages=st,
-               prefetch=pre, coop=coop, one_dot=one, stage_out=so, pingpong=pp, g_regs=gr)
+               prefetch=pre, coop=coop, one_dot=one, stage_out=so, pingpong=pp)
     torch.cuda.synchronize()
     dh, dc = float((h1.float() - h2.float()).abs().max()), float((c1 - c2).abs().max())
     print(f"ws {' '.join(argv)}: max |dh| {dh} max |dc| {dc}")

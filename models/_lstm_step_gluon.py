@@ -402,22 +402,21 @@ def _pp_tokens(tok_ptr, q, num_q, num_m, B, tok_stride_b, t, BM: gl.constexpr, l
 @gluon.jit
 def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q, pid, num_m, B, N, V, stride_cin_h, stride_cin_b,
                  Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr,
-                 g_cp: gl.constexpr, c_cp: gl.constexpr, G_REGS: gl.constexpr):
-    """Copy (cp.async, 16 bytes a thread and copy) G[token]'s four gates (unless G_REGS) and c of row
-    tile q into this consumer's shared buffers g_sm[4 WHICH + gate], c_sm[WHICH] (zeros past this
-    program's last tile); tok: the tile's tokens in g_cp's row layout."""
+                 g_cp: gl.constexpr, c_cp: gl.constexpr):
+    """Copy (cp.async, 16 bytes a thread and copy) G[token]'s four gates and c of row tile q into this
+    consumer's shared buffers g_sm[4 WHICH + gate], c_sm[WHICH] (zeros past this program's last tile);
+    tok: the tile's tokens in g_cp's row layout."""
     NUM_D: gl.constexpr = Dk // BD
     ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
     k = pid_h // N
     n = pid_h - k * N
-    if not G_REGS:
-        g_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, g_cp))
-        g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, g_cp))
-        g_row = ((k * V + tok) * N + n) * (4 * Dk)
-        gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + g_cols, 0))
-        gm = gl.expand_dims((g_rows < B) & (q < num_q), 1) & gl.expand_dims(g_cols < BD, 0)
-        for g in gl.static_range(4):
-            async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)
+    g_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, g_cp))
+    g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, g_cp))
+    g_row = ((k * V + tok) * N + n) * (4 * Dk)
+    gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + g_cols, 0))
+    gm = gl.expand_dims((g_rows < B) & (q < num_q), 1) & gl.expand_dims(g_cols < BD, 0)
+    for g in gl.static_range(4):
+        async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)
     c_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, c_cp))
     c_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_cp))
     cm = gl.expand_dims((c_rows < B) & (q < num_q), 1) & gl.expand_dims(c_cols < BD, 0)
@@ -427,38 +426,8 @@ def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q
 
 
 @gluon.jit
-def _pp_g_frag(g_ptr, tok, q, num_q, pid, num_m, B, N, V, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr,
-               NUM_PROGRAMS: gl.constexpr, layout: gl.constexpr):
-    """G[token]'s four gates of row tile q, [BM, 4*BD] bf16 in `layout` (G_FRAG_LAYOUT), from the table
-    in the accumulator's fragment order (`lstm_fused.g_fragment_order`): per row, lane quad t's 4 gates x
-    BD/4 values are 64 contiguous bytes, loaded as 16-byte vectors straight into the registers that
-    hold those units' accumulators (zeros past this program's last tile); tok in layout's row slice."""
-    NUM_D: gl.constexpr = Dk // BD
-    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
-    k = pid_h // N
-    n = pid_h - k * N
-    rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
-    p = gl.arange(0, 4 * BD, layout=gl.SliceLayout(0, layout))
-    m2 = gl.expand_dims((rows < B) & (q < num_q), 1) & gl.expand_dims(p < 4 * BD, 0)
-    g_row = ((k * V + tok) * N + n) * (4 * Dk)
-    return gl.load(g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * (4 * BD) + p, 0)), mask=m2, other=0.0)
-
-
-@gluon.jit
-def _pp_g_split(x, BM: gl.constexpr, BD: gl.constexpr, acc_layout: gl.constexpr):
-    """The four gates [BM, BD] in the accumulator layout from `_pp_g_frag`'s [BM, 4*BD] (columns in
-    fragment order t, gate, j, e for unit 8j + 2t + e): a relabelling of registers, no data moves."""
-    x = gl.permute(gl.reshape(x, [BM, 4, 4, BD // 8, 2]), [0, 3, 1, 4, 2])    # -> [BM, j, t, e, gate]
-    even, odd = gl.split(gl.reshape(x, [BM, BD, 2, 2]))
-    g_i, g_z = gl.split(even)
-    g_f, g_o = gl.split(odd)
-    return (gl.convert_layout(g_i, acc_layout), gl.convert_layout(g_f, acc_layout),
-            gl.convert_layout(g_z, acc_layout), gl.convert_layout(g_o, acc_layout))
-
-
-@gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
-                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, G_REGS: gl.constexpr, WHICH: gl.constexpr):
+                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
      turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
      num_q, num_m, a_rows_per_k) = args
@@ -471,24 +440,13 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
     # 16-byte pieces: G's rows as [BM, BD] bf16 in 8-element vectors, c's (fp32) in 4
     g_cp: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (BD // 8), BD // 8], [4, 1], [1, 0])
     c_cp: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BD // 4), BD // 4], [4, 1], [1, 0])
-    # G_REGS: a thread's 8 rows x 4 lanes x (4 gates x BD/4 units) of the accumulator layout, with the
-    # columns in the table's fragment order (t, gate, j, e): registers hold 4*BD/4 contiguous values a row
-    G_FRAG: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [8, 0]], lane_bases=[[0, 32], [0, 64], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BM, 4 * BD])
-    if G_REGS:
-        gl.static_assert(BD == 32 and BM == 64, "G_REGS is written for BD 32, BM 64")
-        tok_layout: gl.constexpr = gl.SliceLayout(1, G_FRAG)
-    else:
-        tok_layout: gl.constexpr = gl.SliceLayout(1, g_cp)
+    tok_layout: gl.constexpr = gl.SliceLayout(1, g_cp)
     pid = gl.program_id(0)
-    # the cell's inputs are copied (G_REGS: G loaded into registers) a tile ahead (in flight during the
-    # previous tile's GEMM and cell and the other consumer's GEMM), their tokens loaded two tiles ahead
+    # the cell's inputs are copied a tile ahead (in flight during the previous tile's GEMM and cell and
+    # the other consumer's GEMM), their tokens loaded two tiles ahead
     tok = _pp_tokens(tok_ptr, WHICH, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
     _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, num_m, B, N, V, stride_cin_h, stride_cin_b,
-                 Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp, G_REGS)
-    if G_REGS:
-        gx = _pp_g_frag(g_ptr, tok, WHICH, num_q, pid, num_m, B, N, V, Dk, BM, BD, NUM_PROGRAMS, G_FRAG)
+                 Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp)
     tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
     j = 0
     for q in range(WHICH, num_q, 2):
@@ -499,17 +457,15 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         # this tile's cell inputs into registers, in the accumulator layout; then the next tile's copies
         async_copy.wait_group(0)
         gl.thread_barrier()                 # every thread's copies have landed
-        if not G_REGS:
-            g_i = g_sm.index(4 * WHICH + 0).load(acc_layout)
-            g_f = g_sm.index(4 * WHICH + 1).load(acc_layout)
-            g_z = g_sm.index(4 * WHICH + 2).load(acc_layout)
-            g_o = g_sm.index(4 * WHICH + 3).load(acc_layout)
+        g_i = g_sm.index(4 * WHICH + 0).load(acc_layout)
+        g_f = g_sm.index(4 * WHICH + 1).load(acc_layout)
+        g_z = g_sm.index(4 * WHICH + 2).load(acc_layout)
+        g_o = g_sm.index(4 * WHICH + 3).load(acc_layout)
         c = c_sm.index(WHICH).load(acc_layout)
         gl.thread_barrier()                 # every thread has read them
         _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, num_m, B, N, V, stride_cin_h,
-                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp, G_REGS)
-        if not G_REGS:
-            tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
+                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp)
+        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
         # this tile's turn: the other consumer has issued its last k-step
         mbarrier.wait(turn.index(WHICH), (j & 1) ^ (1 - WHICH))
         acc = gl.zeros([BM, 4 * BD], gl.float32, acc4_layout)
@@ -533,12 +489,6 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         mbarrier.arrive(empty.index(s_prev), count=1)
         mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)
         j += 1
-        if G_REGS:
-            # this tile's G out of the registers it was loaded into; the next tile's loads issued now, so
-            # that only one tile's G is held across a GEMM
-            g_i, g_f, g_z, g_o = _pp_g_split(gx, BM, BD, acc_layout)
-            gx = _pp_g_frag(g_ptr, tok_next, q + 2, num_q, pid, num_m, B, N, V, Dk, BM, BD, NUM_PROGRAMS, G_FRAG)
-            tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
         # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
         acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
         even, odd = gl.split(acc)
@@ -563,13 +513,10 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
                         num_units, num_m, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
-                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        G_REGS: gl.constexpr = False):
+                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
-    p, p + NUM_PROGRAMS, ..., each for all num_m row tiles of BM rows. G_REGS: g_ptr is the input
-    table in the accumulator's fragment order (`lstm_fused.g_fragment_order`), loaded into registers
-    instead of staged through shared memory (BD 32)."""
+    p, p + NUM_PROGRAMS, ..., each for all num_m row tiles of BM rows."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
@@ -586,7 +533,7 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     C_MP: gl.constexpr = 8 if BD * 4 >= 128 else BD * 4 // 16
     g_layout: gl.constexpr = gl.SwizzledSharedLayout(8, G_PP, G_MP, order=[1, 0])
     c_layout: gl.constexpr = gl.SwizzledSharedLayout(4, C_PP, C_MP, order=[1, 0])
-    g_sm = gl.allocate_shared_memory(gl.bfloat16, [1 if G_REGS else 8, BM, BD], g_layout)
+    g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, BM, BD], g_layout)
     c_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
     oc_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
     oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], g_layout)
@@ -603,7 +550,7 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
             w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
             stride_cin_b, num_q, num_m, a_rows_per_k)
-    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, G_REGS, 0)),
-                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, G_REGS, 1)),
+    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0)),
+                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 1)),
                         (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0))],
                        [4, 1], [CONSUMER_REGS, 24])

@@ -274,7 +274,7 @@ def _warn_once(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out", "pingpong", "g_regs")  # the warp-specialised kernel's own
+WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out", "pingpong")  # options of the warp-specialised kernel only
 
 
 COOP_FORM_KEYS = ("coop", "prefetch", "stage_out", "a_reg")     # options of the warp-specialised kernel's
@@ -285,14 +285,14 @@ def merge_step_config(entry: dict, user: dict | None) -> dict:
     """A caller's step config on top of the tuning entry (it inherits the entry's other keys), except
     that `ws: False` in the caller's config also drops the entry's warp-specialised-only options,
     `step1_table: False` or `first_gemv: False` the entry's `step1_rows` (an option of the tables), and
-    any of COOP_FORM_KEYS set true (without `pingpong`) the entry's `pingpong` and `g_regs` (those options
-    belong to the other form of the warp-specialised kernel)."""
+    any of COOP_FORM_KEYS set true (without `pingpong`) the entry's `pingpong` (those options belong to
+    the other form of the warp-specialised kernel)."""
     user = user or {}
     no_tables = user.get("step1_table") is False or user.get("first_gemv") is False
     other_form = "pingpong" not in user and any(user.get(k) for k in COOP_FORM_KEYS)
     base = {k: v for k, v in entry.items()
             if not (user.get("ws") is False and k in WS_KEYS) and not (no_tables and k == "step1_rows")
-            and not (other_form and k in ("pingpong", "g_regs"))}
+            and not (other_form and k == "pingpong")}
     return {**base, **user}
 
 
@@ -356,8 +356,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
                tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False,
-               coop: bool = False, stage_out: bool = False, pingpong: bool = False, g_regs: bool = False,
-               g_frag=None):
+               coop: bool = False, stage_out: bool = False, pingpong: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -380,9 +379,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     k-step instead of four of BD; it has its own loads, so tma does not apply to it; pingpong (with
     one_dot, BD 16 or 32): `lstm_step_pp_kernel`, a program holds a unit tile's weights in shared memory
     for every row tile and its two consumers take alternate row tiles, one's GEMM beside the other's
-    cell; num_stages is then the depth of its one ring of h tiles; g_regs (with pingpong, BD 32): G[token]
-    loaded into registers from the table in fragment order, g_frag (`g_fragment_order(g)`, built here
-    when not given), instead of staged through shared memory)."""
+    cell; num_stages is then the depth of its one ring of h tiles)."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -401,11 +398,10 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                              "warp-specialised kernel is its own form; drop one of them")
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
                              stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch,
-                             coop=coop, one_dot=one_dot, stage_out=stage_out, pingpong=pingpong, g_regs=g_regs,
-                             g_frag=g_frag)
-    if coop or stage_out or a_reg or pingpong or g_regs or consumer_regs != 240:
-        raise ValueError("step config `coop`, `stage_out`, `a_reg`, `pingpong`, `g_regs` and `consumer_regs` belong to "
-                         "the warp-specialised kernel; add `ws` or drop them")
+                             coop=coop, one_dot=one_dot, stage_out=stage_out, pingpong=pingpong)
+    if coop or stage_out or a_reg or pingpong or consumer_regs != 240:
+        raise ValueError("step config `coop`, `stage_out`, `a_reg`, `pingpong` and `consumer_regs` belong to the "
+                         "warp-specialised kernel; add `ws` or drop them")
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -579,14 +575,14 @@ WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227
 
 
 def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bool, coop: bool,
-                    pingpong: bool = False, Dk: int = 0, g_regs: bool = False) -> int:
+                    pingpong: bool = False, Dk: int = 0) -> int:
     """Shared memory of the warp-specialised kernel: the rings of stages (two consumers' h tiles and one
     weight tile each with coop, else one ring per consumer), the cell's staged inputs, the barriers.
     pingpong: the resident weight tile [Dk, 4*BD], one ring of [BM, BK] h tiles, and per consumer the
-    cell's staged inputs (G's four gates unless g_regs, c) and outputs (c, h)."""
+    cell's staged inputs (G's four gates, c) and outputs (c, h)."""
     if pingpong:
         nk = Dk // BK
-        cell = 2 * BM * BD * ((0 if g_regs else 4 * 2) + 4 + 4 + 2)
+        cell = 2 * BM * BD * (4 * 2 + 4 + 4 + 2)
         return nk * BK * 4 * BD * 2 + stages * BM * BK * 2 + cell + (2 * stages + 2 * nk + 2) * 8 + 512
     rings = 1 if coop else 2
     ring = stages * (2 * BM * BK * 2 + rings * BK * 4 * BD * 2)
@@ -609,15 +605,12 @@ def _ws_runnable(h_in, h_out, w, g, *, N: int, Dk: int) -> None:
 
 
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
-                  a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False,
-                  g_regs=False, g_frag=None):
+                  a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     if pingpong:
         return _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
                              stages=stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch, coop=coop,
-                             one_dot=one_dot, stage_out=stage_out, g_regs=g_regs, g_frag=g_frag)
-    if g_regs:
-        raise ValueError("step config `g_regs` belongs to the ping-pong form: add `pingpong` (BD 32) or drop g_regs")
+                             one_dot=one_dot, stage_out=stage_out)
     if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
         raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
                          f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
@@ -649,7 +642,7 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
 
 
 def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, a_reg,
-                  prefetch, coop, one_dot, stage_out, g_regs=False, g_frag=None):
+                  prefetch, coop, one_dot, stage_out):
     """`lstm_step_` with the weight-resident ping-pong Gluon kernel (`lstm_step_pp_kernel`)."""
     given = [k for k, v in (("a_reg", a_reg), ("prefetch", prefetch), ("coop", coop), ("stage_out", stage_out)) if v]
     if given:
@@ -663,14 +656,7 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
         raise ValueError(f"step config `pingpong` needs BM 64, BD 16 or 32 dividing Dk (the accumulator and the "
                          f"cell's inputs live in registers) and BK a multiple of 16 dividing Dk (got BM {BM}, BD {BD}, "
                          f"BK {BK}, Dk {Dk})")
-    if g_regs and BD != 32:
-        raise ValueError(f"step config `g_regs` loads G in the accumulator layout of BD 32; got BD {BD}: set BD 32 "
-                         f"or drop g_regs")
-    if g_frag is not None and (not g_regs or g_frag.shape != g.shape):
-        raise ValueError(f"g_frag (the input table in fragment order, {tuple(g_frag.shape)}) goes with `g_regs` and "
-                         f"must have g's shape {tuple(g.shape)}")
-    smem = ws_shared_bytes(BD=BD, BK=BK, BM=BM, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk,
-                           g_regs=g_regs)
+    smem = ws_shared_bytes(BD=BD, BK=BK, BM=BM, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk)
     if smem > WS_SMEM_LIMIT:
         raise ValueError(f"step config `pingpong` needs {smem} bytes of shared memory (the weight tile [{Dk}, {4 * BD}] "
                          f"and {stages} stages of [{BM}, {BK}]), over the {WS_SMEM_LIMIT} a program may have; lower "
@@ -682,26 +668,10 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
                                                               one_dot=True, coop=False)
     num_units = K * N * (Dk // BD)
     programs = min(num_units, num_sms(c_out.device))
-    if g_regs and g_frag is None:
-        g_frag = g_fragment_order(g, Dk=Dk, BD=BD)          # a copy of g per call: callers keep one per pass
     return kern.lstm_step_pp_kernel[(programs,)](
-        a_desc, w_desc, h_out, g_frag if g_regs else g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
+        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
         c_in.stride(0), c_in.stride(1), num_units, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, G_REGS=bool(g_regs), num_warps=4, maxnreg=168)
-
-
-def g_fragment_order(g, *, Dk: int, BD: int = 32):
-    """The input table g [K, V, N, 4*Dk] (gate-major: column gate*Dk + unit) in the order in which the
-    ping-pong kernel's accumulator layout holds it (`g_regs`): per unit tile d of 32 units, the lane quad
-    position t (0..3), then the gate, then j (0..3), e (0..1), for unit 32d + 8j + 2t + e. A thread then
-    finds its 4 gates x 8 values of a row in 64 contiguous bytes. Same shape as g."""
-    if BD != 32 or Dk % BD:
-        raise ValueError(f"g_fragment_order is written for unit tiles of 32 (got BD {BD}, Dk {Dk})")
-    K, V, N, C = g.shape
-    if C != 4 * Dk:
-        raise ValueError(f"g has {C} columns, not 4*Dk = {4 * Dk}")
-    return (g.view(K, V, N, 4, Dk // BD, BD // 8, 4, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).contiguous()
-            .view(K, V, N, 4 * Dk))
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
 
 
 def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,
@@ -975,17 +945,9 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         if c_in.stride(1) == 0:
             c.copy_(c_in)
             c_in = c                                            # updated in place from here
-        g_frag = None
-        if cfg.get("g_regs") and t0 < T:                         # the table in fragment order, once a pass
-            if G is f["G"]:
-                if f.get("G_frag") is None:
-                    f["G_frag"] = g_fragment_order(G, Dk=Dk, BD=bd)
-                g_frag = f["G_frag"]
-            else:                                               # per-chunk gates (large vocabulary)
-                g_frag = g_fragment_order(G, Dk=Dk, BD=bd)
         for t in range(t0, T):
             lstm_step_(h_in if t == t0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == t0 else c, c,
-                       K=K, N=N, Dk=Dk, BD=bd, BK=bk, g_frag=g_frag, **cfg)
+                       K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
     return P, hs, c
 
 

@@ -835,10 +835,9 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     assert est - 512 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
-@pytest.mark.parametrize("Dk, BD, BK, stages, g_regs", [(320, 32, 64, 8, False),    # the large preset's entry
-                                                        (320, 32, 64, 8, True), (160, 32, 32, 16, False),
-                                                        (320, 16, 32, 12, False)])
-def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, g_regs):
+@pytest.mark.parametrize("Dk, BD, BK, stages", [(320, 32, 64, 8),     # the large preset's tuning entry
+                                                (160, 32, 32, 16), (320, 16, 32, 12)])
+def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     """The weight-resident ping-pong Gluon step kernel compiled for sm_90 (no GPU needed): three
     partitions, no register spills, Dk/BK x BK/16 wgmma per consumer, the cell's inputs as 16-byte
     cp.async (both consumers, the first tile's copies and the loop's) and c and h stored in 16-byte
@@ -859,7 +858,7 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, g_regs):
            "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
            **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
                                  "stride_cin_b", "num_units", "num_m", "a_rows_per_k")}}
-    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, G_REGS=g_regs)
+    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240)
     names = list(sig)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
@@ -869,16 +868,10 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, g_regs):
         assert " 0 bytes spill stores" in rep, rep
     assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * (BK // 16)
     per_thread = lambda nbytes: max(1, nbytes // 16 // 128)                 # noqa: E731  16-byte pieces
-    g_copies = 0 if g_regs else 4 * per_thread(BM * BD * 2)
-    assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (g_copies + per_thread(BM * BD * 4))
-    # g_regs: G's 4 gates x 2 rows of a thread as 16-byte loads (both consumers, first tile and loop),
-    # and no shared-memory reads for it (the ldmatrix of the staged form)
-    assert ptx.count("ld.global.v4.b32") == (2 * 2 * 8 if g_regs else 0)
-    assert (ptx.count("ldmatrix") == 0) == g_regs
+    assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2) + per_thread(BM * BD * 4))
     assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
     assert "fence.proxy.async" not in ptx
-    est = ws_shared_bytes(BD=BD, BK=BK, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk,
-                          g_regs=g_regs)
+    est = ws_shared_bytes(BD=BD, BK=BK, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk)
     assert est - 1024 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
@@ -904,43 +897,12 @@ def test_pingpong_form_refuses_what_it_cannot_run():
                      ({}, "needs a CUDA device")):
         with pytest.raises(ValueError, match=msg):
             lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, pingpong=True, **cfg))
-    with pytest.raises(ValueError, match="`g_regs` loads G in the accumulator layout of BD 32"):
-        lstm_step_(h, h.clone(), torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16), G, tok, 0, c, c.clone(),
-                   **dict(base, BD=16, ws=True, pingpong=True, g_regs=True))
-    with pytest.raises(ValueError, match="`g_regs` belongs to the ping-pong form"):
-        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, BD=64, BK=64, num_stages=2, ws=True,
-                                                                   g_regs=True))
-    with pytest.raises(ValueError, match="g_frag .* goes with `g_regs`"):
-        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, pingpong=True), g_frag=G)
-    entry = {"ws": True, "pingpong": True, "g_regs": True, "BD": 32, "coop": False, "prefetch": False}
+    entry = {"ws": True, "pingpong": True, "BD": 32, "coop": False, "prefetch": False}
     for k in COOP_FORM_KEYS:
-        merged = merge_step_config(entry, {k: True, "BD": 64})
-        assert "pingpong" not in merged and "g_regs" not in merged
+        assert "pingpong" not in merge_step_config(entry, {k: True, "BD": 64})
     assert merge_step_config(entry, {"coop": True, "pingpong": True})["pingpong"] is True     # asked for: kept
     assert merge_step_config(entry, {"num_stages": 6})["pingpong"] is True
     assert "pingpong" not in merge_step_config(entry, {"ws": False})
-
-
-def test_g_fragment_order_puts_a_threads_gates_side_by_side():
-    """`g_fragment_order`: per unit tile of 32, lane quad t's four gates x 8 values (units 8j + 2t + e)
-    are 32 contiguous elements; every element of g appears once (a permutation within each row);
-    other tile sizes are refused."""
-    import torch
-    from models.lstm_fused import g_fragment_order
-    K, V, N, Dk = 2, 3, 2, 64
-    g = torch.arange(K * V * N * 4 * Dk, dtype=torch.float32).view(K, V, N, 4 * Dk)
-    gf = g_fragment_order(g, Dk=Dk, BD=32)
-    assert gf.shape == g.shape and torch.equal(gf.sort(-1).values, g.sort(-1).values)
-    blocks = gf.view(K, V, N, Dk // 32, 4, 4, 8)                       # [.., d, t, gate, (j, e)]
-    for d in range(Dk // 32):
-        for t in range(4):
-            for gate in range(4):
-                for j in range(4):
-                    for e in range(2):
-                        want = g[..., gate * Dk + 32 * d + 8 * j + 2 * t + e]
-                        assert torch.equal(blocks[..., d, t, gate, 2 * j + e], want)
-    with pytest.raises(ValueError, match="unit tiles of 32"):
-        g_fragment_order(g, Dk=Dk, BD=16)
 
 
 def test_warp_specialised_kernel_refuses_what_it_cannot_run():
