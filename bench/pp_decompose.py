@@ -21,7 +21,6 @@ nostore and nomufu are meaningless. Results: bench/results/logs/pp_variants_2026
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -125,12 +124,8 @@ def variant_source(edits, src: str | None = None) -> str:
 
 def variant_module(tmp: Path, name: str, edits):
     """The kernel module with `edits` applied, imported from a file under tmp (Gluon reads its source)."""
-    path = tmp / f"pp_variant_{name}.py"
-    path.write_text(variant_source(edits))
-    spec = importlib.util.spec_from_file_location(f"pp_variant_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from ws_decompose import import_source
+    return import_source(tmp, f"pp_variant_{name}", variant_source(edits))
 
 
 def main(argv=None) -> int:

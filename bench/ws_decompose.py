@@ -123,18 +123,23 @@ PROBES = {
 }
 
 
-def variant_module(tmp: Path, name: str = "ws_variants", extra=()):
-    src = (ROOT / "models" / "_lstm_step_gluon.py").read_text()
-    for old, new in list(EDITS) + list(extra):
-        if old not in src:
-            raise SystemExit(f"ws_decompose: the kernel source changed; update EDITS / PROBES (missing: {old[:60]!r})")
-        src = src.replace(old, new)
+def import_source(tmp: Path, name: str, src: str):
+    """`src` imported as module `name` from a file under tmp (Gluon reads a kernel's source file)."""
     path = tmp / f"{name}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def variant_module(tmp: Path, name: str = "ws_variants", extra=()):
+    src = (ROOT / "models" / "_lstm_step_gluon.py").read_text()
+    for old, new in list(EDITS) + list(extra):
+        if old not in src:
+            raise SystemExit(f"ws_decompose: the kernel source changed; update EDITS / PROBES (missing: {old[:60]!r})")
+        src = src.replace(old, new)
+    return import_source(tmp, name, src)
 
 
 def main(argv=None) -> int:

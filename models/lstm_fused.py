@@ -607,13 +607,13 @@ def _ws_runnable(h_in, h_out, w, g, *, N: int, Dk: int) -> None:
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
                   a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
+    if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
+        raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
+                         f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
     if pingpong:
         return _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
                              stages=stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch, coop=coop,
                              one_dot=one_dot, stage_out=stage_out)
-    if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
-        raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
-                         f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
     if stage_out and not prefetch:
         raise ValueError("step config `stage_out` stores c and h through the buffers `prefetch` stages the cell's "
                          "inputs in; add prefetch or drop stage_out")
@@ -643,15 +643,14 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
 
 def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, a_reg,
                   prefetch, coop, one_dot, stage_out):
-    """`lstm_step_` with the weight-resident ping-pong Gluon kernel (`lstm_step_pp_kernel`)."""
+    """`lstm_step_` with the weight-resident ping-pong Gluon kernel (`lstm_step_pp_kernel`; consumer_regs
+    checked by `_lstm_step_ws`)."""
     given = [k for k, v in (("a_reg", a_reg), ("prefetch", prefetch), ("coop", coop), ("stage_out", stage_out)) if v]
     if given:
         raise ValueError(f"step config `pingpong` has its own weight and cell-input handling; drop {', '.join(given)} "
                          f"(or drop pingpong)")
     if not one_dot:
         raise ValueError("step config `pingpong` runs one wgmma of 4*BD columns a k-step: set one_dot True")
-    if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
-        raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240; got {consumer_regs!r}")
     if BM != 64 or BD not in (16, 32) or Dk % BD or Dk % BK or BK % 16:
         raise ValueError(f"step config `pingpong` needs BM 64, BD 16 or 32 dividing Dk (the accumulator and the "
                          f"cell's inputs live in registers) and BK a multiple of 16 dividing Dk (got BM {BM}, BD {BD}, "

@@ -875,6 +875,16 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     assert est - 1024 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
+def _tiny_step_tensors():
+    """(K, N, Dk, B, h, W, G, tok, c): zero step-kernel inputs of one model, 2 heads of 64, 8 rows, on the
+    CPU, for the launchers' refusals (which all come before any launch)."""
+    import torch
+    K, N, Dk, B = 1, 2, 64, 8
+    return (K, N, Dk, B, torch.zeros(K, B, N, Dk, dtype=torch.bfloat16),
+            torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16), torch.zeros(K, 3, N, 4 * Dk, dtype=torch.bfloat16),
+            torch.zeros(B, 2, dtype=torch.int64), torch.zeros(K * N, B, Dk))
+
+
 def test_pingpong_form_refuses_what_it_cannot_run():
     """`pingpong` in a step config: without `ws`, with the cooperative form's options, without one_dot,
     with a BD whose accumulator and cell inputs would not fit registers, or with a ring over the shared
@@ -882,12 +892,7 @@ def test_pingpong_form_refuses_what_it_cannot_run():
     a tuning entry's pingpong (merge_step_config)."""
     import torch
     from models.lstm_fused import COOP_FORM_KEYS, lstm_step_, merge_step_config
-    K, N, Dk, B = 1, 2, 64, 8
-    h = torch.zeros(K, B, N, Dk, dtype=torch.bfloat16)
-    W = torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16)
-    G = torch.zeros(K, 3, N, 4 * Dk, dtype=torch.bfloat16)
-    tok = torch.zeros(B, 2, dtype=torch.int64)
-    c = torch.zeros(K * N, B, Dk)
+    K, N, Dk, B, h, W, G, tok, c = _tiny_step_tensors()
     base = dict(K=K, N=N, Dk=Dk, BD=32, BK=32, BM=64, one_dot=True, num_stages=8)
     with pytest.raises(ValueError, match="`pingpong`.*belong to the warp-specialised kernel; add `ws`"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **base, pingpong=True)
@@ -910,12 +915,7 @@ def test_warp_specialised_kernel_refuses_what_it_cannot_run():
     error that names the fix (nothing falls back to another kernel silently)."""
     import torch
     from models.lstm_fused import lstm_step_
-    K, N, Dk, B = 1, 2, 64, 8
-    h = torch.zeros(K, B, N, Dk, dtype=torch.bfloat16)
-    W = torch.zeros(K * N, Dk, 4 * Dk, dtype=torch.bfloat16)
-    G = torch.zeros(K, 3, N, 4 * Dk, dtype=torch.bfloat16)
-    tok = torch.zeros(B, 2, dtype=torch.int64)
-    c = torch.zeros(K * N, B, Dk)
+    K, N, Dk, B, h, W, G, tok, c = _tiny_step_tensors()
     with pytest.raises(ValueError, match="needs a CUDA device.*drop `ws`"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), K=K, N=N, Dk=Dk, BD=64, BK=64, BM=64, ws=True, num_stages=2)
     with pytest.raises(ValueError, match="consumer_regs` must be a multiple of 8"):
