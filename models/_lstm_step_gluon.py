@@ -352,9 +352,12 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
 # The two consumers take alternate row tiles and pass a turn between them (mbarriers `turn`): one
 # runs its GEMM while the other runs the cell of its previous tile, so the tensor cores do not wait
 # on the cell. With the turn the ring is consumed strictly in tile order, as by one consumer.
-# The cell's inputs G[token] and c are loaded into registers in the accumulator's layout before the
-# tile waits for its turn; BD 32 keeps the accumulator (64 registers), G (32) and c (16) in registers.
+# The cell's inputs G[token] and c are copied (16-byte cp.async) into the consumer's shared buffers a
+# tile ahead and read into registers in the accumulator's layout when the tile starts; c and h go out
+# through shared memory in 16-byte stores. BD 32 keeps the accumulator at 64 registers a thread.
 # L2 traffic a row tile: its h rows only ([BM, Dk]); the weight tile is read once per unit.
+# No proxy fences in the mainloop: only TMA and wgmma (the async proxy) touch the ring and the weight
+# tile, and a fence there compiles to a MEMBAR that waits for the thread's copies and stores.
 
 @gluon.jit
 def _pp_unit(q, pid, num_m, NUM_D: gl.constexpr, NUM_PROGRAMS: gl.constexpr):
