@@ -35,23 +35,23 @@ SRC_PATH = ROOT / "models" / "_lstm_step_gluon.py"
 
 _G_COPY = """    for g in gl.static_range(4):
         async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)"""
-_C_COPY = """    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_in_ptr + _c_in_offsets(c_rows, c_cols, pid_d, pid_h, stride_cin_h,
-                                                                         stride_cin_b, BD), mask=cm)"""
+_C_COPY = """    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_base + (gl.expand_dims(c_rows * stride_cin_b, 1)
+                                                                        + gl.expand_dims(c_cols, 0)), mask=cm)"""
 _CELL = """        c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
         h = _sig_fast(o_g) * _tanh_fast(c_new)
         # c and h out"""
 _STAGED_OUT = """        oc_sm.index(WHICH).store(c_new)
         oh_sm.index(WHICH).store(h.to(gl.bfloat16))
         gl.thread_barrier()
-        _store_tile(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                    pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
-_STORE = """        _store_tile(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                    pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
+        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
+_STORE = """        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
 _C_REGS = """@gluon.jit
-def _pp_c_regs(c_in_ptr, q, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk: gl.constexpr, BM: gl.constexpr,
-               BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, layout: gl.constexpr):
+def _pp_c_regs(c_in_ptr, q, num_q, pid, B, stride_cin_h, stride_cin_b, Dk: gl.constexpr, BM: gl.constexpr,
+               BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, NUM_M: gl.constexpr, layout: gl.constexpr):
     NUM_D: gl.constexpr = Dk // BD
-    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, NUM_M, NUM_D, NUM_PROGRAMS)
     rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
     cols = gl.arange(0, BD, layout=gl.SliceLayout(0, layout))
     m2 = gl.expand_dims((rows < B) & (q < num_q), 1) & gl.expand_dims(cols < BD, 0)
@@ -61,9 +61,9 @@ def _pp_c_regs(c_in_ptr, q, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk
 
 @gluon.jit
 def _pp_consumer("""
-_TOK0 = "    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)\n    j = 0"
-_TOKN = "        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)"
-_CREG = ("_pp_c_regs(c_in_ptr, {q}, num_q, pid, num_m, B, stride_cin_h, stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, "
+_TOK0 = "    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)\n    j = 0"
+_TOKN = "        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)"
+_CREG = ("_pp_c_regs(c_in_ptr, {q}, num_q, pid, B, stride_cin_h, stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, NUM_M, "
          "acc_layout)")
 _WAIT = ("""            if kk > 0:
                 # the previous""", """            if kk > 1:
@@ -87,8 +87,8 @@ VARIANTS = {
                        (_STORE, "        gl.thread_barrier()")],
     "nomufu": [(_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)", "i_g")
                 .replace("_tanh_fast(z_g)", "z_g").replace("_sig_fast(o_g)", "o_g").replace("_tanh_fast(c_new)", "c_new"))],
-    "direct_out": [(_STAGED_OUT, """        _store_tile(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
-                    stride_out_k, stride_hb, Dk, BM, BD)""")],
+    "direct_out": [(_STAGED_OUT, """        _pp_store(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
+                  stride_out_k, stride_hb, Dk, BM, BD)""")],
     "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
               (_TOK0, _TOK0.replace("    j = 0", "    c_reg = " + _CREG.format(q="WHICH") + "\n    j = 0")),
               ("        c = c_sm.index(WHICH).load(acc_layout)\n        gl.thread_barrier()                 # every thread has read",

@@ -360,24 +360,25 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
 # tile, and a fence there compiles to a MEMBAR that waits for the thread's copies and stores.
 
 @gluon.jit
-def _pp_unit(q, pid, num_m, NUM_D: gl.constexpr, NUM_PROGRAMS: gl.constexpr):
+def _pp_unit(q, pid, NUM_M: gl.constexpr, NUM_D: gl.constexpr, NUM_PROGRAMS: gl.constexpr):
     """(unit index in this program, row tile, unit tile, head) of this program's q-th row tile."""
-    ui = q // num_m
+    ui = q // NUM_M
     unit = pid + ui * NUM_PROGRAMS
-    return ui, q - ui * num_m, unit % NUM_D, unit // NUM_D
+    return ui, q - ui * NUM_M, unit % NUM_D, unit // NUM_D
 
 
 @gluon.jit
 def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
-                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
+                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
+                 WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
-     turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
-     num_q, num_m, a_rows_per_k) = args
+     turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+     num_q, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     pid = gl.program_id(0)
     for q in range(num_q):
-        ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+        ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, NUM_M, NUM_D, NUM_PROGRAMS)
         k = pid_h // N
         n = pid_h - k * N
         a_row = k * a_rows_per_k + pid_m * BM
@@ -395,45 +396,65 @@ def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
 
 
 @gluon.jit
-def _pp_tokens(tok_ptr, q, num_q, num_m, B, tok_stride_b, t, BM: gl.constexpr, layout: gl.constexpr):
-    """The tokens at step t of row tile q's BM rows (0 past this program's last tile or the batch)."""
-    pid_m = q % num_m
-    rows = pid_m * BM + gl.arange(0, BM, layout=layout)
-    return gl.load(tok_ptr + rows.to(gl.int64) * tok_stride_b + t, mask=(rows < B) & (q < num_q), other=0)
+def _pp_tokens(tok_ptr, q, num_q, B, tok_stride_b, t, BM: gl.constexpr, NUM_M: gl.constexpr, layout: gl.constexpr):
+    """The tokens at step t of row tile q's BM rows (0 past this program's last tile or the batch), int32."""
+    rows = (q % NUM_M) * BM + gl.arange(0, BM, layout=layout)
+    return gl.load(tok_ptr + (rows * tok_stride_b + t), mask=(rows < B) & (q < num_q), other=0).to(gl.int32)
 
 
 @gluon.jit
-def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q, pid, num_m, B, N, V, stride_cin_h, stride_cin_b,
-                 Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr,
-                 g_cp: gl.constexpr, c_cp: gl.constexpr):
+def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q, pid, B, V, stride_cin_h, stride_cin_b,
+                 Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr,
+                 NUM_M: gl.constexpr, g_cp: gl.constexpr, c_cp: gl.constexpr):
     """Copy (cp.async, 16 bytes a thread and copy) G[token]'s four gates and c of row tile q into this
     consumer's shared buffers g_sm[4 WHICH + gate], c_sm[WHICH] (zeros past this program's last tile);
-    tok: the tile's tokens in g_cp's row layout."""
+    tok: the tile's tokens in g_cp's row layout. The tile's base offsets are scalars (int64), the
+    threads' offsets within it int32."""
     NUM_D: gl.constexpr = Dk // BD
-    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+    ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, NUM_M, NUM_D, NUM_PROGRAMS)
     k = pid_h // N
     n = pid_h - k * N
+    live = q < num_q
     g_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, g_cp))
     g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, g_cp))
-    g_row = ((k * V + tok) * N + n) * (4 * Dk)
-    gp = g_ptr + (gl.expand_dims(g_row, 1) + gl.expand_dims(pid_d * BD + g_cols, 0))
-    gm = gl.expand_dims((g_rows < B) & (q < num_q), 1) & gl.expand_dims(g_cols < BD, 0)
+    g_base = g_ptr + ((k * V).to(gl.int64) * N + n) * (4 * Dk) + pid_d * BD
+    gp = g_base + (gl.expand_dims(tok.to(gl.int64) * (N * 4 * Dk), 1) + gl.expand_dims(g_cols, 0))
+    gm = gl.expand_dims((g_rows < B) & live, 1) & gl.expand_dims(g_cols < BD, 0)
     for g in gl.static_range(4):
         async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)
     c_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, c_cp))
     c_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_cp))
-    cm = gl.expand_dims((c_rows < B) & (q < num_q), 1) & gl.expand_dims(c_cols < BD, 0)
-    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_in_ptr + _c_in_offsets(c_rows, c_cols, pid_d, pid_h, stride_cin_h,
-                                                                         stride_cin_b, BD), mask=cm)
+    cm = gl.expand_dims((c_rows < B) & live, 1) & gl.expand_dims(c_cols < BD, 0)
+    c_base = c_in_ptr + pid_h.to(gl.int64) * stride_cin_h + pid_d * BD
+    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_base + (gl.expand_dims(c_rows * stride_cin_b, 1)
+                                                                        + gl.expand_dims(c_cols, 0)), mask=cm)
     async_copy.commit_group()
 
 
 @gluon.jit
+def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, stride_out_k, stride_hb,
+              Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr):
+    """c_new (fp32) and h (bf16) of a tile's BM rows from row0, each in its own register layout: scalar
+    (int64) bases, int32 offsets within the tile."""
+    rows = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, c_new.type.layout))
+    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_new.type.layout))
+    m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < BD, 0)
+    c_base = c_out_ptr + pid_h.to(gl.int64) * B * Dk + pid_d * BD
+    gl.store(c_base + (gl.expand_dims(rows * Dk, 1) + gl.expand_dims(cols, 0)), c_new, mask=m2)
+    rows = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, h.type.layout))
+    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, h.type.layout))
+    m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < BD, 0)
+    h_base = h_out_ptr + k.to(gl.int64) * stride_out_k + n * Dk + pid_d * BD
+    gl.store(h_base + (gl.expand_dims(rows * stride_hb, 1) + gl.expand_dims(cols, 0)), h, mask=m2)
+
+
+@gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
-                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, WHICH: gl.constexpr):
+                 STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
+                 WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
-     turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
-     num_q, num_m, a_rows_per_k) = args
+     turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+     num_q, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -447,16 +468,16 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
     pid = gl.program_id(0)
     # the cell's inputs are copied a tile ahead (in flight during the previous tile's GEMM and cell and
     # the other consumer's GEMM), their tokens loaded two tiles ahead
-    tok = _pp_tokens(tok_ptr, WHICH, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
-    _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, num_m, B, N, V, stride_cin_h, stride_cin_b,
-                 Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp)
-    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
+    tok = _pp_tokens(tok_ptr, WHICH, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
+    _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, B, V, stride_cin_h, stride_cin_b,
+                 Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp)
+    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
     j = 0
     for q in range(WHICH, num_q, 2):
-        ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, num_m, NUM_D, NUM_PROGRAMS)
+        ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, NUM_M, NUM_D, NUM_PROGRAMS)
         k = pid_h // N
         n = pid_h - k * N
-        last = pid_m == num_m - 1           # the unit's last row tile frees its weight chunks
+        last = pid_m == NUM_M - 1           # the unit's last row tile frees its weight chunks
         # this tile's cell inputs into registers, in the accumulator layout; then the next tile's copies
         async_copy.wait_group(0)
         gl.thread_barrier()                 # every thread's copies have landed
@@ -466,9 +487,9 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         g_o = g_sm.index(4 * WHICH + 3).load(acc_layout)
         c = c_sm.index(WHICH).load(acc_layout)
         gl.thread_barrier()                 # every thread has read them
-        _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, num_m, B, N, V, stride_cin_h,
-                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, g_cp, c_cp)
-        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, num_m, B, tok_stride_b, t, BM, tok_layout)
+        _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, B, V, stride_cin_h,
+                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp)
+        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
         # this tile's turn: the other consumer has issued its last k-step
         mbarrier.wait(turn.index(WHICH), (j & 1) ^ (1 - WHICH))
         acc = gl.zeros([BM, 4 * BD], gl.float32, acc4_layout)
@@ -507,19 +528,20 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         oc_sm.index(WHICH).store(c_new)
         oh_sm.index(WHICH).store(h.to(gl.bfloat16))
         gl.thread_barrier()
-        _store_tile(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                    pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
+        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
 
 
 @gluon.jit
 def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
-                        B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
-                        num_units, num_m, a_rows_per_k,
+                        B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
+                        num_units, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
-                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                        STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                        N: gl.constexpr, NUM_M: gl.constexpr):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
-    p, p + NUM_PROGRAMS, ..., each for all num_m row tiles of BM rows."""
+    p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
@@ -549,11 +571,11 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     for s in gl.static_range(2):
         mbarrier.init(turn.index(s), count=1)
     pid = gl.program_id(0)
-    num_q = ((num_units - pid + NUM_PROGRAMS - 1) // NUM_PROGRAMS) * num_m     # this program's row tiles
+    num_q = ((num_units - pid + NUM_PROGRAMS - 1) // NUM_PROGRAMS) * NUM_M     # this program's row tiles
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
-            w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, N, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
-            stride_cin_b, num_q, num_m, a_rows_per_k)
-    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0)),
-                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 1)),
-                        (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, 0))],
+            w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
+            stride_cin_b, num_q, a_rows_per_k)
+    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0)),
+                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 1)),
+                        (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
                        [4, 1], [CONSUMER_REGS, 24])

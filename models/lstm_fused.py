@@ -668,9 +668,9 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     num_units = K * N * (Dk // BD)
     programs = min(num_units, num_sms(c_out.device))
     return kern.lstm_step_pp_kernel[(programs,)](
-        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, N, V, tok.stride(0), t, h_out.stride(0), N * Dk,
-        c_in.stride(0), c_in.stride(1), num_units, num_m, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
+        a_desc, w_desc, h_out, g, tok, c_in, c_out, B, V, tok.stride(0), t, h_out.stride(0), N * Dk,
+        c_in.stride(0), c_in.stride(1), num_units, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, N=N, NUM_M=num_m, num_warps=4, maxnreg=168)
 
 
 def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,

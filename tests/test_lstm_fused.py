@@ -856,9 +856,9 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     w_l = gl.NVMMASharedLayout.get_default_for([BK, 4 * BD], gl.bfloat16)
     sig = {"a_desc": f"tensordesc<bf16[{BM},{BK}],{a_l!r}>", "w_desc": f"tensordesc<bf16[{BK},{4 * BD}],{w_l!r}>",
            "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
-           **{k: "i32" for k in ("B", "N", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
-                                 "stride_cin_b", "num_units", "num_m", "a_rows_per_k")}}
-    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240)
+           **{k: "i32" for k in ("B", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
+                                 "stride_cin_b", "num_units", "a_rows_per_k")}}
+    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, N=220, NUM_M=16)
     names = list(sig)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
