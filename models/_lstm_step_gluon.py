@@ -541,7 +541,9 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         N: gl.constexpr, NUM_M: gl.constexpr):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
-    p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows."""
+    p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows. N (heads a model) and NUM_M
+    (cdiv(B, BM)) are compile-time constants, one compile per model shape and batch: the tile -> unit
+    mapping then needs no runtime division."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
