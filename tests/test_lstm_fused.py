@@ -841,8 +841,8 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     """The weight-resident ping-pong Gluon step kernel compiled for sm_90 (no GPU needed): three
     partitions, no register spills, Dk/BK x BK/16 wgmma per consumer, the cell's inputs as 16-byte
     cp.async (both consumers, the first tile's copies and the loop's) and c and h stored in 16-byte
-    pieces, no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and stores), the
-    shared memory `ws_shared_bytes` estimates (within 227 KB)."""
+    pieces, no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and stores), no
+    runtime integer division, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
     try:
         import triton.backends.compiler  # noqa: F401
         import triton.experimental.gluon._runtime  # noqa: F401
@@ -871,6 +871,9 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2) + per_thread(BM * BD * 4))
     assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
     assert "fence.proxy.async" not in ptx
+    # N and the row-tile count are compile-time constants: no runtime integer division or remainder
+    # (the tile -> unit mapping had 17 of them when they were arguments)
+    assert not re.search(r"\b(div|rem)\.[su](32|64)\b", ptx), re.findall(r"\b(?:div|rem)\.[su]\d+", ptx)
     est = ws_shared_bytes(BD=BD, BK=BK, stages=stages, prefetch=False, coop=False, pingpong=True, Dk=Dk)
     assert est - 1024 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
