@@ -635,7 +635,8 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 @triton.jit
 def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
                            Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, TABLE: tl.constexpr = False,
-                           h1_ptr=None, hp_ptr=None, stride_hpk=0, COPY_H1: tl.constexpr = True):
+                           h1_ptr=None, hp_ptr=None, stride_hpk=0, COPY_H1: tl.constexpr = True,
+                           BDW: tl.constexpr = 0):
     """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
     of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
     in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
@@ -646,7 +647,10 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
     G[k, token[b, 1], n] and c from c0 [K*N, V, Dk]; the row's step-0 state h1 [K, V, N, Dk] (rows of
     N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk), unless
-    not COPY_H1 (a chunk whose step-0 h nobody reads)."""
+    not COPY_H1 (a chunk whose step-0 h nobody reads).
+
+    BDW: the unit tile of u's (W's) column interleave where it differs from this kernel's BD (both
+    divide Dk): unit d of gate g is then u's column (d // BDW) 4 BDW + g BDW + d % BDW."""
     FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
     kn = tl.program_id(2).to(tl.int64)
     k = kn // N
@@ -654,6 +658,8 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     d0 = tl.program_id(1) * BD
     bs = tl.program_id(0) * BB + tl.arange(0, BB)
     ds = tl.arange(0, BD)
+    UW: tl.constexpr = BD if BDW == 0 else BDW             # u's (W's) unit tile
+    uc = ((d0 + ds) // UW) * (4 * UW) + (d0 + ds) % UW     # u's gate-i column of each unit
     bmask = bs < B
     m2 = bmask[:, None] & (ds < BD)[None, :]
     rows = bs.to(tl.int64)
@@ -661,20 +667,20 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     g_i, g_f, g_z, g_o = _gate_tile_raw(_g_rows(g_ptr, tok, k, n, V, N, Dk), d0, bmask, BD, Dk)
     if TABLE:
         j = tl.load(tok_ptr + rows * tok_stride_b + t - 1, mask=bmask, other=0)
-        ub = u_ptr + ((kn * V + j) * (4 * Dk) + 4 * d0)[:, None] + ds[None, :]
+        ub = u_ptr + ((kn * V + j) * (4 * Dk))[:, None] + uc[None, :]
         c_prev = tl.load(c0_ptr + ((kn * V + j) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
-        c_new, h = _cell_math(tl.load(ub, mask=m2, other=0.0), tl.load(ub + BD, mask=m2, other=0.0),
-                              tl.load(ub + 2 * BD, mask=m2, other=0.0), tl.load(ub + 3 * BD, mask=m2, other=0.0),
+        c_new, h = _cell_math(tl.load(ub, mask=m2, other=0.0), tl.load(ub + UW, mask=m2, other=0.0),
+                              tl.load(ub + 2 * UW, mask=m2, other=0.0), tl.load(ub + 3 * UW, mask=m2, other=0.0),
                               g_i, g_f, g_z, g_o, c_prev, FAST)
         if COPY_H1:
             h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2,
                          other=0.0)
             tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
     else:
-        ub = u_ptr + kn * (4 * Dk) + 4 * d0 + ds              # the unit tile's four gates, BD columns each
+        ub = u_ptr + kn * (4 * Dk) + uc                       # the units' four gates, UW columns apart
         zero = tl.zeros([BB, BD], tl.float32)
-        c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + BD)[None, :],
-                              zero + tl.load(ub + 2 * BD)[None, :], zero + tl.load(ub + 3 * BD)[None, :],
+        c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + UW)[None, :],
+                              zero + tl.load(ub + 2 * UW)[None, :], zero + tl.load(ub + 3 * UW)[None, :],
                               g_i, g_f, g_z, g_o, zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
     tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty),

@@ -514,7 +514,7 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
 
 
 def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
-                            num_warps: int = 4, copy_h1: bool = True) -> None:
+                            num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None) -> None:
     """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
     After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
     B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays
@@ -524,7 +524,8 @@ def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk:
     `lstm_first_step_`'s; step 1's recurrent sum is a different GEMM's (equal to the step kernel's on
     the H200, bench/bench_first_steps.py, but not promised: it may differ by rounding)."""
     tables = first_steps_tables(h0, c0, w, g, K=K, N=N, Dk=Dk, BD=BD, dtype=hs.dtype)
-    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps, copy_h1=copy_h1)
+    first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps, copy_h1=copy_h1,
+                      cell_BD=cell_BD)
 
 
 def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype):
@@ -551,24 +552,31 @@ def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype)
 
 
 def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
-                      num_warps: int = 4, copy_h1: bool = True) -> None:
+                      num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None) -> None:
     """Step 1's cell from the tables of `first_steps_tables`, per row with j = tok[b, 0]:
     c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0] if copy_h1
     (`first_step_cell_kernel`, TABLE: tiles of BB rows x BD units, the table rows gathered per row).
     BB, num_warps: bench/bench_first_steps.py, bench/results/logs/first_steps_sorted_2026-11-29.log.
     On rows in batch order BB 32 measured fastest at large; on rows sorted by their step-0 token
     (`LSTMModel.batch_row_order`) BB 16 (1.08 against 1.36 ms a pass), the H200's `step1_rows`. A
-    program per token reading its table values once was slower."""
+    program per token reading its table values once was slower.
+    cell_BD: the units of a program (dividing Dk); BD is W's (and u's) unit tile. By default 64 where
+    it divides Dk and BD is smaller: at large (W in tiles of 32 for the ping-pong step kernel) the cell
+    took 7.2 ms a step at 32 units against 6.5 at 64 (H200, bench/results/README.md, session 12)."""
     import triton
     from models import _lstm_step_triton as kern
+    if cell_BD is None:
+        cell_BD = 64 if BD < 64 and Dk % 64 == 0 else BD
+    if Dk % cell_BD or cell_BD & (cell_BD - 1):
+        raise ValueError(f"first_steps_cell_: cell_BD {cell_BD} must be a power of two dividing Dk {Dk}")
     h1, c1, u = tables
     B, V = c_out.shape[1], g.shape[1]
     assert hs.dim() == 5 and hs.shape[1] >= 2 and hs.stride(-1) == 1 and hs.stride(-2) == Dk
     assert c_out.is_contiguous() and c_out.shape == (K * N, B, Dk)
     h_prev, h_out = hs[:, 0], hs[:, 1]
-    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](
-        u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=BD, BB=BB, TABLE=True,
-        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), COPY_H1=copy_h1, num_warps=num_warps)
+    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // cell_BD, K * N)](
+        u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=cell_BD, BB=BB, TABLE=True,
+        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), COPY_H1=copy_h1, BDW=BD, num_warps=num_warps)
 
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)

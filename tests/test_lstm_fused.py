@@ -686,6 +686,12 @@ for K, N, D, B, V, BD in [(2, 3, 20, 40, 7, 16), (1, 2, 50, 33, 33, 64), (1, 1, 
             hs2, c2 = torch.empty(K, 2, B, N, Dk, dtype=dt), torch.empty(K * N, B, Dk)
             lstm_first_steps_table_(h0, c0, hs2, c2, W, G, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, copy_h1=False)
             assert hs2[:, 0].isnan().all() and torch.equal(hs2[:, 1], hs[:, 1]) and torch.equal(c2, c)
+            # step 1's cell in unit tiles other than W's: the same values, bit for bit
+            for cbd in (16, 32, 64):
+                if Dk % cbd == 0 and cbd != BD:
+                    hs3, c3 = torch.empty(K, 2, B, N, Dk, dtype=dt), torch.empty(K * N, B, Dk)
+                    lstm_first_steps_table_(h0, c0, hs3, c3, W, G, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, cell_BD=cbd)
+                    assert torch.equal(hs3, hs) and torch.equal(c3, c), (K, N, D, BD, cbd)
 print(worst["bfloat16"], worst["float32"])
 """
 
@@ -697,7 +703,7 @@ def test_first_steps_through_token_tables_match_the_step_kernel():
     fp32, the per-step kernel), within fp32 rounding in fp32 and one bf16 rounding of h in bf16;
     padding units exactly zero;
     vocabularies below, equal to and far below the batch, unit tiles of 16, 32 and 64, row tiles of 16
-    and 32."""
+    and 32; step 1's cell in unit tiles other than W's (`cell_BD`) bit-equal."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + FIRST_STEPS_SCRIPT).format(root=ROOT)],
                          capture_output=True, text=True, env=env, timeout=600)
