@@ -1,7 +1,7 @@
 """Launch variants of the first-step kernels, timed per preset (what the shipped launches were chosen from).
 
     python bench/first_steps_variants.py --sizes medium,large,xlarge
-    python bench/first_steps_variants.py --sizes large --BD 32 --only_cell
+    python bench/first_steps_variants.py --sizes large --BD 32 --only_cell [--cell_BD 64]
 
 Per preset (K stacked models a pass: medium 12, large 4 as tuned on the H200, xlarge 1; B = 1024,
 V = 100, bf16 random weights), ms per launch from CUDA events (median of --reps), twice:
@@ -10,7 +10,8 @@ V = 100, bf16 random weights), ms per launch from CUDA events (median of --reps)
 - `first_step_gemv_kernel`: 128 columns a program (former) against 512 or 256 columns, 4 or 8 warps,
   one stage (512 / 4 / 1 shipped); the largest difference from the former's u (the sum's order moves);
 - step 1's table cell (`first_steps_cell_`, no step-0 copy) on rows in batch order and sorted by
-  their step-0 token (`LSTMModel.batch_row_order`), at 16, 32 and 64 rows a program.
+  their step-0 token (`LSTMModel.batch_row_order`), at 16, 32 and 64 rows a program, in unit tiles
+  of --cell_BD (default: W's BD; 0: the launcher's default, 64 where it divides Dk).
 Results: bench/results/logs/first_steps_launch_2026-11-29.log, first_steps_sorted_2026-11-29.log.
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--BD", type=int, default=0, help="unit tile BD of W's tiling and the step-1 cell (0: the "
                     "preset's, step_tiles); 32 is the H200's large entry with the ping-pong step kernel")
+    ap.add_argument("--cell_BD", type=int, default=-1, help="unit tile of the step-1 cell (-1: W's BD; 0: the "
+                    "launcher's default, 64 where it divides Dk)")
     ap.add_argument("--only_cell", action="store_true", help="only the step-1 cell timing")
     a = ap.parse_args(argv)
     bad = [s for s in a.sizes.split(",") if s not in MODELS]
@@ -55,8 +58,9 @@ def main(argv=None) -> int:
         K, D = MODELS[size], H // N
         Dk, BD, _ = step_tiles(D)
         BD = a.BD or BD
-        if Dk % BD:
-            sys.exit(f"first_steps_variants.py: --BD {BD} does not divide {size}'s Dk {Dk}")
+        cell_bd = BD if a.cell_BD < 0 else (a.cell_BD or None)
+        if Dk % BD or (cell_bd and Dk % cell_bd):
+            sys.exit(f"first_steps_variants.py: --BD {BD} / --cell_BD {a.cell_BD} does not divide {size}'s Dk {Dk}")
         W = (torch.randn(K * N, Dk, 4 * Dk, device=dev, generator=gen) * 0.05).to(dt)
         h1 = (torch.rand(K, V, N, Dk, device=dev, generator=gen) - 0.5).to(dt)
         h0 = (torch.rand(K * N, Dk, device=dev, generator=gen) - 0.5).to(dt)
@@ -103,8 +107,9 @@ def main(argv=None) -> int:
             for name, t in (("batch order", tok), ("sorted", tok_sorted)):
                 for bb in (32, 64, 16):
                     ms = cuda_ms(lambda: first_steps_cell_(tables, hs, c, G, t, **tabs, BB=bb, num_warps=4,  # noqa: B023
-                                                           copy_h1=False), a.reps)
-                    print(f"  step-1 cell, rows in {name}, {bb} rows x 4 warps: {ms:.3f} ms", flush=True)
+                                                           copy_h1=False, cell_BD=cell_bd), a.reps)
+                    print(f"  step-1 cell, rows in {name}, {bb} rows x {cell_bd or 'default'} units x 4 warps: "
+                          f"{ms:.3f} ms", flush=True)
     return 0
 
 
