@@ -190,6 +190,20 @@ class NVML:
         except Exception:  # noqa: BLE001
             return None
 
+    def clocks(self):
+        """(SM clock MHz, power W, clock-limit reason bits) now, or None without NVML."""
+        if self.h is None:
+            return None
+        nv = self.pynvml
+        try:
+            sm = int(nv.nvmlDeviceGetClockInfo(self.h, nv.NVML_CLOCK_SM))
+            power = nv.nvmlDeviceGetPowerUsage(self.h) / 1000.0
+            get = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+                nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            return sm, power, int(get(self.h))
+        except Exception:  # noqa: BLE001
+            return None
+
     def driver(self):
         if self.h is None:
             return None
@@ -198,6 +212,58 @@ class NVML:
             return v.decode() if isinstance(v, bytes) else str(v)
         except Exception:  # noqa: BLE001
             return None
+
+
+# NVML's clock-limit ("throttle" / "event") reason bits (nvml.h); the idle bit is left out
+CLOCK_LIMIT_BITS = {0x2: "applications clocks", 0x4: "SW power cap", 0x8: "HW slowdown", 0x10: "sync boost",
+                    0x20: "SW thermal", 0x40: "HW thermal", 0x80: "HW power brake", 0x100: "display clocks"}
+
+
+def clock_limit_names(bits: int) -> list[str]:
+    """The names of the clock-limit reasons set in NVML's reason bits (idle and unknown bits left out)."""
+    return [name for bit, name in CLOCK_LIMIT_BITS.items() if bits & bit]
+
+
+def summarize_clocks(samples) -> dict:
+    """{sm_mhz_median, sm_mhz_min, power_w_median, clock_limits (reasons seen in any sample), clock_samples}
+    of (SM MHz, W, reason bits) samples; {} without samples."""
+    if not samples:
+        return {}
+    bits = 0
+    for _, _, r in samples:
+        bits |= r
+    return {"sm_mhz_median": statistics.median(s[0] for s in samples), "sm_mhz_min": min(s[0] for s in samples),
+            "power_w_median": round(statistics.median(s[1] for s in samples), 1),
+            "clock_limits": clock_limit_names(bits), "clock_samples": len(samples)}
+
+
+class ClockSampler:
+    """Samples NVML's SM clock, power and clock-limit reasons every `period_s` in a thread, between
+    start() and stop() (no samples without NVML). NVML reads do not touch the CUDA stream."""
+
+    def __init__(self, nvml: NVML, period_s: float = 0.02):
+        import threading
+        self.nvml, self.period_s, self.samples = nvml, period_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True) if nvml.h is not None else None
+
+    def _run(self):
+        while not self._stop.is_set():
+            c = self.nvml.clocks()
+            if c is not None:
+                self.samples.append(c)
+            self._stop.wait(self.period_s)
+
+    def start(self) -> "ClockSampler":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return summarize_clocks(self.samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +447,7 @@ def timed_steps(b: Bench, step_fn, *, warmup: int, steps: int, deadline: float, 
             break
     if before_timed is not None:
         before_timed()
+    sampler = ClockSampler(b.nvml).start()
     for _ in range(steps):
         est = max(times) if times else warm[-1]
         if time.perf_counter() + est > deadline:
@@ -392,7 +459,7 @@ def timed_steps(b: Bench, step_fn, *, warmup: int, steps: int, deadline: float, 
         b.sync()
         times.append(time.perf_counter() - t)
         i += 1
-    return {"warmup_s": warm, "times_s": times, "notes": notes, "next_step": i}
+    return {"warmup_s": warm, "times_s": times, "notes": notes, "next_step": i, "clocks": sampler.stop()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,6 +733,7 @@ def run_zo(b: Bench, size: str, probes: int, *, mpp: int | None = None, label: s
         res = timed_steps(b, s.step, warmup=a.warmup, steps=a.steps, deadline=b.clock.deadline(),
                           before_timed=None if s.cuda_graphs else b.reset_peak)
         row["warmup_s"], row["times_s"] = res["warmup_s"], res["times_s"]
+        row.update(res["clocks"])
         row["steps_timed"] = len(res["times_s"])
         row.update(b.memory())
         if res["times_s"]:
@@ -1051,6 +1119,16 @@ def render_tables(b: Bench) -> str:
         parts.append(md_table(["size", "params", "probes", "M/pass", "status", "s/step", "n", "TFLOP/s", "% peak",
                                "x floor", "peak GiB", "NVML GiB", "paper s/step", "paper GiB", "speed-up",
                                "target", "note"], rows) + "\n")
+        ck = [r for r in zo if r.get("clock_samples")]
+        if ck:
+            parts.append("### GPU clocks during the timed steps (NVML, sampled every 20 ms)\n")
+            parts.append("SM clock and board power over the timed steps; limits = the clock-limit reasons NVML "
+                         "reported in any sample (a step on a lower clock is slower for the same work).\n")
+            rows = [[r["size"] + (f" ({r['label']})" if r.get("label") else ""), r["probes"], r["sm_mhz_median"],
+                     r["sm_mhz_min"], r["power_w_median"], ", ".join(r["clock_limits"]) or "none",
+                     r["clock_samples"]] for r in ck]
+            parts.append(md_table(["size", "probes", "SM MHz (median)", "SM MHz (min)", "power W (median)", "limits",
+                                   "samples"], rows) + "\n")
         bd = [r for r in zo if r.get("breakdown")]
         if bd:
             parts.append("### Where a step's time goes (one extra step, synchronised between phases)\n")

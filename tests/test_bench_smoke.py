@@ -273,3 +273,20 @@ def test_pp_decompose_builds_its_variants_and_refuses_without_a_gpu(tmp_path):
     assert bad.returncode != 0 and "unknown --variants ['nope']" in bad.stderr
     nogpu = subprocess.run([sys.executable, script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert nogpu.returncode != 0 and "needs a CUDA device" in nogpu.stderr
+
+
+def test_bench_clock_summary_names_the_limits_and_samples_nothing_without_nvml():
+    """bench_step's GPU-clock record: NVML's clock-limit reason bits decoded to names (idle and unknown bits
+    left out), samples summarised (median and min SM clock, median power, every reason seen), and a
+    sampler without NVML records nothing."""
+    import torch
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_step
+    assert bench_step.clock_limit_names(0x1) == []
+    assert bench_step.clock_limit_names(0x4 | 0x40 | 0x1000) == ["SW power cap", "HW thermal"]
+    got = bench_step.summarize_clocks([(1980, 650.0, 0x0), (1755, 700.0, 0x4), (1830, 690.5, 0x1)])
+    assert got == {"sm_mhz_median": 1830, "sm_mhz_min": 1755, "power_w_median": 690.5,
+                   "clock_limits": ["SW power cap"], "clock_samples": 3}
+    assert bench_step.summarize_clocks([]) == {}
+    no_nvml = bench_step.NVML(torch.device("cpu"))
+    assert no_nvml.clocks() is None and bench_step.ClockSampler(no_nvml).start().stop() == {}
