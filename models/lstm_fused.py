@@ -555,7 +555,7 @@ def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD:
                       num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None) -> None:
     """Step 1's cell from the tables of `first_steps_tables`, per row with j = tok[b, 0]:
     c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0] if copy_h1
-    (`first_step_cell_kernel`, TABLE: tiles of BB rows x BD units, the table rows gathered per row).
+    (`first_step_cell_kernel`, TABLE: tiles of BB rows x cell_BD units, the table rows gathered per row).
     BB, num_warps: bench/bench_first_steps.py, bench/results/logs/first_steps_sorted_2026-11-29.log.
     On rows in batch order BB 32 measured fastest at large; on rows sorted by their step-0 token
     (`LSTMModel.batch_row_order`) BB 16 (1.08 against 1.36 ms a pass), the H200's `step1_rows`. A

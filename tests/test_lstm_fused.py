@@ -729,7 +729,8 @@ def test_input_table_kernel_compiles_for_sm90():
 
 def test_first_steps_table_kernels_compile_for_sm90():
     """The token-table GEMM compiles onto tensor cores; step 1's cell kernel stores c, h and the copied
-    step-0 h as 16-byte vectors (large's tiles: Dk 320, BD 64)."""
+    step-0 h as 16-byte vectors (large's tiles: Dk 320, the cell in 64-unit tiles), and reading u in
+    W's 32-unit interleave (BDW 32, the ping-pong entry's) keeps every load 16 bytes wide."""
     from models import _lstm_step_triton as kern
     sig = {"h_ptr": "*bf16", "w_ptr": "*bf16", "u_ptr": "*fp32", "V": "i32", "N": "i32"}
     compiled = _compile_sm90(kern.token_table_gemm_kernel, sig, {"Dk": 320, "BV": 128, "BC": 128, "BJ": 32,
@@ -741,10 +742,16 @@ def test_first_steps_table_kernels_compile_for_sm90():
                                                                                           "hp_ptr")},
            "tok_ptr": "*i64", "B": "i32", "N": "i32", "V": "i32", "tok_stride_b": "i32", "t": "i32", "stride_hk": "i32",
            "stride_hpk": "i32"}
-    compiled = _compile_sm90(kern.first_step_cell_kernel, sig, {"Dk": 320, "BD": 64, "BB": 32, "TABLE": True},
-                             aligned=ptrs + ("stride_hk", "stride_hpk"), num_warps=4)
-    ptx = compiled.asm["ptx"]
-    assert ptx.count("st.global.v4") >= 3 and "st.global.b16" not in ptx and "st.global.f32 " not in ptx
+    loads = {}
+    for bdw in (0, 32):
+        compiled = _compile_sm90(kern.first_step_cell_kernel, sig, {"Dk": 320, "BD": 64, "BB": 32, "TABLE": True,
+                                                                    "COPY_H1": True, "BDW": bdw},
+                                 aligned=ptrs + ("stride_hk", "stride_hpk"), num_warps=4)
+        ptx = compiled.asm["ptx"]
+        assert ptx.count("st.global.v4") >= 3 and "st.global.b16" not in ptx and "st.global.f32 " not in ptx
+        assert not re.search(r"ld\.global(\.L[12]::\w+)*\.(b32|f32) ", ptx) and "ld.global.v2" not in ptx, bdw
+        loads[bdw] = ptx.count("ld.global.v4")
+    assert loads[32] == loads[0] > 0, loads
 
 
 def test_weight_resident_kernel_keeps_its_weight_in_shared_memory():
