@@ -668,9 +668,15 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
         raise ValueError(f"step config `pingpong` needs {smem} bytes of shared memory (the weight tile [{Dk}, {4 * BD}] "
                          f"and {stages} stages of [{BM}, {BK}]), over the {WS_SMEM_LIMIT} a program may have; lower "
                          f"num_stages or BD")
+    B, V = c_out.shape[1], g.shape[1]
+    # the kernel's per-thread offsets within a tile are int32 (its tile bases int64): a row's offset in h,
+    # (B - 1) * N * Dk, and in the tokens, (B - 1) * tok.stride(0), must stay below 2^31
+    if max(B * N * Dk, B * tok.stride(0)) >= 2 ** 31:
+        raise ValueError(f"step config `pingpong` addresses rows with 32-bit offsets, and B {B} x N*Dk {N * Dk} (or x "
+                         f"the token stride {tok.stride(0)}) reaches 2^31: drop pingpong (the other warp-specialised "
+                         f"form uses 64-bit offsets) or split the batch (micro_batch)")
     _ws_runnable(h_in, h_out, w, g, N=N, Dk=Dk)
     from models import _lstm_step_gluon as kern
-    B, V = c_out.shape[1], g.shape[1]
     a_desc, w_desc, rows_per_k, _, num_m = ws_launch_geometry(h_in, w, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK, BD=BD,
                                                               one_dot=True, coop=False)
     num_units = K * N * (Dk // BD)

@@ -903,8 +903,8 @@ def _tiny_step_tensors():
 
 def test_pingpong_form_refuses_what_it_cannot_run():
     """`pingpong` in a step config: without `ws`, with the cooperative form's options, without one_dot,
-    with a BD whose accumulator and cell inputs would not fit registers, or with a ring over the shared
-    memory, a clear error that names the fix; a caller asking for the cooperative form's options drops
+    with a BD whose accumulator and cell inputs would not fit registers, with a ring over the shared
+    memory, or with a batch past its 32-bit in-tile offsets, a clear error that names the fix; a caller asking for the cooperative form's options drops
     a tuning entry's pingpong (merge_step_config)."""
     import torch
     from models.lstm_fused import COOP_FORM_KEYS, lstm_step_, merge_step_config
@@ -918,6 +918,13 @@ def test_pingpong_form_refuses_what_it_cannot_run():
                      ({}, "needs a CUDA device")):
         with pytest.raises(ValueError, match=msg):
             lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, pingpong=True, **cfg))
+    # a batch whose row offsets would overflow the kernel's 32-bit in-tile offsets (meta tensors: no memory)
+    big = 2 ** 31 // (N * Dk)
+    h_big = torch.empty(K, big, N, Dk, dtype=h.dtype, device="meta")
+    c_big = torch.empty(K * N, big, Dk, device="meta")
+    with pytest.raises(ValueError, match="32-bit offsets.*drop pingpong"):
+        lstm_step_(h_big, h_big, W.to("meta"), G.to("meta"), torch.empty(big, 2, dtype=torch.int64, device="meta"), 0,
+                   c_big, c_big, **dict(base, ws=True, pingpong=True))
     entry = {"ws": True, "pingpong": True, "BD": 32, "coop": False, "prefetch": False}
     for k in COOP_FORM_KEYS:
         assert "pingpong" not in merge_step_config(entry, {k: True, "BD": 64})
