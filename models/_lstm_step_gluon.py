@@ -451,7 +451,7 @@ def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, strid
 @gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                  STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
-                 WHICH: gl.constexpr):
+                 K_LAST: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
      turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
      num_q, a_rows_per_k) = args
@@ -499,7 +499,17 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
             s = count % STAGES
             mbarrier.wait(w_ready.index(kk), ui & 1)
             mbarrier.wait(ready.index(s), (count // STAGES) & 1)
-            acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)
+            if kk == NK - 1 and K_LAST < BK:
+                # the last k-step's columns K_LAST..BK are head padding (zero in h and in W): skipped.
+                # Slices must be powers of two: K_LAST as a sum of them (48 = 32 + 16)
+                K_HI: gl.constexpr = 32 if K_LAST >= 32 else 16
+                acc = warpgroup_mma(a_bufs.index(s).slice(0, K_HI, dim=1), w_bufs.index(kk).slice(0, K_HI, dim=0),
+                                    acc, is_async=True)
+                if K_LAST > K_HI:
+                    acc = warpgroup_mma(a_bufs.index(s).slice(K_HI, K_LAST - K_HI, dim=1),
+                                        w_bufs.index(kk).slice(K_HI, K_LAST - K_HI, dim=0), acc, is_async=True)
+            else:
+                acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)
             if kk > 0:
                 # the previous k-step's MMA is done: free its stage (and, on the unit's last tile, its
                 # weight chunk). Only the async proxy (TMA, wgmma) touches these buffers, so no proxy
@@ -538,12 +548,14 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         num_units, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                         STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        N: gl.constexpr, NUM_M: gl.constexpr):
+                        N: gl.constexpr, NUM_M: gl.constexpr, K_LAST: gl.constexpr):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
     p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows. N (heads a model) and NUM_M
     (cdiv(B, BM)) are compile-time constants, one compile per model shape and batch: the tile -> unit
-    mapping then needs no runtime division."""
+    mapping then needs no runtime division. K_LAST (a multiple of 16, at most BK): the columns of the
+    last k-step the MMA multiplies; less than BK where the head's padding (h's columns and W's rows
+    D..Dk, all zero) fills the rest, which adds nothing to the sums and is skipped."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
@@ -577,7 +589,7 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
             w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
             stride_cin_b, num_q, a_rows_per_k)
-    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0)),
-                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 1)),
+    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, 0)),
+                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, 1)),
                         (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
                        [4, 1], [CONSUMER_REGS, 24])

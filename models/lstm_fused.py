@@ -352,7 +352,7 @@ def num_sms(device) -> int:
 
 
 def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, Dk: int, BD: int, BK: int,
-               BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
+               D: int = 0, BM: int = 128, one_dot: bool = False, num_warps: int = 8, num_stages: int = 3,
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
                tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False,
@@ -379,7 +379,9 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     k-step instead of four of BD; it has its own loads, so tma does not apply to it; pingpong (with
     one_dot, BD 16 or 32): `lstm_step_pp_kernel`, a program holds a unit tile's weights in shared memory
     for every row tile and its two consumers take alternate row tiles, one's GEMM beside the other's
-    cell; num_stages is then the depth of its one ring of h tiles)."""
+    cell; num_stages is then the depth of its one ring of h tiles). D: the heads' real size (0: Dk);
+    the ping-pong kernel then skips the last k-step's columns past D rounded up to 16, which are
+    padding (zero in h and in W), so the result is the same bit for bit."""
     import triton
     from models import _lstm_step_triton as kern
     B = c_out.shape[1]
@@ -396,7 +398,7 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
         if persistent or wres or tma_epi:
             raise ValueError("step config asks for `ws` together with `persistent`, `wres` or `tma_epi`: the "
                              "warp-specialised kernel is its own form; drop one of them")
-        return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
+        return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM, D=D,
                              stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch,
                              coop=coop, one_dot=one_dot, stage_out=stage_out, pingpong=pingpong)
     if coop or stage_out or a_reg or pingpong or consumer_regs != 240:
@@ -612,14 +614,14 @@ def _ws_runnable(h_in, h_out, w, g, *, N: int, Dk: int) -> None:
                          "batch and its model stride must be whole rows; write h out in full first")
 
 
-def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs,
+def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, D=0,
                   a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
         raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
                          f"and the producer share 168 registers a thread at launch); got {consumer_regs!r}")
     if pingpong:
-        return _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM,
+        return _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM, D=D,
                              stages=stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch, coop=coop,
                              one_dot=one_dot, stage_out=stage_out)
     if stage_out and not prefetch:
@@ -649,8 +651,16 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
         COOP=bool(coop), ONE_DOT=bool(one_dot), STAGE_OUT=bool(stage_out), num_warps=4, maxnreg=168)
 
 
+def pp_k_last(D: int, Dk: int, BK: int) -> int:
+    """Columns of the last k-step (of BK) the ping-pong kernel multiplies for heads of D units padded to
+    Dk: D rounded up to 16 (a wgmma's K), less the k-steps before; BK where D is 0 (unknown) or the
+    padding leaves no whole 16 columns of the last k-step."""
+    used = -(-D // 16) * 16 - (Dk // BK - 1) * BK
+    return used if D and 0 < used < BK else BK
+
+
 def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, a_reg,
-                  prefetch, coop, one_dot, stage_out):
+                  prefetch, coop, one_dot, stage_out, D=0):
     """`lstm_step_` with the weight-resident ping-pong Gluon kernel (`lstm_step_pp_kernel`; consumer_regs
     checked by `_lstm_step_ws`)."""
     given = [k for k, v in (("a_reg", a_reg), ("prefetch", prefetch), ("coop", coop), ("stage_out", stage_out)) if v]
@@ -684,7 +694,8 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     return kern.lstm_step_pp_kernel[(programs,)](
         a_desc, w_desc, h_out, g, tok, c_in, c_out, B, V, tok.stride(0), t, h_out.stride(0), N * Dk,
         c_in.stride(0), c_in.stride(1), num_units, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, N=N, NUM_M=num_m, num_warps=4, maxnreg=168)
+        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, N=N, NUM_M=num_m, K_LAST=pp_k_last(D, Dk, BK),
+        num_warps=4, maxnreg=168)
 
 
 def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,
@@ -960,7 +971,7 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
             c_in = c                                            # updated in place from here
         for t in range(t0, T):
             lstm_step_(h_in if t == t0 else hs[:, t - 1], hs[:, t], W, G, tok, t, c_in if t == t0 else c, c,
-                       K=K, N=N, Dk=Dk, BD=bd, BK=bk, **cfg)
+                       K=K, N=N, Dk=Dk, BD=bd, BK=bk, D=D, **cfg)
     return P, hs, c
 
 

@@ -848,11 +848,13 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     assert est - 512 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
-@pytest.mark.parametrize("Dk, BD, BK, stages", [(320, 32, 64, 8),     # the large preset's tuning entry
-                                                (160, 32, 32, 16), (320, 16, 32, 12)])
-def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
+@pytest.mark.parametrize("Dk, BD, BK, stages, D", [(320, 32, 64, 8, 300),     # the large preset's tuning entry
+                                                   (320, 32, 64, 8, 320), (160, 32, 32, 16, 150),
+                                                   (320, 16, 32, 12, 300)])
+def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D):
     """The weight-resident ping-pong Gluon step kernel compiled for sm_90 (no GPU needed): three
-    partitions, no register spills, Dk/BK x BK/16 wgmma per consumer, the cell's inputs as 16-byte
+    partitions, no register spills, per consumer (Dk/BK - 1) x BK/16 wgmma plus those of the last
+    k-step's columns up to D rounded to 16 (`pp_k_last`: 3 of 4 at the large preset), the cell's inputs as 16-byte
     cp.async (both consumers, the first tile's copies and the loop's) and c and h stored in 16-byte
     pieces, no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and stores), no
     runtime integer division, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
@@ -863,7 +865,7 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     except Exception as e:  # pragma: no cover - triton without Gluon
         pytest.skip(f"no Gluon compile API: {e!r}")
     from models import _lstm_step_gluon as kern
-    from models.lstm_fused import WS_SMEM_LIMIT, ws_shared_bytes
+    from models.lstm_fused import WS_SMEM_LIMIT, pp_k_last, ws_shared_bytes
     BM = 64
     a_l = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16)
     w_l = gl.NVMMASharedLayout.get_default_for([BK, 4 * BD], gl.bfloat16)
@@ -871,7 +873,9 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
            "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
            **{k: "i32" for k in ("B", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
                                  "stride_cin_b", "num_units", "a_rows_per_k")}}
-    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, N=220, NUM_M=16)
+    k_last = pp_k_last(D, Dk, BK)
+    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, N=220, NUM_M=16,
+              K_LAST=k_last)
     names = list(sig)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
@@ -879,7 +883,8 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages):
     compiled, ptx, rep = _compile_ws_sm90(kern.lstm_step_pp_kernel, sig, cx, attrs)
     if rep is not None and BD == 32:        # BD 16 (four times the tiles) spills a few bytes, harmless but reported
         assert " 0 bytes spill stores" in rep, rep
-    assert ptx.count("wgmma.mma_async") == 2 * (Dk // BK) * (BK // 16)
+    assert k_last == (48 if (Dk, BK, D) == (320, 64, 300) else 16 if (Dk, BK, D) == (320, 32, 300) else BK)
+    assert ptx.count("wgmma.mma_async") == 2 * ((Dk // BK - 1) * (BK // 16) + k_last // 16)
     per_thread = lambda nbytes: max(1, nbytes // 16 // 128)                 # noqa: E731  16-byte pieces
     assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2) + per_thread(BM * BD * 4))
     assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
