@@ -45,7 +45,7 @@ from models import (SIZE_PRESETS, auto_models_per_pass, auto_time_chunk, build_m
                     param_count, preset, supports_stacked)
 from tasks import IGNORE_INDEX, Batch, masked_cross_entropy  # noqa: E402
 from train.cli_args import add_cuda_graphs  # noqa: E402
-from train.evaluate import batch_loss, stacked_batch_loss  # noqa: E402
+from train.evaluate import batch_loss, stack_layouts_fn, stacked_batch_loss  # noqa: E402
 from train.graphs import graphs_setting, use_cuda_graphs  # noqa: E402
 from train.series import bptt_step  # noqa: E402
 from train.zo_step import zo_step  # noqa: E402
@@ -586,6 +586,7 @@ class ZOSetup:
         self.cfg = cfg or preset(size, vocab_size=VOCAB, input_size=INPUT, dtype=a.dtype, backend=a.backend)
         self.tc = min(T, time_chunk) if time_chunk > 0 else T
         self.mb = a.micro_batch if 0 < a.micro_batch < B else B
+        self.use_layouts = bool(getattr(a, "stack_layouts", 1))
         self.model = build_model(self.cfg, generator=torch.Generator().manual_seed(a.seed), device=b.dev)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -631,10 +632,11 @@ class ZOSetup:
                 return stacked_batch_loss(model, P, batch, time_chunk=tc, micro_batch_size=mb)
 
         self.loss_fn, self.stacked = loss_fn, stacked
+        self.layouts = stack_layouts_fn(model, batch.inputs.shape[0], mb) if self.use_layouts else None
 
     def step(self, i: int):
         return zo_step(self.engine, step=i, lr=self.lr, loss_for_probe=lambda _i: self.loss_fn, comm=self.comm,
-                       stacked_loss=self.stacked, models_per_pass=self.M)
+                       stacked_loss=self.stacked, models_per_pass=self.M, stack_layouts=self.layouts)
 
     @property
     def path(self) -> str:
@@ -1281,6 +1283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate = epsilon")
     add_cuda_graphs(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stack_layouts", type=int, default=1, choices=(0, 1),
+                   help="1 (default, as the trainers): the engine writes parameters in the layouts the model "
+                        "declares (the LSTM's recurrent weight in gate tiles); 0: plain stacks, re-laid out by "
+                        "the model")
     p.add_argument("--gemm_n", type=int, default=8192)
     p.add_argument("--peak_sustain_s", type=float, default=3.0,
                    help="also run the peak GEMM back to back this long and report its sustained TFLOP/s "

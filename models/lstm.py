@@ -34,6 +34,7 @@ class LSTMModel(nn.Module):
         V, I, H = cfg.vocab_size, cfg.input_size, cfg.hidden_size
         N, D = cfg.lstm_heads, cfg.lstm_head_size
         self.N, self.D, self.H = N, D, H
+        self._layouts_cache: dict = {}      # stack_layouts by (batch rows, models)
         self.embedding = _uniform((V, I), 1.0, generator, dt, device)
         self.W_in = _uniform((I + extra_input, 4 * H), 1.0 / math.sqrt(I + extra_input), generator, dt, device)
         self.R = _uniform((4, N, D, D), 1.0 / math.sqrt(D), generator, dt, device)
@@ -116,6 +117,24 @@ class LSTMModel(nn.Module):
                                            device=tokens_BT.device):
             return None
         return torch.argsort(tokens_BT[:, 0], stable=True)
+
+    def stack_layouts(self, batch_rows: int, models: int) -> dict:
+        """{parameter name: layout} the ZO engine should write a pass's perturbed copies in, for forwards
+        of `models` stacked models over `batch_rows` rows (`zo.layouts`): the fused backend on CUDA reads
+        the recurrent weight in gate tiles, so the engine writes R straight into them and the pass skips
+        the [M, 4, N, D, D] copy and its re-tiling. Empty elsewhere (the other backends read R as it is)."""
+        if self._fused() != "fused" or self.R.device.type != "cuda":
+            return {}
+        key = (batch_rows, models)
+        hit = self._layouts_cache.get(key)
+        if hit is None:
+            from models import lstm_fused
+            from zo.layouts import GateTiles
+            Dk = lstm_fused.step_tiles(self.D)[0]
+            bd = lstm_fused.stack_gate_tiles_BD(B=batch_rows, K=models, N=self.N, D=self.D, device=self.R.device)
+            hit = {"R": GateTiles(N=self.N, D=self.D, Dk=Dk, BD=bd)}
+            self._layouts_cache[key] = hit
+        return hit
 
     def prepare_stacked(self, P: dict) -> dict | None:
         """P with the per-pass weight layouts of the fused forward built once (reuse it for every

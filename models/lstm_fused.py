@@ -853,8 +853,15 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
     W_in, R, b, W_out = P["W_in"], P["R"], P["b"], P["W_out"]
     K = W_in.shape[0]
     N = num_heads
-    D = R.shape[-1]
+    D = W_in.shape[-1] // (4 * N)
     Dk, BD, BK = step_tiles(D)
+    W = {}
+    if R.dim() == 6:        # written by the ZO engine in gate tiles (`LSTMModel.stack_layouts`): no tiling
+        if tuple(R.shape[:3]) != (K, N, Dk) or R.shape[3] * R.shape[5] != Dk or R.shape[4] != 4:
+            raise ValueError(f"the recurrent weight in gate tiles has shape {tuple(R.shape)}; this model wants "
+                             f"[{K}, {N}, {Dk}, {Dk} / BD, 4, BD]")
+        W[R.shape[-1]] = R.view(K * N, Dk, 4 * Dk)
+        R = None
     V = W_out.shape[-1]
     dt, dev = W_in.dtype, W_in.device
     Vin = P["embedding"].shape[1]
@@ -869,9 +876,27 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
     bout = torch.zeros(K, 1, Vp, dtype=P["b_out"].dtype, device=dev)
     bout[:, 0, :V] = P["b_out"]
     out = dict(P)
-    out["_fused"] = {"G": G, "W": {}, "R": R, "Wout": Wout.view(K, N * Dk, Vp), "bout": bout, "V": V,
+    out["_fused"] = {"G": G, "W": W, "R": R, "Wout": Wout.view(K, N * Dk, Vp), "bout": bout, "V": V,
                      "K": K, "N": N, "D": D, "Dk": Dk, "BD": BD, "BK": BK}
     return out
+
+
+def weight_tile_BD(cfg: dict, *, Dk: int, BD: int) -> int:
+    """The unit tile of the recurrent weight's gate tiles that a chunk under step config `cfg` (merged,
+    see `merge_step_config`) reads: Dk for the whole-chunk and split kernels, the persistent kernel's BD,
+    else the config's BD (default: step_tiles')."""
+    seq = cfg.get("seq")
+    split = cfg.get("split", False) and not seq
+    persist = cfg.get("persist") if not (seq or split) else None
+    return Dk if (seq or split) else (persist or {}).get("BD", cfg.get("BD", BD))
+
+
+def stack_gate_tiles_BD(*, B: int, K: int, N: int, D: int, device) -> int:
+    """The unit tile `_recurrence_chunk` will tile the recurrent weight by for K stacked models of N heads
+    of D units over B batch rows on `device`, with the default step config (the stacked forward's)."""
+    Dk, BD, _ = step_tiles(D)
+    return weight_tile_BD(merge_step_config(default_step_config(B, BD, Dk=Dk, heads=K * N, device=device), None),
+                          Dk=Dk, BD=BD)
 
 
 def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int, step_config=None,
@@ -915,10 +940,11 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
     if G is None:                                               # large vocabulary: gates per chunk
         G, tok = _chunk_input_gates(P, tok, N=N, D=D, Dk=Dk)
     cfg = merge_step_config(default_step_config(B, BD, Dk=Dk, heads=K * N, device=dev), step_config)
+    bd = weight_tile_BD(cfg, Dk=Dk, BD=BD)
     seq = cfg.pop("seq", None)
     split = cfg.pop("split", False) and not seq
     persist = cfg.pop("persist", None) if not (seq or split) else None
-    bd = Dk if (seq or split) else (persist or {}).get("BD", cfg.pop("BD", BD))
+    cfg.pop("BD", None)
     bk = cfg.pop("BK", BK)
     first_gemv = cfg.pop("first_gemv", False)
     step1_table = cfg.pop("step1_table", False)
@@ -936,6 +962,11 @@ def _recurrence_chunk(P: dict, tokens_BT: torch.Tensor, state, *, num_heads: int
         raise ValueError("step config `first_gemv` belongs to the per-step kernels; this config runs the chunk as "
                          f"{'seq' if seq else 'split' if split else 'persist'}: drop first_gemv or that key")
     if bd not in f["W"]:
+        if f["R"] is None:
+            raise ValueError(f"the recurrent weight arrived in gate tiles of {next(iter(f['W']))} units (the "
+                             f"layout `LSTMModel.stack_layouts` declared), but this chunk's step config tiles it "
+                             f"by {bd}: declare the layout for the batch rows and models a forward really runs "
+                             f"(train.evaluate.stack_layouts_fn), or pass no layouts")
         f["W"].clear()                                          # one tiled copy at a time
         f["W"][bd] = tile_recurrent_weight(f["R"], N=N, Dk=Dk, BD=bd)
     W = f["W"][bd]

@@ -204,6 +204,30 @@ def test_apply_probes_bitwise(K, dist, out_dtype):
         assert torch.equal(bits(out[m]), bits(ref)), (dist, out_dtype, m)
 
 
+@pytest.mark.parametrize("N, D, Dk, BD, master_dtype", [(3, 20, 32, 16, torch.float32),   # two words a row
+                                                        (2, 37, 64, 32, torch.float32),   # rows straddle words
+                                                        (2, 30, 64, 64, torch.bfloat16)])  # three words, bf16 master
+def test_apply_probes_gate_tiles_equal_flat_probes_tiled(K, N, D, Dk, BD, master_dtype):
+    """The gate-tile probe kernel writes exactly the values of the flat probe kernel, in the layout
+    the LSTM step kernels read (`models.lstm_fused.tile_recurrent_weight`), zeros in the padding."""
+    from models.lstm_fused import tile_recurrent_weight
+    master = (torch.randn(4, N, D, D, generator=gen(5)) * 0.05).to(master_dtype)
+    chunk = SEEDS5[:2]
+    seeds = [s for s in chunk for _ in (0, 1)]
+    coefs = [sg * 1e-3 for _ in chunk for sg in (1.0, -1.0)]
+    M = len(seeds)
+    flat = torch.empty(M, 4, N, D, D, dtype=torch.bfloat16)
+    K.triton_apply_probes(master, flat, seeds, PID, coefs, "rademacher", block=BLK)
+    want = tile_recurrent_weight(flat, N=N, Dk=Dk, BD=BD, kernel=False).view(M, N, Dk, Dk // BD, 4, BD)
+    out = torch.full((M, N, Dk, Dk // BD, 4, BD), float("nan"), dtype=torch.bfloat16)
+    K.triton_apply_probes_gate_tiles(master, out, seeds, PID, coefs, rows=16)
+    assert torch.equal(bits(out), bits(want))
+    with pytest.raises(ValueError, match="gate tiles"):
+        K.triton_apply_probes_gate_tiles(master, out[..., :BD // 2].contiguous(), seeds, PID, coefs)
+    with pytest.raises(ValueError, match="seeds"):
+        K.triton_apply_probes_gate_tiles(master, out, seeds[:-1], PID, coefs)
+
+
 def test_apply_probes_bf16_master_dropout_mask(K):
     N = 1999
     master = (torch.randn(N, generator=gen(2)) * 0.1).to(torch.bfloat16)

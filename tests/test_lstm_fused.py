@@ -1063,3 +1063,75 @@ def test_ws_launch_geometry_describes_h_rows_and_the_tiled_weight():
         assert a.shape == [(K - 1) * T * B + B, N * Dk] and a.strides == [N * Dk, 1] and a.block_shape == [64, 32]
         assert a.base.data_ptr() == hs[:, 1].data_ptr()
         assert wd.shape == [K * N * Dk, 4 * Dk] and wd.block_shape == [32, 4 * BD if one_dot else BD]
+
+
+LAYOUT_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from models import ModelConfig, build_model
+from models import lstm_fused
+from models.lstm_fused import step_tiles, tile_recurrent_weight
+from tasks import Batch
+from train.evaluate import stacked_batch_loss, stack_layouts_fn
+from zo import kernels as zk
+from zo.estimator import ZOConfig, ZOEngine
+from zo.layouts import GateTiles
+zk.MULTI_MAX_NUMEL = 0                        # every tensor its own probe launch, as R is at real sizes
+g = torch.Generator().manual_seed(0)
+cfg = ModelConfig(vocab_size=11, input_size=6, hidden_size=40, num_heads=2, backend="fused")
+m = build_model(cfg, generator=torch.Generator().manual_seed(3))
+N, D = 2, 20
+Dk, BD, _ = step_tiles(D)
+inp = torch.randint(0, 11, (6, 7), generator=g); tgt = torch.randint(0, 11, (6, 7), generator=g); tgt[:, :2] = -100
+bt = Batch(inputs=inp, targets=tgt)
+def engine(**kw):
+    e = ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=2, **kw), run_seed=5)
+    e.use_kernels = True                      # the CUDA path, run by the Triton interpreter on CPU
+    return e
+got = {{}}
+def loss(tag):
+    def fn(P):
+        got[tag] = {{n: t.clone() for n, t in P.items()}}
+        with torch.inference_mode():
+            return stacked_batch_loss(m, P, bt, time_chunk=4)
+    return fn
+lay = lambda M: {{"R": GateTiles(N=N, D=D, Dk=Dk, BD=BD)}}
+seeds = engine().seeds(3)
+plain = engine().evaluate_stacked(seeds, loss("plain"), lr=0.1, models_per_pass=4)
+tiled = engine().evaluate_stacked(seeds, loss("tiled"), lr=0.1, models_per_pass=4, layouts=lay)
+R6 = got["tiled"]["R"]
+want = tile_recurrent_weight(got["plain"]["R"], N=N, Dk=Dk, BD=BD, kernel=False).view(R6.shape)
+others = all(torch.equal(got["plain"][n], got["tiled"][n]) for n in got["plain"] if n != "R")
+print("layout", tuple(R6.shape), torch.equal(R6, want), others, torch.equal(plain, tiled))
+# a chunk whose step config tiles R by another unit tile refuses the tiled weight, naming the fix
+try:
+    P2 = lstm_fused.prepare_fused(got["tiled"], num_heads=N)
+    lstm_fused.forward_chunk_stacked_fused(P2, inp[:, :3], m.init_state_stacked(got["tiled"], 6), num_heads=N,
+                                           step_config={{"BD": BD // 2, "BK": BD // 2, "seq": None}})
+    print("refused False")
+except ValueError as e:
+    print("refused", "stack_layouts_fn" in str(e))
+# probe dropout: the kernel cannot write the layout, so R comes as a plain stack (and it is said)
+engine(probe_dropout_rate=0.25).evaluate_stacked(seeds, loss("drop"), lr=0.1, models_per_pass=4, layouts=lay)
+print("dropout_plain", got["drop"]["R"].dim())
+# the model declares nothing off CUDA; the trainers' helper follows the micro-batches
+print("declared", m.stack_layouts(6, 4), stack_layouts_fn(m, 6, 4)(4))
+"""
+
+
+def test_engine_writes_the_recurrent_weight_in_gate_tiles():
+    """A pass whose R the engine writes straight into the step kernels' gate tiles (a layout the model
+    declares) gives the same tiled weight, the same other parameters and the same losses, bit for bit,
+    as the plain [M, 4, N, D, D] stack tiled by the model; a chunk configured for another unit tile
+    refuses it; with probe dropout R comes as a plain stack."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + LAYOUT_SCRIPT).format(root=ROOT)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    vals = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert vals["layout"] == "(4, 2, 32, 1, 4, 32) True True True", vals["layout"]
+    assert vals["refused"] == "True"
+    assert vals["dropout_plain"] == "5"
+    assert "written as a plain [M, *shape] stack" in out.stderr
+    assert vals["declared"] == "{} {}"

@@ -50,7 +50,7 @@ from models import (ModelConfig, apply_scale, auto_models_per_pass, auto_time_ch
                     supports_stacked)
 from tasks import LM_TASKS, build_lm_task, build_task, sample_predictions
 from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
-from train.evaluate import batch_loss, evaluate_batch, stacked_batch_loss
+from train.evaluate import batch_loss, evaluate_batch, stack_layouts_fn, stacked_batch_loss
 from train.graphs import GraphedStackedLoss, graphs_setting, use_cuda_graphs
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.series import SYNTHETIC_TASKS, peak_memory_bytes
@@ -589,8 +589,11 @@ class DistributedTrainer:
                 loss_for_probe, shared, stacked = self.probe_closures(step)
                 t_batch = time.perf_counter() - t0
                 try:
+                    layouts = None if stacked is None else stack_layouts_fn(self.model, cfg.batch_size,
+                                                                            cfg.micro_batch_size)
                     res = zo_step(self.engine, step=step, lr=lr, loss_for_probe=loss_for_probe, comm=comm,
-                                  baseline_fn=shared, stacked_loss=stacked, models_per_pass=self.models_per_pass)
+                                  baseline_fn=shared, stacked_loss=stacked, models_per_pass=self.models_per_pass,
+                                  stack_layouts=layouts)
                 except NonFiniteLossError as e:
                     path, at = self.last_checkpoint
                     kept = (f" The last checkpoint ({path}, step {at}) is kept." if path

@@ -59,6 +59,23 @@ def evaluate_batch(model, batch: Batch, *, time_chunk: int = 0):
     return acc.loss(), acc.token_accuracy(), acc.seq_accuracy(), logits
 
 
+def stack_layouts_fn(model, batch_rows: int, micro_batch_size: int = 0):
+    """For `zo_step(stack_layouts=...)`: a callable M -> {name: layout} of the parameter layouts the model
+    declares (`stack_layouts`) for a pass of M models over a batch of `batch_rows` rows split as
+    `stacked_batch_loss` splits it, or None where the model declares none. A layout is used only when
+    every forward of the pass (the micro-batches, the last one possibly smaller) would read the same."""
+    declare = getattr(model, "stack_layouts", None)
+    if declare is None:
+        return None
+    mb = micro_batch_size if 0 < micro_batch_size < batch_rows else batch_rows
+    sizes = sorted({mb, batch_rows - (batch_rows - 1) // mb * mb})
+
+    def layouts(M: int) -> dict:
+        each = [declare(rows, M) for rows in sizes]
+        return each[0] if all(e == each[0] for e in each) else {}
+    return layouts
+
+
 def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, micro_batch_size: int = 0) -> torch.Tensor:
     """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked). Time
     chunks wholly before `batch.scored_from` only advance the state (`advance_chunk_stacked` where the

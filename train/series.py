@@ -21,7 +21,7 @@ import torch
 from models import ModelConfig, auto_models_per_pass, auto_time_chunk, build_model, check_fits, param_count, supports_stacked
 from tasks import build_lm_task, build_task, sample_predictions
 from train.checkpoint import save_checkpoint
-from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stacked_batch_loss
+from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stack_layouts_fn, stacked_batch_loss
 from train.graphs import GraphedStackedLoss, graphs_setting, use_cuda_graphs
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.zo_step import NonFiniteLossError, zo_step
@@ -239,7 +239,8 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
                         return stacked_batch_loss(model, P, b, time_chunk=time_chunk,
                                                   micro_batch_size=cfg.micro_batch_size)
                 res = zo_step(engine, step=step, lr=lr, loss_for_probe=lambda i: loss_fn, comm=comm,
-                              baseline_fn=loss_fn, stacked_loss=stacked, models_per_pass=mpp)
+                              baseline_fn=loss_fn, stacked_loss=stacked, models_per_pass=mpp,
+                              stack_layouts=stack_layouts_fn(model, batch.inputs.shape[0], cfg.micro_batch_size))
                 train_loss = res.train_loss
             _sync(device)
             dt = time.perf_counter() - t0

@@ -26,13 +26,14 @@ class StepResult:
 
 
 def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=None, stacked_loss=None,
-            models_per_pass: int = 1) -> StepResult:
+            models_per_pass: int = 1, stack_layouts=None) -> StepResult:
     """Evaluate this rank's share of the probes, gather the loss pairs, update identically.
 
     loss_for_probe(i) -> the loss closure of probe i (it may return the same closure for every i,
     or one that draws a per-probe batch). baseline_fn: the closure for L(theta) (FD-RGE only).
     stacked_loss(P) with models_per_pass > 1: evaluate that many perturbed models per forward
-    (same batch for all probes); the losses are the same as the one-at-a-time path's.
+    (same batch for all probes); the losses are the same as the one-at-a-time path's. stack_layouts:
+    the model's declared parameter layouts for such a pass (`train.evaluate.stack_layouts_fn`).
     One host synchronisation: coefficients and mean loss come back together, and a non-finite
     value stops the step with the weights unchanged (on every rank alike, since all see the same
     losses). Where the engine allows it (`update_before_sync`), the update is queued before that
@@ -42,7 +43,8 @@ def zo_step(engine, *, step: int, lr: float, loss_for_probe, comm, baseline_fn=N
     seeds = engine.seeds(step)
     lo, hi = comm.shard(len(seeds))
     if stacked_loss is not None and models_per_pass > 1:
-        local = engine.evaluate_stacked(seeds[lo:hi], stacked_loss, lr=lr, models_per_pass=models_per_pass)
+        local = engine.evaluate_stacked(seeds[lo:hi], stacked_loss, lr=lr, models_per_pass=models_per_pass,
+                                        layouts=stack_layouts)
     else:
         rows = [engine.evaluate([s], loss_for_probe(i), lr=lr) for i, s in zip(range(lo, hi), seeds[lo:hi])]
         local = torch.cat(rows) if rows else torch.empty(0, 2)

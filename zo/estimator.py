@@ -32,11 +32,19 @@ import torch
 
 from zo import kernels as zk
 from zo import noise as zn
+from zo.layouts import GateTiles
 
 GRAD_NORMS = (None, "l2", "l1")
 
 
 _WARNED_NO_KERNELS = False
+_WARNED_LAYOUT: set = set()
+
+
+def _warn_once_layout(msg: str) -> None:
+    if msg not in _WARNED_LAYOUT:
+        _WARNED_LAYOUT.add(msg)
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _warn_no_kernels(params) -> None:
@@ -237,9 +245,9 @@ class ZOEngine:
             plan = self._plans[key] = build()
         return plan
 
-    def _kernel_probes(self, keys, c, outs: dict, tag) -> None:
+    def _kernel_probes(self, keys, c, outs: dict, tag, skip=()) -> None:
         """Probe writes of every parameter into outs[name] ([M, *shape]): one launch per group of
-        small tensors and one per large tensor."""
+        small tensors and one per large tensor, except the large tensors named in `skip`."""
         cfg = self.cfg
         for gi, grp in enumerate(self._groups):
             ps = [self.params[k] for k in grp]
@@ -250,6 +258,8 @@ class ZOEngine:
             zk.triton_apply_probes_multi(plan, keys, c, cfg.distribution, dropout_rate=cfg.probe_dropout_rate)
         for k in self._singles:
             p = self.params[k]
+            if p.name in skip:
+                continue
             zk.triton_apply_probes(p.master, outs[p.name], keys[k], p.pid, c, cfg.distribution,
                                    dropout_rate=cfg.probe_dropout_rate, mask=p.mask)
 
@@ -386,23 +396,32 @@ class ZOEngine:
         return torch.stack(rows)
 
     @torch.no_grad()
-    def evaluate_stacked(self, seeds, stacked_loss_fn, *, lr: float, models_per_pass: int) -> torch.Tensor:
+    def evaluate_stacked(self, seeds, stacked_loss_fn, *, lr: float, models_per_pass: int,
+                         layouts=None) -> torch.Tensor:
         """Like `evaluate`, but several perturbed models per forward pass.
 
         stacked_loss_fn(P) gets a dict name -> tensor [M, *shape] of M perturbed copies of every
         parameter (model dtype) and returns their M losses. Rows are (theta + eps z_i,
-        theta - eps z_i) per seed, exactly the values `evaluate` would produce for the same seed."""
+        theta - eps z_i) per seed, exactly the values `evaluate` would produce for the same seed.
+        layouts: None, or a callable M -> {name: layout} (`zo.layouts`, declared by the model for a pass
+        of M models): those parameters then arrive in that layout ([M, ...] of the layout's shape), the
+        same values without the [M, *shape] copy, where the kernels can write it (see `_layouts_of`)."""
         eps = self.cfg.epsilon(lr)
         signs = (1.0, -1.0) if (self.cfg.central_difference or self.cfg.antithetic) else (1.0,)
         per_seed = len(signs)
         out = []
         for chunk, model_seeds in self._probe_groups(seeds, models_per_pass):
             M = len(model_seeds)
-            P = {p.name: self._stack_buffer(p, M) for p in self.params}
+            laid = self._layouts_of(layouts, M)
+            P = {p.name: (self._layout_buffer(p, laid[p.name], M) if p.name in laid else self._stack_buffer(p, M))
+                 for p in self.params}
             if self.use_kernels:
                 alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
                 keys, c = self._kernel_args(model_seeds, alphas)
-                self._kernel_probes(keys, c, P, "stack")
+                self._kernel_probes(keys, c, P, "stack", skip=laid)
+                for k, p in enumerate(self.params):
+                    if p.name in laid:
+                        zk.triton_apply_probes_gate_tiles(p.master, P[p.name], keys[k], p.pid, c)
             else:
                 for j, s in enumerate(chunk):
                     zs = self.directions(s)
@@ -415,6 +434,47 @@ class ZOEngine:
                 losses = torch.cat([losses, torch.full_like(losses, float("nan"))], dim=1)
             out.append(losses)
         return torch.cat(out) if out else torch.empty(0, 2)
+
+    def _layouts_of(self, layouts, M: int) -> dict:
+        """{name: layout} of the parameters this pass writes in a declared layout: a GateTiles layout
+        that fits the parameter's shape, on the kernel path (rademacher probes, no probe dropout, no
+        mask), for a tensor with its own probe launch (small tensors share one, dense). Anything else
+        declared is written dense, as without the layout, and said once."""
+        asked = layouts(M) if callable(layouts) else (layouts or {})
+        if not asked:
+            return {}
+        by_name = {p.name: (k, p) for k, p in enumerate(self.params)}
+        ok = {}
+        for name, lay in asked.items():
+            k, p = by_name.get(name, (None, None))
+            why = None
+            if p is None:
+                why = "no such parameter"
+            elif not isinstance(lay, GateTiles) or not lay.fits(p.master.shape):
+                why = f"layout {lay!r} does not fit the parameter's shape {tuple(p.master.shape)}"
+            elif not self.use_kernels:
+                why = "the Triton kernels do not run here"
+            elif self.cfg.distribution != "rademacher" or self.cfg.probe_dropout_rate > 0 or p.mask is not None:
+                why = "only rademacher probes without dropout or mask are written in layouts"
+            elif k not in self._singles:
+                why = "the tensor shares a probe launch with other small tensors"
+            if why is None:
+                ok[name] = lay
+            else:
+                _warn_once_layout(f"[zo] note: {name!r} is written as a plain [M, *shape] stack, not in the "
+                                  f"declared layout ({why}); the model re-lays it out itself (same values, slower)")
+        return ok
+
+    def _layout_buffer(self, p: _Param, layout, M: int) -> torch.Tensor:
+        """A buffer of the layout's shape for M models, kept between passes (like `_stack_buffer`)."""
+        key = ("layout", p.name)
+        shape = layout.shape(M)
+        buf = self._stack_bufs.get(key)
+        if buf is None or buf.shape != shape:
+            self._stack_bufs.pop(key, None)
+            buf = torch.empty(shape, dtype=p.live.dtype, device=p.live.device)
+            self._stack_bufs[key] = buf
+        return buf
 
     def _stack_buffer(self, p: _Param, M: int) -> torch.Tensor:
         """[M, *shape] view of a per-parameter buffer that grows to the largest M seen (a smaller
