@@ -492,7 +492,8 @@ def bench_peak(b: Bench) -> None:
             b.res["peak"]["sustained"] = sustained_gemm(b, lambda: torch.mm(x, y), flops, b.args.peak_sustain_s)
             sus = b.res["peak"]["sustained"]
             b.log(f"peak, sustained {sus['seconds']:.1f} s: {sus['tflops']:.1f} TFLOP/s "
-                  f"(SM {sus.get('sm_mhz_median')} MHz, {sus.get('power_w_median')} W)")
+                  f"(SM {sus.get('sm_mhz_median')} MHz, {sus.get('power_w_median')} W)" if sus.get("tflops")
+                  else f"peak, sustained: {sus.get('status')} ({sus.get('note')})")
         del x, y
     except Exception as e:  # noqa: BLE001
         b.res["peak"] = {"gemm_n": n, "status": "error", "note": short_error(e)}

@@ -37,6 +37,7 @@ def test_bench_smoke_writes_results(tmp_path):
     assert "--smoke" in meta["command"]
 
     assert res["peak"]["tflops"] > 0
+    assert res["peak"]["sustained"] == {"status": "skipped", "note": "needs CUDA"}   # the sustained GEMM: CUDA only
     assert {r["D"] for r in res["bmm_ceiling"]} == {20, 50, 150, 300, 850}
     assert all(r["tflops"] > 0 and "tflops_pad64" in r for r in res["bmm_ceiling"])
 
