@@ -448,7 +448,7 @@ def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n
             tl.store(live_ptr + offs, _round_to(_widen(new, MASTER_KIND), LIVE_KIND, EMU), mask=inb)
 
 
-def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D, Dk, J, stride_m, m13, m16,
+def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D_VEC, Dk, J, stride_m, m13, m16,
                                LOOP_N: tl.constexpr, KEY_STRIDE: tl.constexpr, MASTER_KIND: tl.constexpr,
                                OUT_KIND: tl.constexpr, MULHI: tl.constexpr, EMU: tl.constexpr,
                                ROWS: tl.constexpr, BD: tl.constexpr, NW: tl.constexpr, VEC: tl.constexpr):
@@ -459,6 +459,9 @@ def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D
     # consecutive in the weight, so they take bits of at most NW consecutive noise words: NW hashes a
     # row and seed. (One [ROWS, 4, BD] tile for all gates, a contiguous output run a row, measured
     # slower on the H200: 0.68-1.14 against 0.62-0.66 ms at the large preset.)
+    # D arrives as D_VEC = D / VEC: the compiler then knows VEC divides D, so the masks are constant over
+    # VEC consecutive elements and the master loads are VEC wide (with D itself they were 4-byte loads)
+    D = D_VEC * VEC
     pid_i = tl.program_id(0)
     j = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
@@ -468,7 +471,6 @@ def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D
     out_ok = (rows < Dk)[:, None] & (e < BD)[None, :]
     for g in range(4):
         base = ((g * N + n) * D + rows) * D + j * BD            # [ROWS] int64: the row's first element
-        base = tl.multiple_of(base, VEC)                        # (VEC divides D and BD)
         m_val = _load_f32(master_ptr, base[:, None] + e[None, :], inb, MASTER_KIND)
         q0 = base >> 5
         off = (base & 31)[:, None] + e[None, :]                 # bit offset from word q0's first element
@@ -767,7 +769,7 @@ def triton_apply_probes(master: torch.Tensor, out_MX: torch.Tensor, seeds, param
 
 
 def triton_apply_probes_gate_tiles(master: torch.Tensor, out: torch.Tensor, seeds, param_id: int, coefs_M, *,
-                                   rows: int = 16, num_warps: int = 4) -> torch.Tensor:
+                                   rows: int = 32, num_warps: int = 4) -> torch.Tensor:
     """Rademacher probes of a [4, N, D, D] weight (gate, head, input, output unit) straight into gate
     tiles, the layout an LSTM's step kernels read (`zo.layouts.GateTiles`): out [M, N, Dk, J, 4, BD]
     with out[m, n, i, j, g, e] = cast(master[g, n, i, j*BD + e] + coefs_M[m] * z(seeds[m])) and 0 in the
@@ -784,6 +786,7 @@ def triton_apply_probes_gate_tiles(master: torch.Tensor, out: torch.Tensor, seed
             or out.shape[2] < D:
         raise ValueError(f"out {tuple(out.shape)} is not gate tiles [M, {N}, Dk, Dk/BD, 4, BD] of Dk >= {D}")
     M, _, Dk, J, _, BD = out.shape
+    vec = next(v for v in (8, 4, 2, 1) if D % v == 0 and BD % v == 0)
     if BD & (BD - 1) or not 8 <= BD <= 128 or rows & (rows - 1):
         raise ValueError(f"gate tiles need a power-of-two BD in 8..128 and power-of-two rows (got {BD}, {rows})")
     if out.device != master.device:
@@ -795,11 +798,10 @@ def triton_apply_probes_gate_tiles(master: torch.Tensor, out: torch.Tensor, seed
     if M == 0:
         return out
     ks["_apply_probes_tiles_kernel"][(triton_cdiv(Dk, rows), J, N)](
-        _ptr_view(master), _ptr_view(out), keys, c, M, N, D, Dk, J, N * Dk * 4 * Dk, _M13, _M16,
+        _ptr_view(master), _ptr_view(out), keys, c, M, N, D // vec, Dk, J, N * Dk * 4 * Dk, _M13, _M16,
         LOOP_N=_loop_n(M), KEY_STRIDE=keys.shape[-1], MASTER_KIND=_kind(master, "master"),
         OUT_KIND=_kind(out, "out"), MULHI=_mulhi(None), EMU=interpreting(), ROWS=rows, BD=BD,
-        NW=BD // 32 + 1 if BD >= 32 else 2, VEC=next(v for v in (8, 4, 2, 1) if D % v == 0 and BD % v == 0),
-        num_warps=num_warps)
+        NW=BD // 32 + 1 if BD >= 32 else 2, VEC=vec, num_warps=num_warps)
     return out
 
 
