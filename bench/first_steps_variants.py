@@ -105,10 +105,10 @@ def main(argv=None) -> int:
         c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
         for _ in range(2):
             for name, t in (("batch order", tok), ("sorted", tok_sorted)):
-                for bb in (32, 64, 16):
-                    ms = cuda_ms(lambda: first_steps_cell_(tables, hs, c, G, t, **tabs, BB=bb, num_warps=4,  # noqa: B023
-                                                           copy_h1=False, cell_BD=cell_bd), a.reps)
-                    print(f"  step-1 cell, rows in {name}, {bb} rows x {cell_bd or 'default'} units x 4 warps: "
+                for bb, warps in ((32, 4), (16, 4), (8, 4), (16, 2), (8, 2)):
+                    ms = cuda_ms(lambda: first_steps_cell_(tables, hs, c, G, t, **tabs, BB=bb,  # noqa: B023
+                                                           num_warps=warps, copy_h1=False, cell_BD=cell_bd), a.reps)
+                    print(f"  step-1 cell, rows in {name}, {bb} rows x {cell_bd or 'default'} units x {warps} warps: "
                           f"{ms:.3f} ms", flush=True)
     return 0
 
