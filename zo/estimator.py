@@ -438,8 +438,9 @@ class ZOEngine:
     def _layouts_of(self, layouts, M: int) -> dict:
         """{name: layout} of the parameters this pass writes in a declared layout: a GateTiles layout
         that fits the parameter's shape, on the kernel path (rademacher probes, no probe dropout, no
-        mask), for a tensor with its own probe launch (small tensors share one, dense). Anything else
-        declared is written dense, as without the layout, and said once."""
+        mask), for a tensor with its own probe launch (small tensors share one and stay dense, silently:
+        their re-layout costs next to nothing). Anything else declared is written dense, as without the
+        layout, and said once."""
         asked = layouts(M) if callable(layouts) else (layouts or {})
         if not asked:
             return {}
@@ -457,7 +458,7 @@ class ZOEngine:
             elif self.cfg.distribution != "rademacher" or self.cfg.probe_dropout_rate > 0 or p.mask is not None:
                 why = "only rademacher probes without dropout or mask are written in layouts"
             elif k not in self._singles:
-                why = "the tensor shares a probe launch with other small tensors"
+                continue        # a small tensor shares one probe launch with others: dense, and not worth a note
             if why is None:
                 ok[name] = lay
             else:
