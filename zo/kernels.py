@@ -478,7 +478,8 @@ def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D
         shl = (31 - (off & 31)).to(tl.uint32)
         optr = out_ptr + ((((n * Dk + rows[:, None]) * J + j) * 4 + g) * BD + e[None, :])
         kp = keys_ptr
-        sw = tl.full([ROWS, BD], 0, tl.uint32)
+        sw = shl & 0            # (in shl's layout: a tl.full here made the loop carry it in one that hashed
+                                # every row in all 32 lanes of a warp and converted through shared memory)
         p0 = tl.load(kp) + 0
         p1 = tl.load(kp + 1) + 0
         for m in range(0, LOOP_N if LOOP_N >= 0 else M):
@@ -487,8 +488,8 @@ def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D
             k1 = tl.load(kp + 1)
             if (m == 0) | (k0 != p0) | (k1 != p1):      # the +eps / -eps pair of a seed hashes once
                 kk, k1u = _load_key(kp)
-                w = tl.full([ROWS, BD], 0, tl.uint32)
-                for t in range(NW):
+                w = shl & 0
+                for t in tl.static_range(NW):
                     q = q0 + t
                     wlo = q.to(tl.uint32)
                     wt = _word(wlo ^ (wlo >> 16), kk, (q >> 32).to(tl.uint32) + k1u, m13, m16, MULHI)
