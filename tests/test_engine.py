@@ -632,3 +632,30 @@ def test_prefetched_keys_equal_fresh_keys(dropout):
     for step in range(2, 40):
         eng.prefetch_keys(eng.seeds(step), eng.seeds(step + 1), models_per_pass=10)
     assert len(eng._keys_cache) <= eng.KEYS_CACHED
+
+
+def test_stack_layouts_fn_follows_the_micro_batches():
+    """`train.evaluate.stack_layouts_fn`: the model's declared layouts for the rows each forward of a pass
+    sees (the micro-batches, the last one possibly smaller); none where those forwards would disagree, and
+    None for a model that declares nothing."""
+    from train.evaluate import stack_layouts_fn
+    from zo.layouts import GateTiles
+
+    class Declares:
+        def __init__(self):
+            self.asked = []
+
+        def stack_layouts(self, batch_rows, models):
+            self.asked.append((batch_rows, models))
+            return {"R": GateTiles(N=2, D=20, Dk=32, BD=32 if batch_rows >= 256 else 16)}
+
+    m = Declares()
+    assert stack_layouts_fn(m, 1024)(4) == {"R": GateTiles(N=2, D=20, Dk=32, BD=32)}
+    assert m.asked == [(1024, 4)]
+    assert stack_layouts_fn(m, 1024, 512)(4)["R"].BD == 32           # two micro-batches of 512: the same
+    assert stack_layouts_fn(m, 1024, 300)(4) == {}                    # 300 x 3 + 124: the tiles would differ
+    assert stack_layouts_fn(object(), 1024) is None
+    with pytest.raises(ValueError, match="BD dividing Dk"):
+        GateTiles(N=2, D=20, Dk=32, BD=24)
+    assert GateTiles(N=2, D=20, Dk=32, BD=16).shape(3) == (3, 2, 32, 2, 4, 16)
+    assert GateTiles(N=2, D=20, Dk=32, BD=16).fits((4, 2, 20, 20)) and not GateTiles(2, 20, 32, 16).fits((4, 2, 20, 21))
