@@ -70,8 +70,8 @@ import torch
 from zo import noise as zn
 
 __all__ = ["available", "interpreting", "noise_keys", "noise_keys_multi", "triton_noise_flat",
-           "triton_apply_probes", "triton_apply_probes_gate_tiles", "triton_update", "triton_grad", "multi_apply_plan", "triton_apply_probes_multi",
-           "multi_update_plan", "triton_update_multi", "DIST_CODES"]
+           "triton_apply_probes", "triton_apply_probes_gate_tiles", "triton_update", "triton_grad",
+           "multi_apply_plan", "triton_apply_probes_multi", "multi_update_plan", "triton_update_multi", "DIST_CODES"]
 
 DIST_CODES = {"rademacher": 0, "uniform": 1, "normal": 2}
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -457,8 +457,10 @@ def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D
     # the padding (i >= D or j*BD + e >= D). Grid (cdiv(Dk, ROWS), J, N); a program writes ROWS rows
     # of unit tile j of head n, gate by gate, for all M models. A gate row's BD elements are
     # consecutive in the weight, so they take bits of at most NW consecutive noise words: NW hashes a
-    # row and seed. (One [ROWS, 4, BD] tile for all gates, a contiguous output run a row, measured
-    # slower on the H200: 0.68-1.14 against 0.62-0.66 ms at the large preset.)
+    # row and seed, in an unrolled loop: as a runtime loop, the compiler carried the words in a layout of
+    # one column a lane (every row hashed in all 32 lanes, then converted through shared memory), 0.58
+    # against 0.40 ms at the large preset on the H200. (One [ROWS, 4, BD] tile for all gates, a
+    # contiguous output run a row, measured slower than the gate-by-gate form.)
     # D arrives as D_VEC = D / VEC: the compiler then knows VEC divides D, so the masks are constant over
     # VEC consecutive elements and the master loads are VEC wide (with D itself they were 4-byte loads)
     D = D_VEC * VEC
@@ -478,8 +480,7 @@ def _apply_probes_tiles_kernel(master_ptr, out_ptr, keys_ptr, coefs_ptr, M, N, D
         shl = (31 - (off & 31)).to(tl.uint32)
         optr = out_ptr + ((((n * Dk + rows[:, None]) * J + j) * 4 + g) * BD + e[None, :])
         kp = keys_ptr
-        sw = shl & 0            # (in shl's layout: a tl.full here made the loop carry it in one that hashed
-                                # every row in all 32 lanes of a warp and converted through shared memory)
+        sw = shl & 0            # zeros in the layout of the words' uses
         p0 = tl.load(kp) + 0
         p1 = tl.load(kp + 1) + 0
         for m in range(0, LOOP_N if LOOP_N >= 0 else M):
