@@ -14,9 +14,14 @@ each variant at the first of those configs:
 - direct_out: c and h stored from the accumulator layout (4- and 8-byte stores), not staged;
 - c_reg: c loaded into registers a tile ahead (8-byte loads), not staged through shared memory;
 - wait2: two k-steps of wgmma in flight instead of one;
-- if_last: the weight chunks' release under a branch instead of a predicate.
+- if_last: the weight chunks' release under a branch instead of a predicate;
+- nomma: no wgmma (the accumulator stays zero; every load, barrier and the cell as shipped): the
+  time of everything but the tensor cores' work and its operand reads;
+- mma_only: noload_nostore and nomufu together: the GEMM path with the barriers, and a cell of plain
+  arithmetic.
 The variants are written to temporary modules (the shipped kernel is not changed); outputs of noload,
-nostore and nomufu are meaningless. Results: bench/results/logs/pp_variants_2026-11-29_session12.log.
+nostore and nomufu, nomma and mma_only are meaningless. Results: bench/results/logs/pp_variants_2026-11-29_session12.log,
+logs/pp_narrow_tail_2026-11-29_session15.log.
 """
 from __future__ import annotations
 
@@ -75,9 +80,24 @@ _RELEASE = """                acc = warpgroup_mma_wait(num_outstanding=1, deps=(
 _LAST = """        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index(s_prev), count=1)
         mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)"""
+_MMA = """            if kk == NK - 1 and K_LAST < BK:
+                # the last k-step's columns K_LAST..BK are head padding (zero in h and in W): skipped.
+                # Slices must be powers of two: K_LAST as a sum of them (48 = 32 + 16)
+                K_HI: gl.constexpr = 32 if K_LAST >= 32 else 16
+                acc = warpgroup_mma(a_bufs.index(s).slice(0, K_HI, dim=1), w_bufs.index(kk).slice(0, K_HI, dim=0),
+                                    acc, is_async=True)
+                if K_LAST > K_HI:
+                    acc = warpgroup_mma(a_bufs.index(s).slice(K_HI, K_LAST - K_HI, dim=1),
+                                        w_bufs.index(kk).slice(K_HI, K_LAST - K_HI, dim=0), acc, is_async=True)
+            else:
+                acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)
+"""
 _LOOP = """        s_prev = 0
         for kk in gl.static_range(NK):
             count = q * NK + kk"""
+
+_NOMUFU = (_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)", "i_g")
+           .replace("_tanh_fast(z_g)", "z_g").replace("_sig_fast(o_g)", "o_g").replace("_tanh_fast(c_new)", "c_new"))
 
 # name -> (old, new) source edits
 VARIANTS = {
@@ -85,8 +105,10 @@ VARIANTS = {
     "nostore": [(_STORE, "        gl.thread_barrier()")],
     "noload_nostore": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"),
                        (_STORE, "        gl.thread_barrier()")],
-    "nomufu": [(_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)", "i_g")
-                .replace("_tanh_fast(z_g)", "z_g").replace("_sig_fast(o_g)", "o_g").replace("_tanh_fast(c_new)", "c_new"))],
+    "nomufu": [_NOMUFU],
+    "nomma": [(_MMA, "            acc = acc\n")],
+    "mma_only": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"), (_STORE, "        gl.thread_barrier()"),
+                 _NOMUFU],
     "direct_out": [(_STAGED_OUT, """        _pp_store(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
                   stride_out_k, stride_hb, Dk, BM, BD)""")],
     "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
