@@ -20,8 +20,8 @@ each variant at the first of those configs:
 - mma_only: noload_nostore and nomufu together: the GEMM path with the barriers, and a cell of plain
   arithmetic.
 The variants are written to temporary modules (the shipped kernel is not changed); outputs of noload,
-nostore and nomufu, nomma and mma_only are meaningless. Results: bench/results/logs/pp_variants_2026-11-29_session12.log,
-logs/pp_narrow_tail_2026-11-29_session15.log.
+nostore, nomufu, nomma and mma_only are meaningless. Results: bench/results/logs/pp_variants_2026-11-29_session12.log
+and bench/results/logs/pp_narrow_tail_2026-11-29_session15.log.
 """
 from __future__ import annotations
 
