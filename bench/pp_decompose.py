@@ -80,18 +80,21 @@ _RELEASE = """                acc = warpgroup_mma_wait(num_outstanding=1, deps=(
 _LAST = """        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index(s_prev), count=1)
         mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)"""
-_MMA = """            if kk == NK - 1 and K_LAST < BK:
-                # the last k-step's columns K_LAST..BK are head padding (zero in h and in W): skipped.
-                # Slices must be powers of two: K_LAST as a sum of them (48 = 32 + 16)
-                K_HI: gl.constexpr = 32 if K_LAST >= 32 else 16
-                acc = warpgroup_mma(a_bufs.index(s).slice(0, K_HI, dim=1), w_bufs.index(kk).slice(0, K_HI, dim=0),
-                                    acc, is_async=True)
-                if K_LAST > K_HI:
-                    acc = warpgroup_mma(a_bufs.index(s).slice(K_HI, K_LAST - K_HI, dim=1),
-                                        w_bufs.index(kk).slice(K_HI, K_LAST - K_HI, dim=0), acc, is_async=True)
-            else:
-                acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)
-"""
+
+
+def _span(first: str, last: str) -> str:
+    """The shipped kernel's source from `first` through the end of `last` (the next one after it)."""
+    src = SRC_PATH.read_text()
+    i = src.find(first)
+    j = src.find(last, i) if i >= 0 else -1
+    if j < 0:
+        raise SystemExit(f"pp_decompose: the kernel source changed; update the span {first.strip()[:60]!r}")
+    return src[i:j + len(last)]
+
+
+# the consumer's MMAs of a k-step (the last k-step's slices and the full one)
+_MMA = _span("            if kk == NK - 1 and K_LAST < BK:",
+             "acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)\n")
 _LOOP = """        s_prev = 0
         for kk in gl.static_range(NK):
             count = q * NK + kk"""
