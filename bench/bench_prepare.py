@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="medium,large,xlarge")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--table_tiles", default="",
-                    help="input-table kernel tiles to time too, BV:BU:BI:WARPS:STAGES, comma separated")
+                    help="input-table kernel tiles to time too, BV:BU:BI:CPB:WARPS:STAGES (CPB: column blocks a "
+                    "program), comma separated")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -113,8 +114,11 @@ def main(argv=None) -> int:
         V = P["embedding"].shape[1]
         tab_floor = (P["W_in"].numel() + K * V * N * 4 * Dk) * R.element_size() / (copy * 1e6)
         for spec in filter(None, a.table_tiles.split(",")):
-            bv, bu, bi, w, st = map(int, spec.split(":"))
-            tile = {"BV": bv, "BU": bu, "BI": bi, "num_warps": w, "num_stages": st}
+            fields = spec.split(":")
+            if len(fields) != 6:
+                sys.exit(f"bench_prepare.py: --table_tiles {spec!r} is not BV:BU:BI:CPB:WARPS:STAGES")
+            bv, bu, bi, cpb, w, st = map(int, fields)
+            tile = {"BV": bv, "BU": bu, "BI": bi, "CPB": cpb, "num_warps": w, "num_stages": st}
             d = float((_input_table(**tab, tile=tile).float() - _input_table(**tab, kernel=False).float()).abs().max())
             extra.append(f"| {size} | {spec} | {cuda_ms(lambda: _input_table(**tab, tile=tile), a.reps):.3f} ms | "
                          f"{d:.2e} |")
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
         del P, R
         torch.cuda.empty_cache()
     if extra:
-        lines += ["", f"Input-table kernel tiles (BV:BU:BI:warps:stages; the default is "
+        lines += ["", f"Input-table kernel tiles (BV:BU:BI:CPB:warps:stages; the default is "
                   f"{':'.join(str(v) for v in INPUT_TABLE_TILE.values())}):", "",
                   "| size | tile | input table | max diff to GEMM + copy |", "|---|---|---|---|"] + extra
     write_report(a.out, "bench_prepare", stamp, lines)

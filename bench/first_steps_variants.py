@@ -10,9 +10,11 @@ V = 100, bf16 random weights), ms per launch from CUDA events (median of --reps)
 - `first_step_gemv_kernel`: 128 columns a program (former) against 512 or 256 columns, 4 or 8 warps,
   one stage (512 / 4 / 1 shipped); the largest difference from the former's u (the sum's order moves);
 - step 1's table cell (`first_steps_cell_`, no step-0 copy) on rows in batch order and sorted by
-  their step-0 token (`LSTMModel.batch_row_order`), at 16, 32 and 64 rows a program, in unit tiles
-  of --cell_BD (default: W's BD; 0: the launcher's default, 64 where it divides Dk).
-Results: bench/results/logs/first_steps_launch_2026-11-29.log, first_steps_sorted_2026-11-29.log.
+  their step-0 token (`LSTMModel.batch_row_order`), at the rows a program, rows a sub-tile and warps
+  of CELL_LAUNCHES, in unit tiles of --cell_BD (default: W's BD; 0: the launcher's default, 64 where
+  it divides Dk).
+Results: bench/results/logs/first_steps_launch_2026-11-29.log, first_steps_sorted_2026-11-29.log,
+step1_cell_subtiles_2026-11-29_session16.log.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ from models import SIZE_PRESETS  # noqa: E402
 from models.lstm_fused import first_steps_cell_, first_steps_tables, step_tiles  # noqa: E402
 
 MODELS = {"medium": 12, "large": 4, "xlarge": 1}
+# step 1's table cell: (rows a program, rows a sub-tile, warps); (16, 16, 4) is one tile a program, the
+# form before sub-tiles (session 16), and (32, 8, 4) the shipped default
+CELL_LAUNCHES = ((32, 8, 4), (16, 16, 4), (32, 32, 4), (16, 8, 4), (64, 8, 4), (32, 4, 4), (32, 8, 2), (64, 16, 4),
+                 (128, 8, 4))
 
 
 def main(argv=None) -> int:
@@ -105,11 +111,12 @@ def main(argv=None) -> int:
         c = torch.empty(K * N, B, Dk, dtype=torch.float32, device=dev)
         for _ in range(2):
             for name, t in (("batch order", tok), ("sorted", tok_sorted)):
-                for bb, warps in ((32, 4), (16, 4), (8, 4), (16, 2), (8, 2)):
+                for bb, sub, warps in CELL_LAUNCHES:
                     ms = cuda_ms(lambda: first_steps_cell_(tables, hs, c, G, t, **tabs, BB=bb,  # noqa: B023
-                                                           num_warps=warps, copy_h1=False, cell_BD=cell_bd), a.reps)
-                    print(f"  step-1 cell, rows in {name}, {bb} rows x {cell_bd or 'default'} units x {warps} warps: "
-                          f"{ms:.3f} ms", flush=True)
+                                                           num_warps=warps, copy_h1=False, cell_BD=cell_bd,
+                                                           sub_rows=sub), a.reps)
+                    print(f"  step-1 cell, rows in {name}, {bb} rows in sub-tiles of {sub} x {cell_bd or 'default'} "
+                          f"units x {warps} warps: {ms:.3f} ms", flush=True)
     return 0
 
 

@@ -35,8 +35,8 @@ the same for every batch row (the learned h0, c0): the recurrent term is then on
 product per head, and the cell a pass over tiles of rows x units (step-config key `first_gemv`; the
 H200's entries for medium, large and xlarge have it: 6-10% faster end to end, 2026-11-29). With
 `step1_table` step 1 follows from tables over step 0's token: `first_step_cell_kernel` over the V
-tokens gives (h1, c1) per token, `token_table_gemm_kernel` their recurrent term, and the cell kernel's
-TABLE form gathers them per row (3-6% faster at large end to end, bit-equal on the H200).
+tokens gives (h1, c1) per token, `token_table_gemm_kernel` their recurrent term, and
+`step1_table_cell_kernel` gathers them per row (3-6% faster at large end to end, bit-equal on the H200).
 
 `input_table_kernel` builds the per-pass input table G = emb @ W_in + b straight into its padded
 gate layout (1.4-1.5x faster than a batched GEMM plus a strided copy at large and xlarge on the H200).
@@ -579,40 +579,55 @@ def tile_weight_kernel(r_ptr, w_ptr, N, D, Dk, J, ROWS: tl.constexpr, BD: tl.con
 
 @triton.jit
 def input_table_kernel(e_ptr, w_ptr, b_ptr, g_ptr, V, N, D, Dk, I: tl.constexpr, BV: tl.constexpr,
-                       BU: tl.constexpr, BI: tl.constexpr, IEEE: tl.constexpr, COLS_FIRST: tl.constexpr = False):
+                       BU: tl.constexpr, BI: tl.constexpr, IEEE: tl.constexpr, COLS_FIRST: tl.constexpr = False,
+                       CPB: tl.constexpr = 1):
     """The input table G [K, V, N, 4, Dk] = e @ W_in + b written straight into its padded gate layout:
     e [K, V, I], W_in [K, I, 4*N*D] (columns ordered gate, head, unit), b [K, 4*N*D], all contiguous and
-    in the weight dtype; products and bias summed in fp32, rounded once. Grid (cdiv(V, BV),
-    4*N*cdiv(Dk, BU), K), or with COLS_FIRST (for more than 65535 column blocks, where a grid's second
-    axis stops) (4*N*cdiv(Dk, BU), cdiv(V, BV), K): a program computes BV vocabulary rows x BU units of one gate of one head, a
-    contiguous run of W_in's columns and of G's row, so loads and stores are coalesced. It also
-    writes the padding units D..Dk (zero: no W_in column, no bias), so every element of G is written
-    once and its row stores are whole 16-byte pieces."""
+    in the weight dtype; products and bias summed in fp32, rounded once. A column block is BV
+    vocabulary rows x BU units of one gate of one head, a contiguous run of W_in's columns and of G's
+    row, so loads and stores are coalesced; a program computes CPB column blocks in turn, and where
+    the input fits one step (I <= BI) it loads its e tile once for all of them. Grid (cdiv(V, BV),
+    cdiv(4*N*cdiv(Dk, BU), CPB), K), or with COLS_FIRST (for more than 65535 programs on that axis,
+    where a grid's second axis stops) its first two axes swapped. It also writes the padding units
+    D..Dk (zero: no W_in column, no bias), so every element of G is written once and its row stores
+    are whole 16-byte pieces."""
     k = tl.program_id(2).to(tl.int64)
     nub = tl.cdiv(Dk, BU)
-    pid = tl.program_id(0 if COLS_FIRST else 1)
-    gn = pid // nub                                     # gate-major (g * N + n), as W_in's columns
-    d0 = (pid - gn * nub) * BU
-    g = gn // N
-    n = gn - g * N
     vs = tl.program_id(1 if COLS_FIRST else 0) * BV + tl.arange(0, BV)
-    ds = d0 + tl.arange(0, BU)
     C = 4 * N * D
     vmask = vs < V
-    dmask = ds < D
-    col = gn * D + ds
-    acc = tl.zeros([BV, BU], tl.float32)
-    for i0 in range(0, I, BI):
-        i_s = i0 + tl.arange(0, BI)
-        e = tl.load(e_ptr + (k * V + vs[:, None]) * I + i_s[None, :], mask=vmask[:, None] & (i_s < I)[None, :], other=0.0)
-        w = tl.load(w_ptr + (k * I + i_s[:, None]) * C + col[None, :], mask=(i_s < I)[:, None] & dmask[None, :], other=0.0)
-        if IEEE:        # fp32 weights, or the interpreter (whose dot mishandles bf16): exact products in fp32
-            acc = tl.dot(e.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
-        else:           # bf16 products are exact in fp32: the tensor cores' sum equals the GEMM's up to order
-            acc = tl.dot(e, w, acc)
-    acc += tl.load(b_ptr + k * C + col, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    dst = g_ptr + ((k * V + vs) * N + n)[:, None] * (4 * Dk) + g * Dk + ds[None, :]
-    tl.store(dst, acc.to(g_ptr.dtype.element_ty), mask=vmask[:, None] & (ds < Dk)[None, :])
+    if I <= BI:                                         # one input step: e loaded once a program
+        i_one = tl.arange(0, BI)
+        e_one = tl.load(e_ptr + (k * V + vs[:, None]) * I + i_one[None, :], mask=vmask[:, None] & (i_one < I)[None, :],
+                        other=0.0)
+    for cb in range(CPB):
+        pid_cb = tl.program_id(0 if COLS_FIRST else 1) * CPB + cb
+        pid = tl.minimum(pid_cb, 4 * N * nub - 1)       # the last program's blocks may pass the table's end
+        gn = pid // nub                                 # gate-major (g * N + n), as W_in's columns
+        d0 = (pid - gn * nub) * BU
+        g = gn // N
+        n = gn - g * N
+        ds = d0 + tl.arange(0, BU)
+        dmask = ds < D
+        col = gn * D + ds
+        acc = tl.zeros([BV, BU], tl.float32)
+        for i0 in range(0, I, BI):
+            i_s = i0 + tl.arange(0, BI)
+            if I <= BI:
+                e = e_one
+            else:
+                e = tl.load(e_ptr + (k * V + vs[:, None]) * I + i_s[None, :], mask=vmask[:, None] & (i_s < I)[None, :],
+                            other=0.0)
+            w = tl.load(w_ptr + (k * I + i_s[:, None]) * C + col[None, :], mask=(i_s < I)[:, None] & dmask[None, :],
+                        other=0.0)
+            if IEEE:        # fp32 weights, or the interpreter (whose dot mishandles bf16): exact products in fp32
+                acc = tl.dot(e.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+            else:           # bf16 products are exact in fp32: the tensor cores' sum equals the GEMM's up to order
+                acc = tl.dot(e, w, acc)
+        acc += tl.load(b_ptr + k * C + col, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        dst = g_ptr + ((k * V + vs) * N + n)[:, None] * (4 * Dk) + g * Dk + ds[None, :]
+        smask = (ds < Dk) & (pid_cb + 0 * ds < 4 * N * nub)      # no store for a block past the end
+        tl.store(dst, acc.to(g_ptr.dtype.element_ty), mask=vmask[:, None] & smask[None, :])
 
 
 @triton.jit
@@ -634,20 +649,12 @@ def first_step_gemv_kernel(h0_ptr, w_ptr, u_ptr, Dk: tl.constexpr, BC: tl.conste
 
 @triton.jit
 def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V, tok_stride_b, t, stride_hk,
-                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, TABLE: tl.constexpr = False,
-                           h1_ptr=None, hp_ptr=None, stride_hpk=0, COPY_H1: tl.constexpr = True,
-                           BDW: tl.constexpr = 0):
+                           Dk: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, BDW: tl.constexpr = 0):
     """The cell of step 0 from a batch-broadcast state, for BB batch rows x the BD units of one unit tile
     of one head kn = k*N + n: pre = u[kn] (`first_step_gemv_kernel`; the tile's four gates are contiguous
     in W's tile-interleaved columns) + G[k, token[b, t], n]; c from c0 [K*N, Dk]. Writes c [K*N, B, Dk]
     fp32 and h [K, B, N, Dk] (rows of N*Dk, model stride stride_hk) in full, rows of BD contiguous
     elements each. Grid (cdiv(B, BB), Dk // BD, K*N).
-
-    TABLE: step t = 1 from tables over the token of step 0 (`lstm_first_steps_table_`): with
-    j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
-    G[k, token[b, 1], n] and c from c0 [K*N, V, Dk]; the row's step-0 state h1 [K, V, N, Dk] (rows of
-    N*Dk, model stride V*N*Dk) is also copied out to hp [K, B, N, Dk] (model stride stride_hpk), unless
-    not COPY_H1 (a chunk whose step-0 h nobody reads).
 
     BDW: the unit tile of u's (W's) column interleave where it differs from this kernel's BD (both
     divide Dk): unit d of gate g is then u's column (d // BDW) 4 BDW + g BDW + d % BDW."""
@@ -665,26 +672,81 @@ def first_step_cell_kernel(u_ptr, g_ptr, tok_ptr, c0_ptr, c_ptr, h_ptr, B, N, V,
     rows = bs.to(tl.int64)
     tok = tl.load(tok_ptr + rows * tok_stride_b + t, mask=bmask, other=0)
     g_i, g_f, g_z, g_o = _gate_tile_raw(_g_rows(g_ptr, tok, k, n, V, N, Dk), d0, bmask, BD, Dk)
-    if TABLE:
-        j = tl.load(tok_ptr + rows * tok_stride_b + t - 1, mask=bmask, other=0)
-        ub = u_ptr + ((kn * V + j) * (4 * Dk))[:, None] + uc[None, :]
-        c_prev = tl.load(c0_ptr + ((kn * V + j) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
-        c_new, h = _cell_math(tl.load(ub, mask=m2, other=0.0), tl.load(ub + UW, mask=m2, other=0.0),
-                              tl.load(ub + 2 * UW, mask=m2, other=0.0), tl.load(ub + 3 * UW, mask=m2, other=0.0),
-                              g_i, g_f, g_z, g_o, c_prev, FAST)
-        if COPY_H1:
-            h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2,
-                         other=0.0)
-            tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
-    else:
-        ub = u_ptr + kn * (4 * Dk) + uc                       # the units' four gates, UW columns apart
-        zero = tl.zeros([BB, BD], tl.float32)
-        c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + UW)[None, :],
-                              zero + tl.load(ub + 2 * UW)[None, :], zero + tl.load(ub + 3 * UW)[None, :],
-                              g_i, g_f, g_z, g_o, zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
+    ub = u_ptr + kn * (4 * Dk) + uc                       # the units' four gates, UW columns apart
+    zero = tl.zeros([BB, BD], tl.float32)
+    c_new, h = _cell_math(zero + tl.load(ub)[None, :], zero + tl.load(ub + UW)[None, :],
+                          zero + tl.load(ub + 2 * UW)[None, :], zero + tl.load(ub + 3 * UW)[None, :],
+                          g_i, g_f, g_z, g_o, zero + tl.load(c0_ptr + kn * Dk + d0 + ds)[None, :], FAST)
     tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
     tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h.to(h_ptr.dtype.element_ty),
              mask=m2)
+
+
+@triton.jit
+def _step1_gather(u_ptr, g_ptr, tok_ptr, c1_ptr, h1_ptr, bs, kn, k, n, d0, ds, uc, B, N, V, tok_stride_b,
+                  Dk: tl.constexpr, BD: tl.constexpr, UW: tl.constexpr, COPY_H1: tl.constexpr):
+    """The step-1 inputs of rows bs (j = token[b, 0], v = token[b, 1]): the tables' u[kn, j] four gates
+    (fp32), G[k, v, n] four gates, c1[kn, j] and, if COPY_H1, h1[k, j, n] (else c1 again, unused)."""
+    bmask = bs < B
+    m2 = bmask[:, None] & (ds < BD)[None, :]
+    rows = bs.to(tl.int64)
+    v = tl.load(tok_ptr + rows * tok_stride_b + 1, mask=bmask, other=0)     # both tokens first: one wait
+    j = tl.load(tok_ptr + rows * tok_stride_b, mask=bmask, other=0)
+    g_i, g_f, g_z, g_o = _gate_tile_raw(_g_rows(g_ptr, v, k, n, V, N, Dk), d0, bmask, BD, Dk)
+    ub = u_ptr + ((kn * V + j) * (4 * Dk))[:, None] + uc[None, :]
+    c_prev = tl.load(c1_ptr + ((kn * V + j) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
+    if COPY_H1:
+        h1 = tl.load(h1_ptr + (k * V * N * Dk + (j * N + n) * Dk + d0)[:, None] + ds[None, :], mask=m2, other=0.0)
+    else:
+        h1 = c_prev
+    return (tl.load(ub, mask=m2, other=0.0), tl.load(ub + UW, mask=m2, other=0.0),
+            tl.load(ub + 2 * UW, mask=m2, other=0.0), tl.load(ub + 3 * UW, mask=m2, other=0.0),
+            g_i, g_f, g_z, g_o, c_prev, h1)
+
+
+@triton.jit
+def step1_table_cell_kernel(u_ptr, g_ptr, tok_ptr, c1_ptr, c_ptr, h_ptr, h1_ptr, hp_ptr, B, N, V, tok_stride_b,
+                            stride_hk, stride_hpk, Dk: tl.constexpr, BD: tl.constexpr, RB: tl.constexpr,
+                            BB: tl.constexpr, BDW: tl.constexpr = 0, COPY_H1: tl.constexpr = True):
+    """Step 1's cell from tables over the token of step 0 (`lstm_first_steps_table_`): per row, with
+    j = token[b, 0], pre = u[kn, j] (u [K*N, V, 4*Dk] fp32, the step-0 states' recurrent terms) +
+    G[k, token[b, 1], n] and c from c1 [K*N, V, Dk]. Writes c [K*N, B, Dk] fp32 and h [K, B, N, Dk]
+    (rows of N*Dk, model stride stride_hk); also copies the row's step-0 state h1 [K, V, N, Dk] (rows of
+    N*Dk, model stride V*N*Dk) to hp [K, B, N, Dk] (model stride stride_hpk), unless not COPY_H1 (a
+    chunk whose step-0 h nobody reads). Grid (cdiv(B, RB), Dk // BD, K*N).
+
+    A program takes RB rows x the BD units of one unit tile of one head kn = k*N + n, in sub-tiles of
+    BB rows: the next sub-tile's gathers are issued before this one's cell and stores, so the tables'
+    latency overlaps the stores (1.2-1.3x faster than one tile a program at large on the H200,
+    bench/results/logs/step1_cell_subtiles_2026-11-29_session16.log).
+    BDW: u's (W's) unit tile where it differs from BD, as in `first_step_cell_kernel`."""
+    FAST: tl.constexpr = (FAST_ACT == 2) or (FAST_ACT == 1 and h_ptr.dtype.element_ty != tl.float32)
+    kn = tl.program_id(2).to(tl.int64)
+    k = kn // N
+    n = kn - k * N
+    d0 = tl.program_id(1) * BD
+    r_base = tl.program_id(0) * RB
+    ds = tl.arange(0, BD)
+    UW: tl.constexpr = BD if BDW == 0 else BDW
+    uc = ((d0 + ds) // UW) * (4 * UW) + (d0 + ds) % UW
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = _step1_gather(
+        u_ptr, g_ptr, tok_ptr, c1_ptr, h1_ptr, r_base + tl.arange(0, BB), kn, k, n, d0, ds, uc, B, N, V,
+        tok_stride_b, Dk, BD, UW, COPY_H1)
+    for r0 in tl.static_range(0, RB, BB):
+        bs = r_base + r0 + tl.arange(0, BB)
+        u_i, u_f, u_z, u_o, g_i, g_f, g_z, g_o, c_prev, h1 = x0, x1, x2, x3, x4, x5, x6, x7, x8, x9
+        if r0 + BB < RB:                                    # the next sub-tile's gathers, before this one's stores
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = _step1_gather(
+                u_ptr, g_ptr, tok_ptr, c1_ptr, h1_ptr, bs + BB, kn, k, n, d0, ds, uc, B, N, V, tok_stride_b, Dk, BD,
+                UW, COPY_H1)
+        m2 = (bs < B)[:, None] & (ds < BD)[None, :]
+        rows = bs.to(tl.int64)
+        c_new, h = _cell_math(u_i, u_f, u_z, u_o, g_i, g_f, g_z, g_o, c_prev, FAST)
+        tl.store(c_ptr + (kn * B + rows)[:, None] * Dk + d0 + ds[None, :], c_new, mask=m2)
+        tl.store(h_ptr + (k * stride_hk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :],
+                 h.to(h_ptr.dtype.element_ty), mask=m2)
+        if COPY_H1:
+            tl.store(hp_ptr + (k * stride_hpk + (rows * N + n) * Dk + d0)[:, None] + ds[None, :], h1, mask=m2)
 
 
 @triton.jit

@@ -515,8 +515,12 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
                                                                        BD=BD, BB=BB, num_warps=4)
 
 
+STEP1_SUB_ROWS = 8      # rows of a sub-tile of step 1's table cell (`first_steps_cell_`)
+
+
 def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
-                            num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None) -> None:
+                            num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None,
+                            sub_rows: int = STEP1_SUB_ROWS) -> None:
     """Steps 0 and 1 from a state shared by every batch row, through tables over the vocabulary.
     After step 0 a row's state depends only on its step-0 token, so it takes V values per head, not
     B (`first_steps_tables`); step 1's cell then gathers them per row (`first_steps_cell_`). Pays
@@ -527,7 +531,7 @@ def lstm_first_steps_table_(h0, c0, hs, c_out, w, g, tok, *, K: int, N: int, Dk:
     the H200, bench/bench_first_steps.py, but not promised: it may differ by rounding)."""
     tables = first_steps_tables(h0, c0, w, g, K=K, N=N, Dk=Dk, BD=BD, dtype=hs.dtype)
     first_steps_cell_(tables, hs, c_out, g, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, num_warps=num_warps, copy_h1=copy_h1,
-                      cell_BD=cell_BD)
+                      cell_BD=cell_BD, sub_rows=sub_rows)
 
 
 def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype):
@@ -554,14 +558,15 @@ def first_steps_tables(h0, c0, w, g, *, K: int, N: int, Dk: int, BD: int, dtype)
 
 
 def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD: int, BB: int = 32,
-                      num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None) -> None:
+                      num_warps: int = 4, copy_h1: bool = True, cell_BD: int | None = None,
+                      sub_rows: int = STEP1_SUB_ROWS) -> None:
     """Step 1's cell from the tables of `first_steps_tables`, per row with j = tok[b, 0]:
     c2, h2 = cell(u[j] + G[tok[b, 1]], c1[j]) into c_out and hs[:, 1]; h1[j] copied to hs[:, 0] if copy_h1
-    (`first_step_cell_kernel`, TABLE: tiles of BB rows x cell_BD units, the table rows gathered per row).
-    BB, num_warps: bench/bench_first_steps.py, bench/results/logs/first_steps_sorted_2026-11-29.log.
-    On rows in batch order BB 32 measured fastest at large; on rows sorted by their step-0 token
-    (`LSTMModel.batch_row_order`) BB 16 (1.08 against 1.36 ms a pass), the H200's `step1_rows`. A
-    program per token reading its table values once was slower.
+    (`step1_table_cell_kernel`: BB rows x cell_BD units a program, in sub-tiles of sub_rows rows whose
+    gathers run one sub-tile ahead). BB (the step config's `step1_rows`), sub_rows, num_warps:
+    BB 32 in sub-tiles of 8 at 4 warps, on rows sorted by their step-0 token (`LSTMModel.batch_row_order`):
+    0.78-0.79 against 0.96-1.02 ms a pass at large for the former one-tile programs of 16 rows
+    (bench/results/logs/step1_cell_subtiles_2026-11-29_session16.log).
     cell_BD: the units of a program (dividing Dk); BD is W's (and u's) unit tile. By default 64 where
     it divides Dk and BD is smaller: at large (W in tiles of 32 for the ping-pong step kernel) the cell
     took 7.2 ms a step at 32 units against 6.5 at 64 (H200, bench/results/README.md, session 12)."""
@@ -571,14 +576,17 @@ def first_steps_cell_(tables, hs, c_out, g, tok, *, K: int, N: int, Dk: int, BD:
         cell_BD = 64 if BD < 64 and Dk % 64 == 0 else BD
     if Dk % cell_BD or cell_BD & (cell_BD - 1):
         raise ValueError(f"first_steps_cell_: cell_BD {cell_BD} must be a power of two dividing Dk {Dk}")
+    sub = min(sub_rows, BB)
+    if BB & (BB - 1) or sub & (sub - 1) or sub < 1:
+        raise ValueError(f"first_steps_cell_: rows a program BB {BB} and sub_rows {sub_rows} must be powers of two")
     h1, c1, u = tables
     B, V = c_out.shape[1], g.shape[1]
     assert hs.dim() == 5 and hs.shape[1] >= 2 and hs.stride(-1) == 1 and hs.stride(-2) == Dk
-    assert c_out.is_contiguous() and c_out.shape == (K * N, B, Dk)
+    assert c_out.is_contiguous() and c_out.shape == (K * N, B, Dk) and tok.shape[1] >= 2
     h_prev, h_out = hs[:, 0], hs[:, 1]
-    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // cell_BD, K * N)](
-        u, g, tok, c1, c_out, h_out, B, N, V, tok.stride(0), 1, h_out.stride(0), Dk=Dk, BD=cell_BD, BB=BB, TABLE=True,
-        h1_ptr=h1, hp_ptr=h_prev, stride_hpk=h_prev.stride(0), COPY_H1=copy_h1, BDW=BD, num_warps=num_warps)
+    kern.step1_table_cell_kernel[(triton.cdiv(B, BB), Dk // cell_BD, K * N)](
+        u, g, tok, c1, c_out, h_out, h1, h_prev, B, N, V, tok.stride(0), h_out.stride(0), h_prev.stride(0), Dk=Dk,
+        BD=cell_BD, RB=BB, BB=sub, BDW=BD, COPY_H1=copy_h1, num_warps=num_warps)
 
 
 WS_SMEM_LIMIT = 232448      # shared memory a program may opt into on sm_90 (227 KB)
@@ -791,8 +799,10 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
 
 # `input_table_kernel`'s tile: all of a 100-token vocabulary and the whole input width in one program
 # (bench/bench_prepare.py --table_tiles, H200 2026-11-29: large 0.168 against 0.345 ms for 64:64:32 at 4
-# warps, xlarge 0.370 against 0.702, medium 0.203 against 0.356)
-INPUT_TABLE_TILE = {"BV": 128, "BU": 64, "BI": 128, "num_warps": 8, "num_stages": 2}
+# warps, xlarge 0.370 against 0.702, medium 0.203 against 0.356), 8 column blocks a program on one
+# load of e, 4 warps (session 16, K = 4 models at large: 0.26 against 0.29-0.33 ms for one block and 8
+# warps; bench/results/README.md)
+INPUT_TABLE_TILE = {"BV": 128, "BU": 64, "BI": 128, "CPB": 8, "num_warps": 4, "num_stages": 1}
 
 
 def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None = None,
@@ -807,7 +817,7 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None =
     GEMM and one strided copy into that layout (the copy and the bias broadcast cost twice the GEMM at
     the large preset). table_cols_first (tests): the kernel's column blocks on the grid's first axis,
     which it takes by itself past 65535 of them. tile (bench/bench_prepare.py): the kernel's BV, BU,
-    BI, num_warps, num_stages, over INPUT_TABLE_TILE."""
+    BI, CPB, num_warps, num_stages, over INPUT_TABLE_TILE."""
     K, V, I = emb.shape
     G = torch.empty(K, V, N, 4, Dk, dtype=W_in.dtype, device=emb.device)
     if kernel is None:
@@ -819,7 +829,7 @@ def _input_table(emb, W_in, b, *, N: int, D: int, Dk: int, kernel: bool | None =
         bb = b.reshape(K, -1).to(W_in.dtype).contiguous()
         cfg = {**INPUT_TABLE_TILE, **(tile or {})}
         BV, BU = cfg.pop("BV"), cfg.pop("BU")
-        rows, cols = triton.cdiv(V, BV), 4 * N * triton.cdiv(Dk, BU)
+        rows, cols = triton.cdiv(V, BV), triton.cdiv(4 * N * triton.cdiv(Dk, BU), cfg.get("CPB", 1))
         first = cols > 65535 or bool(table_cols_first)             # a grid's second axis stops at 65535
         input_table_kernel[(cols, rows, K) if first else (rows, cols, K)](
             e, W_in.contiguous(), bb, G, V, N, D, Dk, I=I, BV=BV, BU=BU,

@@ -659,3 +659,34 @@ def test_stack_layouts_fn_follows_the_micro_batches():
         GateTiles(N=2, D=20, Dk=32, BD=24)
     assert GateTiles(N=2, D=20, Dk=32, BD=16).shape(3) == (3, 2, 32, 2, 4, 16)
     assert GateTiles(N=2, D=20, Dk=32, BD=16).fits((4, 2, 20, 20)) and not GateTiles(2, 20, 32, 16).fits((4, 2, 20, 21))
+
+
+def test_row_order_is_computed_once_per_batch():
+    """`stacked_batch_loss` asks a model's `batch_row_order` once per batch, not once per pass: the same
+    batch again reuses it; an in-place change of the inputs, a new batch or another model asks again."""
+    from tasks import Batch
+    from train.evaluate import _row_order
+
+    class Sorts:
+        calls = 0
+
+        def batch_row_order(self, tokens):
+            Sorts.calls += 1
+            return torch.argsort(tokens[:, 0], stable=True)
+
+    inputs = torch.tensor([[3, 1], [0, 2], [2, 2]])
+    batch = Batch(inputs=inputs, targets=inputs.clone())
+    m = Sorts()
+    first = _row_order(m, batch)
+    assert torch.equal(first, torch.tensor([1, 2, 0])) and Sorts.calls == 1
+    assert _row_order(m, batch) is first and Sorts.calls == 1
+    batch.inputs[0, 0] = -1                                  # in place: the order is computed again
+    assert torch.equal(_row_order(m, batch), torch.tensor([0, 1, 2])) and Sorts.calls == 2
+    assert _row_order(m, Batch(inputs=inputs.clone(), targets=inputs.clone())) is not None and Sorts.calls == 3
+    assert _row_order(Sorts(), batch) is not None and Sorts.calls == 4     # another model
+    assert _row_order(object(), batch) is None
+    with torch.inference_mode():                             # no version counter: ordered every time
+        frozen = Batch(inputs=inputs.clone(), targets=inputs.clone())
+    _row_order(m, frozen)
+    _row_order(m, frozen)
+    assert Sorts.calls == 6

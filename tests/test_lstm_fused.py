@@ -4,6 +4,7 @@ Runs the Triton kernel through the Triton interpreter on CPU tensors (TRITON_INT
 subprocess so the variable is set before triton is imported. Skipped when triton is missing."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 import subprocess
@@ -196,8 +197,8 @@ lstm_fused.step1_tables_run = lambda **kw: True
 seen = []
 _loss = mf.loss_chunk_stacked
 mf.loss_chunk_stacked = lambda P_, tk, *a, **kw: (seen.append(tk[:, 0].clone()), _loss(P_, tk, *a, **kw))[1]
-with torch.inference_mode():
-    stacked_batch_loss(mf, P, bt, time_chunk=4)
+with torch.inference_mode():      # a new batch object: a batch's row order is computed once (train.evaluate._row_order)
+    stacked_batch_loss(mf, P, Batch(inputs=inp, targets=tgt), time_chunk=4)
 del mf.loss_chunk_stacked
 order = mf.batch_row_order(inp)
 print("order", no_tables, torch.equal(order, torch.argsort(inp[:, 0], stable=True)), mt.batch_row_order(inp) is None,
@@ -606,9 +607,17 @@ for K, V, I, N, D in [(2, 11, 6, 3, 20), (1, 70, 40, 2, 50), (1, 9, 33, 1, 150),
         # the grid with the column blocks first (taken past 65535 of them) writes the same table, and so
         # does a tile of fewer rows and a shorter input step (several row blocks, several k-steps)
         assert torch.equal(_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, table_cols_first=True), out)
-        small = {{"BV": 16, "BU": 32, "BI": 16, "num_warps": 4, "num_stages": 3}}
+        small = {{"BV": 16, "BU": 32, "BI": 16, "CPB": 1, "num_warps": 4, "num_stages": 3}}
         d = (_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, tile=small).float() - out.float()).abs()
         assert float(d.max()) <= (2 ** -7 if dt == torch.bfloat16 else 1e-5) * float(out.float().abs().max()) + 1e-6
+        # column blocks in turn in a program, the last program's partly past the table, and on one load
+        # of e (the whole input in one step): the same sums as one block a program
+        for cpb in (1, 3):
+            one = {{"BV": 16, "BU": 32, "BI": 64, "CPB": cpb, "num_warps": 4, "num_stages": 1}}
+            ref_one = _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, tile=dict(one, CPB=1))
+            assert torch.equal(_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, tile=one), ref_one), cpb
+        assert torch.equal(_input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, tile=dict(small, CPB=3)),
+                           _input_table(emb, W, b, N=N, D=D, Dk=Dk, kernel=True, tile=small))
         pad = out.view(K, V, N, 4, Dk)[..., D:]
         assert torch.equal(pad, torch.zeros_like(pad)), "padding units must be exactly zero"
         # the fp32 sums of the same products in another order: equal up to the last bit of the dtype
@@ -686,6 +695,11 @@ for K, N, D, B, V, BD in [(2, 3, 20, 40, 7, 16), (1, 2, 50, 33, 33, 64), (1, 1, 
             hs2, c2 = torch.empty(K, 2, B, N, Dk, dtype=dt), torch.empty(K * N, B, Dk)
             lstm_first_steps_table_(h0, c0, hs2, c2, W, G, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, copy_h1=False)
             assert hs2[:, 0].isnan().all() and torch.equal(hs2[:, 1], hs[:, 1]) and torch.equal(c2, c)
+            # a program's rows in sub-tiles of other sizes (the next one's gathers ahead): bit for bit
+            for sub in (4, BB):
+                hs4, c4 = torch.empty(K, 2, B, N, Dk, dtype=dt), torch.empty(K * N, B, Dk)
+                lstm_first_steps_table_(h0, c0, hs4, c4, W, G, tok, K=K, N=N, Dk=Dk, BD=BD, BB=BB, sub_rows=sub)
+                assert torch.equal(hs4, hs) and torch.equal(c4, c), (K, N, D, BB, sub)
             # step 1's cell in unit tiles other than W's: the same values, bit for bit
             for cbd in (16, 32, 64):
                 if Dk % cbd == 0 and cbd != BD:
@@ -703,7 +717,8 @@ def test_first_steps_through_token_tables_match_the_step_kernel():
     fp32, the per-step kernel), within fp32 rounding in fp32 and one bf16 rounding of h in bf16;
     padding units exactly zero;
     vocabularies below, equal to and far below the batch, unit tiles of 16, 32 and 64, row tiles of 16
-    and 32; step 1's cell in unit tiles other than W's (`cell_BD`) bit-equal."""
+    and 32; step 1's cell in unit tiles other than W's (`cell_BD`) and in sub-tiles of 4 rows and of a
+    whole program's rows (`sub_rows`) bit-equal."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + FIRST_STEPS_SCRIPT).format(root=ROOT)],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -719,8 +734,9 @@ def test_input_table_kernel_compiles_for_sm90():
     sig = {"e_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "g_ptr": "*bf16", "V": "i32", "N": "i32", "D": "i32",
            "Dk": "i32"}
     from models.lstm_fused import INPUT_TABLE_TILE
-    for tile in (INPUT_TABLE_TILE, {"BV": 64, "BU": 64, "BI": 32, "num_warps": 4, "num_stages": 3}):
-        cx = {"I": 100, "IEEE": False, **{k: v for k, v in tile.items() if k not in ("num_warps", "num_stages")}}
+    for tile in (INPUT_TABLE_TILE, {"BV": 64, "BU": 64, "BI": 32, "CPB": 3, "num_warps": 4, "num_stages": 3}):
+        cx = {"I": 100, "IEEE": False, "COLS_FIRST": False,
+              **{k: v for k, v in tile.items() if k not in ("num_warps", "num_stages")}}
         compiled = _compile_sm90(kern.input_table_kernel, sig, cx, aligned=("e_ptr", "w_ptr", "b_ptr", "g_ptr", "Dk"),
                                  num_warps=tile["num_warps"], num_stages=tile["num_stages"])
         ptx = compiled.asm["ptx"]
@@ -728,29 +744,39 @@ def test_input_table_kernel_compiles_for_sm90():
 
 
 def test_first_steps_table_kernels_compile_for_sm90():
-    """The token-table GEMM compiles onto tensor cores; step 1's cell kernel stores c, h and the copied
-    step-0 h as 16-byte vectors (large's tiles: Dk 320, the cell in 64-unit tiles), and reading u in
-    W's 32-unit interleave (BDW 32, the ping-pong entry's) keeps every load 16 bytes wide."""
+    """The token-table GEMM compiles onto tensor cores; step 1's cell kernel moves its fp32 values as
+    16-byte vectors and its bf16 ones as 8-byte vectors (large's tiles: Dk 320, the cell in 64-unit
+    tiles of 8 rows), reading u in
+    W's 32-unit interleave (BDW 32, the ping-pong entry's) keeps every load 16 bytes wide, and each
+    sub-tile's gathers come before the stores of the sub-tile before it."""
     from models import _lstm_step_triton as kern
     sig = {"h_ptr": "*bf16", "w_ptr": "*bf16", "u_ptr": "*fp32", "V": "i32", "N": "i32"}
     compiled = _compile_sm90(kern.token_table_gemm_kernel, sig, {"Dk": 320, "BV": 128, "BC": 128, "BJ": 32,
                                                                  "IEEE": False}, aligned=("h_ptr", "w_ptr", "u_ptr"),
                              num_warps=8)
     assert "mma" in compiled.asm["ptx"]
-    ptrs = ("u_ptr", "g_ptr", "tok_ptr", "c0_ptr", "c_ptr", "h_ptr", "h1_ptr", "hp_ptr")
-    sig = {**{p: "*fp32" for p in ("u_ptr", "c0_ptr", "c_ptr")}, **{p: "*bf16" for p in ("g_ptr", "h_ptr", "h1_ptr",
+    ptrs = ("u_ptr", "g_ptr", "tok_ptr", "c1_ptr", "c_ptr", "h_ptr", "h1_ptr", "hp_ptr")
+    sig = {**{p: "*fp32" for p in ("u_ptr", "c1_ptr", "c_ptr")}, **{p: "*bf16" for p in ("g_ptr", "h_ptr", "h1_ptr",
                                                                                           "hp_ptr")},
-           "tok_ptr": "*i64", "B": "i32", "N": "i32", "V": "i32", "tok_stride_b": "i32", "t": "i32", "stride_hk": "i32",
+           "tok_ptr": "*i64", "B": "i32", "N": "i32", "V": "i32", "tok_stride_b": "i32", "stride_hk": "i32",
            "stride_hpk": "i32"}
     loads = {}
     for bdw in (0, 32):
-        compiled = _compile_sm90(kern.first_step_cell_kernel, sig, {"Dk": 320, "BD": 64, "BB": 32, "TABLE": True,
-                                                                    "COPY_H1": True, "BDW": bdw},
+        compiled = _compile_sm90(kern.step1_table_cell_kernel, sig, {"Dk": 320, "BD": 64, "RB": 32, "BB": 8,
+                                                                     "COPY_H1": True, "BDW": bdw},
                                  aligned=ptrs + ("stride_hk", "stride_hpk"), num_warps=4)
         ptx = compiled.asm["ptx"]
-        assert ptx.count("st.global.v4") >= 3 and "st.global.b16" not in ptx and "st.global.f32 " not in ptx
-        assert not re.search(r"ld\.global(\.L[12]::\w+)*\.(b32|f32) ", ptx) and "ld.global.v2" not in ptx, bdw
+        # 8 rows x 64 units on 128 threads, 4 units a thread: the fp32 values (u, c) move as 16-byte
+        # vectors, the bf16 ones (G, h) as 8-byte vectors, nothing element by element
+        access = collections.Counter(re.findall(r"\b(?:ld|st)\.global(?:\.L[12]::\w+)*\.[\w.]+", ptx))
+        assert access == {"ld.global.v4.b32": 4 * 5, "ld.global.v2.b32": 4 * 5, "ld.global.b64": 4 * 2,
+                          "st.global.v4.b32": 4, "st.global.v2.b32": 4 * 2}, (bdw, access)
         loads[bdw] = ptx.count("ld.global.v4")
+        # four sub-tiles, each one's gathers issued before the stores of the one before: the loads of
+        # sub-tiles 0 and 1, then stores and loads alternating, the last two sub-tiles' stores together
+        seq = "".join("L" if "ld." in ln else "S" for ln in ptx.splitlines() if re.search(r"\b(ld|st)\.global", ln))
+        runs = re.fullmatch(r"(L+)(S+)(L+)S+L+S+", seq)
+        assert runs and len(runs[1]) == 2 * len(runs[3]), seq
     assert loads[32] == loads[0] > 0, loads
 
 

@@ -76,18 +76,38 @@ def stack_layouts_fn(model, batch_rows: int, micro_batch_size: int = 0):
     return layouts
 
 
+def _row_order(model, batch: Batch) -> torch.Tensor | None:
+    """The model's `batch_row_order` of this batch's rows (None: keep the order), computed once per batch:
+    a step evaluates the same batch once a pass (32 passes at large with 64 probes), and the order
+    depends only on the tokens. Kept on the batch object, keyed by the model's order function and the
+    identity, shape and version counter of the inputs (an in-place change or a new tensor orders again);
+    inference tensors, which have no version counter, are ordered every time."""
+    order = getattr(model, "batch_row_order", None)
+    if order is None:
+        return None
+    x = batch.inputs
+    if x.is_inference():        # no version counter (a graphed loss refills its inputs in place): every time
+        return order(x)
+    key = (order, x.data_ptr(), tuple(x.shape), x._version)
+    memo = batch.__dict__.get("_row_order_memo")
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    perm = order(x)
+    batch.__dict__["_row_order_memo"] = (key, perm)
+    return perm
+
+
 def stacked_batch_loss(model, P: dict, batch: Batch, *, time_chunk: int = 0, micro_batch_size: int = 0) -> torch.Tensor:
     """Mean masked cross entropy [K] of K stacked models (see LSTMModel.forward_chunk_stacked). Time
     chunks wholly before `batch.scored_from` only advance the state (`advance_chunk_stacked` where the
     model has one), and a fused loss skips the logits of a chunk's steps before it: the same sums,
     without that output projection. The rows run in the order the model's `batch_row_order` asks for
-    (where it has one), every micro-batch from the initial state."""
+    (where it has one, computed once per batch: `_row_order`), every micro-batch from the initial state."""
     B, T = batch.inputs.shape
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     # a model may ask for its rows in another order (a sum over rows: only the rounding changes); each
     # chunk's rows are gathered as it runs, so nothing of the size of the whole batch is copied
-    order = getattr(model, "batch_row_order", None)
-    perm = order(batch.inputs) if order is not None else None
+    perm = _row_order(model, batch)
     step = time_chunk if time_chunk > 0 else T
     total, tiles = None, []
     prep = getattr(model, "prepare_stacked", None)
