@@ -41,6 +41,9 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
+# the CTA's thread barrier: `thread_barrier` in triton 3.6, renamed `barrier` in 3.7 (the same operation)
+_thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
 
 @gluon.jit
 def _tanh_fast(x):
@@ -138,7 +141,7 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
         if PREFETCH:
             # the cell's inputs copied (cp.async, 16 bytes a thread and copy) into this consumer's shared
             # buffers while the GEMM runs; read back in the accumulator layout after it
-            gl.thread_barrier()         # every warp of this consumer has read the previous tile's
+            _thread_barrier()         # every warp of this consumer has read the previous tile's
             tok = tok_next
             g_rows = pid_m * TILE_M + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, g_cp))
             g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, g_cp))
@@ -161,7 +164,7 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
         # the cell, in the accumulators' register layout
         if PREFETCH:
             async_copy.wait_group(0)
-            gl.thread_barrier()         # this consumer's warps: every thread's copies have landed
+            _thread_barrier()         # this consumer's warps: every thread's copies have landed
             g_i = g_sm.index(WHICH * 4 + 0).load(acc_layout)
             g_f = g_sm.index(WHICH * 4 + 1).load(acc_layout)
             g_z = g_sm.index(WHICH * 4 + 2).load(acc_layout)
@@ -188,7 +191,7 @@ def _consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl
             # then stored in 16-byte pieces
             c_sm.index(WHICH).store(c_new)
             g_sm.index(WHICH * 4).store(h.to(gl.bfloat16))
-            gl.thread_barrier()
+            _thread_barrier()
             _store_tile(c_out_ptr, h_out_ptr, c_sm.index(WHICH).load(c_cp), g_sm.index(WHICH * 4).load(g_cp),
                         pid_m * TILE_M + ROW0, pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
         else:
@@ -480,13 +483,13 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         last = pid_m == NUM_M - 1           # the unit's last row tile frees its weight chunks
         # this tile's cell inputs into registers, in the accumulator layout; then the next tile's copies
         async_copy.wait_group(0)
-        gl.thread_barrier()                 # every thread's copies have landed
+        _thread_barrier()                 # every thread's copies have landed
         g_i = g_sm.index(4 * WHICH + 0).load(acc_layout)
         g_f = g_sm.index(4 * WHICH + 1).load(acc_layout)
         g_z = g_sm.index(4 * WHICH + 2).load(acc_layout)
         g_o = g_sm.index(4 * WHICH + 3).load(acc_layout)
         c = c_sm.index(WHICH).load(acc_layout)
-        gl.thread_barrier()                 # every thread has read them
+        _thread_barrier()                 # every thread has read them
         _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, B, V, stride_cin_h,
                      stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp)
         tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
@@ -537,7 +540,7 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         # c and h out through shared memory, then stored in 16-byte pieces
         oc_sm.index(WHICH).store(c_new)
         oh_sm.index(WHICH).store(h.to(gl.bfloat16))
-        gl.thread_barrier()
+        _thread_barrier()
         _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
                   pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
 
