@@ -47,7 +47,7 @@ _CELL = """        c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
         # c and h out"""
 _STAGED_OUT = """        oc_sm.index(WHICH).store(c_new)
         oh_sm.index(WHICH).store(h.to(gl.bfloat16))
-        gl.thread_barrier()
+        _thread_barrier()
         _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
                   pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
 _STORE = """        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
@@ -105,19 +105,19 @@ _NOMUFU = (_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)
 # name -> (old, new) source edits
 VARIANTS = {
     "noload": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)")],
-    "nostore": [(_STORE, "        gl.thread_barrier()")],
+    "nostore": [(_STORE, "        _thread_barrier()")],
     "noload_nostore": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"),
-                       (_STORE, "        gl.thread_barrier()")],
+                       (_STORE, "        _thread_barrier()")],
     "nomufu": [_NOMUFU],
     "nomma": [(_MMA, "            acc = acc\n")],
-    "mma_only": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"), (_STORE, "        gl.thread_barrier()"),
+    "mma_only": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"), (_STORE, "        _thread_barrier()"),
                  _NOMUFU],
     "direct_out": [(_STAGED_OUT, """        _pp_store(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
                   stride_out_k, stride_hb, Dk, BM, BD)""")],
     "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
               (_TOK0, _TOK0.replace("    j = 0", "    c_reg = " + _CREG.format(q="WHICH") + "\n    j = 0")),
-              ("        c = c_sm.index(WHICH).load(acc_layout)\n        gl.thread_barrier()                 # every thread has read",
-               "        c = c_reg\n        gl.thread_barrier()                 # every thread has read"),
+              ("        c = c_sm.index(WHICH).load(acc_layout)\n        _thread_barrier()                 # every thread has read",
+               "        c = c_reg\n        _thread_barrier()                 # every thread has read"),
               (_TOKN, _TOKN + "\n        c_reg = " + _CREG.format(q="q + 2"))],
     "wait2": [_WAIT, (_RELEASE, _RELEASE.replace("num_outstanding=1", "num_outstanding=2")
                       .replace("empty.index(s_prev)", "empty.index(s_pp)").replace("kk - 1", "kk - 2")
