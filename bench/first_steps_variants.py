@@ -9,6 +9,8 @@ V = 100, bf16 random weights), ms per launch from CUDA events (median of --reps)
   stages (4 / 4 shipped) and 64 columns a program; whether the table u is bit-equal to the former's;
 - `first_step_gemv_kernel`: 128 columns a program (former) against 512 or 256 columns, 4 or 8 warps,
   one stage (512 / 4 / 1 shipped); the largest difference from the former's u (the sum's order moves);
+- step 0 over the vocabulary (`lstm_first_step_`: the matrix-vector products and the cell), the cell at the
+  rows and units a program of STEP0_LAUNCHES, and whether each writes the first one's values;
 - step 1's table cell (`first_steps_cell_`, no step-0 copy) on rows in batch order and sorted by
   their step-0 token (`LSTMModel.batch_row_order`), at the rows a program, rows a sub-tile and warps
   of CELL_LAUNCHES, in unit tiles of --cell_BD (default: W's BD; 0: the launcher's default, 64 where
@@ -30,13 +32,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_prepare import cuda_ms  # noqa: E402
 from models import SIZE_PRESETS  # noqa: E402
-from models.lstm_fused import first_steps_cell_, first_steps_tables, step_tiles  # noqa: E402
+from models.lstm_fused import first_steps_cell_, first_steps_tables, lstm_first_step_, step_tiles  # noqa: E402
 
 MODELS = {"medium": 12, "large": 4, "xlarge": 1}
 # step 1's table cell: (rows a program, rows a sub-tile, warps); (16, 16, 4) is one tile a program, the
 # form before sub-tiles (session 16), and (32, 8, 4) the shipped default
 CELL_LAUNCHES = ((32, 8, 4), (16, 16, 4), (32, 32, 4), (16, 8, 4), (64, 8, 4), (32, 4, 4), (32, 8, 2), (64, 16, 4),
                  (128, 8, 4))
+# step 0 over the V tokens of the tables (`lstm_first_step_`, matrix-vector products and cell): (rows, units) a
+# program of the cell; (64, None) is the shipped launch (W's unit tile)
+STEP0_LAUNCHES = ((64, None), (32, None), (128, None), (32, 64), (64, 64), (128, 64), (16, 64))
 
 
 def main(argv=None) -> int:
@@ -97,6 +102,26 @@ def main(argv=None) -> int:
                 ms, u = gemv(*cfg)
                 print(f"  gemv 128 columns {base:.3f} ms | {cfg[0]} columns {cfg[1]} warps {cfg[2]} stage "
                       f"{ms:.3f} ms, max diff {float((u - g0).abs().max()):.1e}", flush=True)
+        # step 0 over the vocabulary (the tables' first launch pair), in other cell programs: the same values
+        Wt0 = torch.zeros(K * N, Dk, 4 * Dk, dtype=dt, device=dev)
+        Wt0[:, :D] = (torch.randn(K * N, D, 4 * Dk, device=dev, generator=gen) / D ** 0.5).to(dt)
+        G0 = (torch.randn(K, V, N, 4 * Dk, device=dev, generator=gen) * 0.5).to(dt)
+        c00 = torch.randn(K * N, Dk, device=dev, generator=gen)
+        vocab = torch.arange(V, device=dev).view(V, 1)
+        ref = None
+        for _ in range(2):
+            for bb, cbd in STEP0_LAUNCHES:
+                if cbd and Dk % cbd:
+                    continue
+                h1s = torch.empty(K, V, N, Dk, dtype=dt, device=dev)
+                c1s = torch.empty(K * N, V, Dk, dtype=torch.float32, device=dev)
+                f = lambda: lstm_first_step_(h0.view(K, N, Dk), c00, h1s, c1s, Wt0, G0, vocab, 0, K=K, N=N, Dk=Dk,  # noqa: E731,B023
+                                             BD=BD, BB=bb, cell_BD=cbd)
+                ms = cuda_ms(f, a.reps)
+                ref = ref or (h1s.clone(), c1s.clone())
+                same = torch.equal(h1s, ref[0]) and torch.equal(c1s, ref[1])
+                print(f"  step 0 over the vocabulary, cell {bb} rows x {cbd or BD} units: {ms:.3f} ms, equal {same}",
+                      flush=True)
         # step 1's table cell, rows in batch order against rows sorted by their step-0 token
         Wt = torch.zeros(K * N, Dk, Dk // BD, 4, BD, dtype=dt, device=dev)
         Wt[:, :D] = (torch.randn(K * N, D, Dk // BD, 4, BD, device=dev, generator=gen) / D ** 0.5).to(dt)

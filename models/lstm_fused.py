@@ -492,16 +492,22 @@ def _ws_available(dev: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
-def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int, Dk: int, BD: int) -> None:
+def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int, Dk: int, BD: int, BB: int = 64,
+                     cell_BD: int | None = None) -> None:
     """Step t from a state shared by every batch row (the model's learned h0, c0 broadcast over B):
     h_out [K, B, N, Dk] (rows of N*Dk) and c_out [K*N, B, Dk] fp32 written in full, from h0 [K, N, Dk],
     c0 [K*N, Dk] fp32, W tile-interleaved for BD and the input table g. The recurrent term is the
     same for every row, so it is one fp32 matrix-vector product per head (`first_step_gemv_kernel`)
     instead of the step kernel's GEMM over B rows, and no broadcast state is written out first.
-    The sum runs in another order than the step kernel's, so h and c differ from it by rounding."""
+    The sum runs in another order than the step kernel's, so h and c differ from it by rounding.
+    BB, cell_BD (default: W's BD): the rows and units of a program of the cell (bench/first_steps_variants.py
+    times other launches; the values do not depend on them)."""
     import triton
     from models import _lstm_step_triton as kern
     B, V = c_out.shape[1], g.shape[1]
+    cbd = cell_BD or BD
+    if Dk % cbd or cbd & (cbd - 1) or BB & (BB - 1):
+        raise ValueError(f"lstm_first_step_: cell_BD {cbd} must be a power of two dividing Dk {Dk}, BB {BB} a power of two")
     assert h0.shape == (K, N, Dk) and c0.shape == (K * N, Dk) and c_out.is_contiguous()
     assert h_out.shape == (K, B, N, Dk) and h_out.stride(-1) == 1 and h_out.stride(-2) == Dk and h_out.stride(-3) == N * Dk
     u = torch.empty(K * N, 4 * Dk, dtype=torch.float32, device=c_out.device)
@@ -509,10 +515,9 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
     # (bench/results/logs/first_steps_launch_2026-11-29.log)
     kern.first_step_gemv_kernel[(triton.cdiv(4 * Dk, 512), K * N)](h0.contiguous(), w, u, Dk=Dk, BC=512, BJ=64,
                                                                      num_warps=4, num_stages=1)
-    BB = 64
-    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // BD, K * N)](u, g, tok, c0.contiguous(), c_out, h_out, B, N,
-                                                                       V, tok.stride(0), t, h_out.stride(0), Dk=Dk,
-                                                                       BD=BD, BB=BB, num_warps=4)
+    kern.first_step_cell_kernel[(triton.cdiv(B, BB), Dk // cbd, K * N)](u, g, tok, c0.contiguous(), c_out, h_out, B, N,
+                                                                        V, tok.stride(0), t, h_out.stride(0), Dk=Dk,
+                                                                        BD=cbd, BB=BB, BDW=BD, num_warps=4)
 
 
 STEP1_SUB_ROWS = 8      # rows of a sub-tile of step 1's table cell (`first_steps_cell_`)

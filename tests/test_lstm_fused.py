@@ -673,6 +673,12 @@ for K, N, D, B, V, BD in [(2, 3, 20, 40, 7, 16), (1, 2, 50, 33, 33, 64), (1, 1, 
         ref = torch.empty(K, 2, B, N, Dk, dtype=dt)
         c_ref = torch.empty(K * N, B, Dk)
         lstm_first_step_(h0, c0, ref[:, 0], c_ref, W, G, tok, 0, K=K, N=N, Dk=Dk, BD=BD)
+        # the cell's programs in other rows and units (W's BD kept): the same values, bit for bit
+        for bb, cbd in ((16, None), (32, 16), (8, 64)):
+            if Dk % (cbd or BD) == 0:
+                h_o, c_o = torch.empty(K, B, N, Dk, dtype=dt), torch.empty(K * N, B, Dk)
+                lstm_first_step_(h0, c0, h_o, c_o, W, G, tok, 0, K=K, N=N, Dk=Dk, BD=BD, BB=bb, cell_BD=cbd)
+                assert torch.equal(h_o, ref[:, 0]) and torch.equal(c_o, c_ref), (K, N, D, BD, bb, cbd)
         h1 = ref[:, 0].float().permute(0, 2, 1, 3).reshape(K * N, B, Dk)
         pre = (h1 @ W.float()).view(K, N, B, Dk // BD, 4, BD) + G.float()[:, tok[:, 1]].view(
             K, B, N, 4, Dk // BD, BD).permute(0, 2, 1, 4, 3, 5)
@@ -718,7 +724,7 @@ def test_first_steps_through_token_tables_match_the_step_kernel():
     padding units exactly zero;
     vocabularies below, equal to and far below the batch, unit tiles of 16, 32 and 64, row tiles of 16
     and 32; step 1's cell in unit tiles other than W's (`cell_BD`) and in sub-tiles of 4 rows and of a
-    whole program's rows (`sub_rows`) bit-equal."""
+    whole program's rows (`sub_rows`) bit-equal; step 0's cell in other rows and units a program bit-equal."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", (INTERP_PATCH + FIRST_STEPS_SCRIPT).format(root=ROOT)],
                          capture_output=True, text=True, env=env, timeout=600)
