@@ -805,8 +805,8 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
 # `input_table_kernel`'s tile: all of a 100-token vocabulary and the whole input width in one program
 # (bench/bench_prepare.py --table_tiles, H200 2026-11-29: large 0.168 against 0.345 ms for 64:64:32 at 4
 # warps, xlarge 0.370 against 0.702, medium 0.203 against 0.356), 8 column blocks a program on one
-# load of e, 4 warps (session 16, K = 4 models at large: 0.26 against 0.29-0.33 ms for one block and 8
-# warps; bench/results/README.md)
+# load of e, 4 warps (session 16: large, K = 4, 0.26 against 0.29-0.33 ms for one block and 8 warps; medium,
+# K = 12, 0.17 against 0.19-0.21; xlarge not timed apart; bench/results/logs/step1_cell_subtiles_2026-11-29_session16.log)
 INPUT_TABLE_TILE = {"BV": 128, "BU": 64, "BI": 128, "CPB": 8, "num_warps": 4, "num_stages": 1}
 
 
