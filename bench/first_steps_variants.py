@@ -115,8 +115,8 @@ def main(argv=None) -> int:
                     continue
                 h1s = torch.empty(K, V, N, Dk, dtype=dt, device=dev)
                 c1s = torch.empty(K * N, V, Dk, dtype=torch.float32, device=dev)
-                f = lambda: lstm_first_step_(h0.view(K, N, Dk), c00, h1s, c1s, Wt0, G0, vocab, 0, K=K, N=N, Dk=Dk,  # noqa: E731,B023
-                                             BD=BD, BB=bb, cell_BD=cbd)
+                f = lambda: lstm_first_step_(h0.view(K, N, Dk), c00, h1s, c1s, Wt0, G0, vocab, 0,  # noqa: E731,B023
+                                             K=K, N=N, Dk=Dk, BD=BD, BB=bb, cell_BD=cbd)
                 ms = cuda_ms(f, a.reps)
                 ref = ref or (h1s.clone(), c1s.clone())
                 same = torch.equal(h1s, ref[0]) and torch.equal(c1s, ref[1])

@@ -507,7 +507,8 @@ def lstm_first_step_(h0, c0, h_out, c_out, w, g, tok, t: int, *, K: int, N: int,
     B, V = c_out.shape[1], g.shape[1]
     cbd = cell_BD or BD
     if Dk % cbd or cbd & (cbd - 1) or BB & (BB - 1):
-        raise ValueError(f"lstm_first_step_: cell_BD {cbd} must be a power of two dividing Dk {Dk}, BB {BB} a power of two")
+        raise ValueError(f"lstm_first_step_: cell_BD {cbd} must be a power of two dividing Dk {Dk}, "
+                         f"BB {BB} a power of two")
     assert h0.shape == (K, N, Dk) and c0.shape == (K * N, Dk) and c_out.is_contiguous()
     assert h_out.shape == (K, B, N, Dk) and h_out.stride(-1) == 1 and h_out.stride(-2) == Dk and h_out.stride(-3) == N * Dk
     u = torch.empty(K * N, 4 * Dk, dtype=torch.float32, device=c_out.device)
@@ -805,8 +806,9 @@ def recurrence_split_(h_in, hs, w, g, tok, c_in, c_out, *, K: int, N: int, Dk: i
 # `input_table_kernel`'s tile: all of a 100-token vocabulary and the whole input width in one program
 # (bench/bench_prepare.py --table_tiles, H200 2026-11-29: large 0.168 against 0.345 ms for 64:64:32 at 4
 # warps, xlarge 0.370 against 0.702, medium 0.203 against 0.356), 8 column blocks a program on one
-# load of e, 4 warps (session 16: large, K = 4, 0.26 against 0.29-0.33 ms for one block and 8 warps; medium,
-# K = 12, 0.17 against 0.19-0.21; xlarge not timed apart; bench/results/logs/step1_cell_subtiles_2026-11-29_session16.log)
+# load of e, 4 warps (session 16: large, K = 4, 0.26 against 0.29-0.33 ms for one block and 8 warps;
+# medium, K = 12, 0.17 against 0.19-0.21; xlarge not timed apart;
+# bench/results/logs/step1_cell_subtiles_2026-11-29_session16.log)
 INPUT_TABLE_TILE = {"BV": 128, "BU": 64, "BI": 128, "CPB": 8, "num_warps": 4, "num_stages": 1}
 
 
