@@ -49,9 +49,9 @@ _STAGED_OUT = """        oc_sm.index(WHICH).store(c_new)
         oh_sm.index(WHICH).store(h.to(gl.bfloat16))
         _thread_barrier()
         _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
+                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)"""
 _STORE = """        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)"""
+                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)"""
 _C_REGS = """@gluon.jit
 def _pp_c_regs(c_in_ptr, q, num_q, pid, B, stride_cin_h, stride_cin_b, Dk: gl.constexpr, BM: gl.constexpr,
                BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, NUM_M: gl.constexpr, layout: gl.constexpr):
@@ -113,7 +113,7 @@ VARIANTS = {
     "mma_only": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"), (_STORE, "        _thread_barrier()"),
                  _NOMUFU],
     "direct_out": [(_STAGED_OUT, """        _pp_store(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
-                  stride_out_k, stride_hb, Dk, BM, BD)""")],
+                  stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)""")],
     "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
               (_TOK0, _TOK0.replace("    j = 0", "    c_reg = " + _CREG.format(q="WHICH") + "\n    j = 0")),
               ("        c = c_sm.index(WHICH).load(acc_layout)\n        _thread_barrier()                 # every thread has read",

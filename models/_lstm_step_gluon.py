@@ -408,7 +408,7 @@ def _pp_tokens(tok_ptr, q, num_q, B, tok_stride_b, t, BM: gl.constexpr, NUM_M: g
 @gluon.jit
 def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q, pid, B, V, stride_cin_h, stride_cin_b,
                  Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr,
-                 NUM_M: gl.constexpr, g_cp: gl.constexpr, c_cp: gl.constexpr):
+                 NUM_M: gl.constexpr, g_cp: gl.constexpr, c_cp: gl.constexpr, C_UNITS: gl.constexpr):
     """Copy (cp.async, 16 bytes a thread and copy) G[token]'s four gates and c of row tile q into this
     consumer's shared buffers g_sm[4 WHICH + gate], c_sm[WHICH] (zeros past this program's last tile);
     tok: the tile's tokens in g_cp's row layout. The tile's base offsets are scalars (int64), the
@@ -427,7 +427,10 @@ def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q
         async_copy.async_copy_global_to_shared(g_sm.index(4 * WHICH + g), gp + g * Dk, mask=gm)
     c_rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, c_cp))
     c_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_cp))
-    cm = gl.expand_dims((c_rows < B) & live, 1) & gl.expand_dims(c_cols < BD, 0)
+    if C_UNITS < Dk:        # the padding units' c is not read (zero in the buffer: copied as zeros)
+        cm = gl.expand_dims((c_rows < B) & live, 1) & gl.expand_dims(pid_d * BD + c_cols < C_UNITS, 0)
+    else:
+        cm = gl.expand_dims((c_rows < B) & live, 1) & gl.expand_dims(c_cols < BD, 0)
     c_base = c_in_ptr + pid_h.to(gl.int64) * stride_cin_h + pid_d * BD
     async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_base + (gl.expand_dims(c_rows * stride_cin_b, 1)
                                                                         + gl.expand_dims(c_cols, 0)), mask=cm)
@@ -436,12 +439,16 @@ def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q
 
 @gluon.jit
 def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, stride_out_k, stride_hb,
-              Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr):
+              Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, C_UNITS: gl.constexpr):
     """c_new (fp32) and h (bf16) of a tile's BM rows from row0, each in its own register layout: scalar
-    (int64) bases, int32 offsets within the tile."""
+    (int64) bases, int32 offsets within the tile; c of units C_UNITS.. (the padding, where C_UNITS < Dk)
+    not written."""
     rows = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, c_new.type.layout))
     cols = gl.arange(0, BD, layout=gl.SliceLayout(0, c_new.type.layout))
-    m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < BD, 0)
+    if C_UNITS < Dk:
+        m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(pid_d * BD + cols < C_UNITS, 0)
+    else:
+        m2 = gl.expand_dims(rows < B, 1) & gl.expand_dims(cols < BD, 0)
     c_base = c_out_ptr + pid_h.to(gl.int64) * B * Dk + pid_d * BD
     gl.store(c_base + (gl.expand_dims(rows * Dk, 1) + gl.expand_dims(cols, 0)), c_new, mask=m2)
     rows = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, h.type.layout))
@@ -454,7 +461,7 @@ def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, strid
 @gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                  STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
-                 K_LAST: gl.constexpr, WHICH: gl.constexpr):
+                 K_LAST: gl.constexpr, C_UNITS: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
      turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
      num_q, a_rows_per_k) = args
@@ -473,7 +480,7 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
     # the other consumer's GEMM), their tokens loaded two tiles ahead
     tok = _pp_tokens(tok_ptr, WHICH, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
     _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, B, V, stride_cin_h, stride_cin_b,
-                 Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp)
+                 Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
     tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
     j = 0
     for q in range(WHICH, num_q, 2):
@@ -491,7 +498,7 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         c = c_sm.index(WHICH).load(acc_layout)
         _thread_barrier()                 # every thread has read them
         _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, B, V, stride_cin_h,
-                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp)
+                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
         tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
         # this tile's turn: the other consumer has issued its last k-step
         mbarrier.wait(turn.index(WHICH), (j & 1) ^ (1 - WHICH))
@@ -542,7 +549,7 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         oh_sm.index(WHICH).store(h.to(gl.bfloat16))
         _thread_barrier()
         _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD)
+                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)
 
 
 @gluon.jit
@@ -551,14 +558,16 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         num_units, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                         STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        N: gl.constexpr, NUM_M: gl.constexpr, K_LAST: gl.constexpr):
+                        N: gl.constexpr, NUM_M: gl.constexpr, K_LAST: gl.constexpr, C_UNITS: gl.constexpr = 0):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
     p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows. N (heads a model) and NUM_M
     (cdiv(B, BM)) are compile-time constants, one compile per model shape and batch: the tile -> unit
     mapping then needs no runtime division. K_LAST (a multiple of 16, at most BK): the columns of the
     last k-step the MMA multiplies; less than BK where the head's padding (h's columns and W's rows
-    D..Dk, all zero) fills the rest, which adds nothing to the sums and is skipped."""
+    D..Dk, all zero) fills the rest, which adds nothing to the sums and is skipped. C_UNITS (0: Dk): where
+    less than Dk, the units of c past it (the head's padding) are neither read nor written: c_in is
+    c_out, whose padding is zero and stays so, and the padding's c and h come out zero as before."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
@@ -592,7 +601,8 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
             w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
             stride_cin_b, num_q, a_rows_per_k)
-    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, 0)),
-                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, 1)),
+    C_U: gl.constexpr = C_UNITS if C_UNITS > 0 and C_UNITS < Dk else Dk
+    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, 0)),
+                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, 1)),
                         (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
                        [4, 1], [CONSUMER_REGS, 24])

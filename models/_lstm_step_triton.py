@@ -775,3 +775,18 @@ def token_table_gemm_kernel(h_ptr, w_ptr, u_ptr, V, N, Dk: tl.constexpr, BV: tl.
         else:
             acc = tl.dot(h, w, acc)
     tl.store(u_ptr + (kn * V + vs[:, None]) * (4 * Dk) + cols[None, :], acc, mask=vmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def pad_output_weight_kernel(src_ptr, dst_ptr, D, V, Dk, Vp: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr):
+    """The output weight in the padded layout of the output GEMM: dst [KN, Dk, Vp] = src [KN, D, V]
+    (both contiguous) with rows D..Dk and columns V..Vp zero, every element of dst written once (no
+    separate zero fill). Grid (cdiv(Dk, BR), KN); a program writes BR rows, BV columns at a time."""
+    kn = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    for v0 in range(0, Vp, BV):
+        cols = v0 + tl.arange(0, BV)
+        x = tl.load(src_ptr + (kn * D + rows[:, None]) * V + cols[None, :],
+                    mask=(rows < D)[:, None] & (cols < V)[None, :], other=0.0)
+        tl.store(dst_ptr + (kn * Dk + rows[:, None]) * Vp + cols[None, :], x,
+                 mask=(rows < Dk)[:, None] & (cols < Vp)[None, :])

@@ -703,13 +703,17 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     from models import _lstm_step_gluon as kern
     a_desc, w_desc, rows_per_k, _, num_m = ws_launch_geometry(h_in, w, K=K, N=N, Dk=Dk, B=B, BM=BM, BK=BK, BD=BD,
                                                               one_dot=True, coop=False)
+    # c updated in place (every step after a chunk's first): its padding units (zero, and they stay zero)
+    # are neither read nor written; D rounded up to 4 keeps the 16-byte copies and stores whole
+    in_place = c_in.data_ptr() == c_out.data_ptr() and c_in.stride() == c_out.stride()
+    c_units = -(-D // 4) * 4 if in_place and 0 < D and -(-D // 4) * 4 < Dk else 0
     num_units = K * N * (Dk // BD)
     programs = min(num_units, num_sms(c_out.device))
     return kern.lstm_step_pp_kernel[(programs,)](
         a_desc, w_desc, h_out, g, tok, c_in, c_out, B, V, tok.stride(0), t, h_out.stride(0), N * Dk,
         c_in.stride(0), c_in.stride(1), num_units, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
         NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, N=N, NUM_M=num_m, K_LAST=pp_k_last(D, Dk, BK),
-        num_warps=4, maxnreg=168)
+        C_UNITS=c_units, num_warps=4, maxnreg=168)
 
 
 def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,
@@ -859,6 +863,25 @@ def _chunk_input_gates(P: dict, tokens_BT: torch.Tensor, *, N: int, D: int, Dk: 
     return G, torch.arange(B * T, device=x.device).view(B, T)
 
 
+def _padded_output_weight(W_out, *, N: int, D: int, Dk: int, Vp: int, kernel: bool | None = None):
+    """W_out [K, N*D, V] as [K, N, Dk, Vp], zero in the padding rows and columns. kernel (default: on
+    CUDA, and in the interpreter for tests): one Triton launch that writes every element once
+    (`pad_output_weight_kernel`); else a zero fill and a strided copy (at the large preset on the H200
+    those took 22.6 and 81.7 us a pass, bench/results/logs/profile_step_large64_2026-11-29_session17.md)."""
+    K, _, V = W_out.shape
+    if kernel is None:
+        kernel = (W_out.is_cuda or interpreted()) and available()[0]
+    if kernel:
+        import triton
+        from models._lstm_step_triton import pad_output_weight_kernel
+        out = torch.empty(K, N, Dk, Vp, dtype=W_out.dtype, device=W_out.device)
+        pad_output_weight_kernel[(triton.cdiv(Dk, 32), K * N)](W_out.contiguous(), out, D, V, Dk, Vp=Vp, BR=32, BV=64)
+        return out
+    out = torch.zeros(K, N, Dk, Vp, dtype=W_out.dtype, device=W_out.device)
+    out[:, :, :D, :V] = W_out.view(K, N, D, V)
+    return out
+
+
 def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None) -> dict:
     """P plus the per-pass layouts of the fused forward, built once for all chunks of a pass:
     the input table G = emb @ W_in + b ([K, V, N, 4*Dk], weight dtype) and the padded output weight
@@ -880,7 +903,7 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
         W[R.shape[-1]] = R.view(K * N, Dk, 4 * Dk)
         R = None
     V = W_out.shape[-1]
-    dt, dev = W_in.dtype, W_in.device
+    dev = W_in.device
     Vin = P["embedding"].shape[1]
     table_bytes = K * Vin * N * 4 * Dk * W_in.element_size()
     limit = table_max_bytes if table_max_bytes is not None else max(1 << 30, 4 * W_in.numel() * W_in.element_size())
@@ -888,8 +911,7 @@ def prepare_fused(P: dict, *, num_heads: int, table_max_bytes: int | None = None
     # (a 50k vocabulary at hidden 131072: ~50 GB): then the input gates are computed per chunk
     G = _input_table(P["embedding"], W_in, b, N=N, D=D, Dk=Dk) if table_bytes <= limit else None
     Vp = -(-V // 64) * 64
-    Wout = torch.zeros(K, N, Dk, Vp, dtype=dt, device=dev)
-    Wout[:, :, :D, :V] = W_out.view(K, N, D, V)
+    Wout = _padded_output_weight(W_out, N=N, D=D, Dk=Dk, Vp=Vp)
     bout = torch.zeros(K, 1, Vp, dtype=P["b_out"].dtype, device=dev)
     bout[:, 0, :V] = P["b_out"]
     out = dict(P)
