@@ -165,10 +165,13 @@ def step_form_checks(dev):
                                                        num_stages=6),
         "warp-specialised ping-pong, weight-resident, BD 32": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                    stage_out=False, pingpong=True, BD=32, BK=64,
-                                                                   num_stages=8),
+                                                                   num_stages=8, loader=False),
+        "warp-specialised ping-pong, BD 32, the loader's warp": dict(ws, one_dot=True, coop=False, prefetch=False,
+                                                                     stage_out=False, pingpong=True, BD=32, BK=64,
+                                                                     num_stages=8, loader=True, consumer_regs=208),
         "warp-specialised ping-pong, weight-resident, BD 16": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                    stage_out=False, pingpong=True, BD=16, BK=32,
-                                                                   num_stages=12)}
+                                                                   num_stages=12, loader=False)}
     # every key a form leaves out comes from the GPU's tuning entry; ws False drops the entry's ws-only keys
     forms = {**{n: dict(c, ws=False) for n, c in triton_forms.items()}, **ws_forms,
              "step 0 as one matrix-vector product per head, then the tuning entry's kernel": {"first_gemv": True,

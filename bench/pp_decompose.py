@@ -20,7 +20,8 @@ each variant at the first of those configs:
 - mma_only: noload_nostore and nomufu together: the GEMM path with the barriers, and a cell of plain
   arithmetic.
 The variants are written to temporary modules (the shipped kernel is not changed); outputs of noload,
-nostore, nomufu, nomma and mma_only are meaningless. Results: bench/results/logs/pp_variants_2026-11-29_session12.log
+nostore, nomufu, nomma and mma_only are meaningless. The variants edit the form without the loader's
+warp (`loader`, the large preset's tuning entry), which the --configs rows run. Results: bench/results/logs/pp_variants_2026-11-29_session12.log
 and bench/results/logs/pp_narrow_tail_2026-11-29_session15.log.
 """
 from __future__ import annotations
@@ -66,20 +67,25 @@ def _pp_c_regs(c_in_ptr, q, num_q, pid, B, stride_cin_h, stride_cin_b, Dk: gl.co
 
 @gluon.jit
 def _pp_consumer("""
-_TOK0 = "    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)\n    j = 0"
-_TOKN = "        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)"
+_TOK0 = "        tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)\n    j = 0"
+_TOKN = "            tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)"
 _CREG = ("_pp_c_regs(c_in_ptr, {q}, num_q, pid, B, stride_cin_h, stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, NUM_M, "
          "acc_layout)")
 _WAIT = ("""            if kk > 0:
                 # the previous""", """            if kk > 1:
                 # the previous""")
 _RELEASE = """                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                mbarrier.arrive(empty.index(s_prev), count=1)
-                mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
+                if LOADER:      # every thread arrives (see LOADER above the kernels)
+                    async_copy.mbarrier_arrive(empty.index(s_prev), increment_count=False)
+                    if last:
+                        async_copy.mbarrier_arrive(w_empty.index(kk - 1), increment_count=False)
+                else:
+                    mbarrier.arrive(empty.index(s_prev), count=1)
+                    mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
             s_prev = s"""
-_LAST = """        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index(s_prev), count=1)
-        mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)"""
+_LAST = """        else:
+            mbarrier.arrive(empty.index(s_prev), count=1)
+            mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)"""
 
 
 def _span(first: str, last: str) -> str:
@@ -116,23 +122,23 @@ VARIANTS = {
                   stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)""")],
     "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
               (_TOK0, _TOK0.replace("    j = 0", "    c_reg = " + _CREG.format(q="WHICH") + "\n    j = 0")),
-              ("        c = c_sm.index(WHICH).load(acc_layout)\n        _thread_barrier()                 # every thread has read",
-               "        c = c_reg\n        _thread_barrier()                 # every thread has read"),
+              ("        c = c_sm.index(WHICH).load(acc_layout)\n        if LOADER:",
+               "        c = c_reg\n        if LOADER:"),
               (_TOKN, _TOKN + "\n        c_reg = " + _CREG.format(q="q + 2"))],
     "wait2": [_WAIT, (_RELEASE, _RELEASE.replace("num_outstanding=1", "num_outstanding=2")
                       .replace("empty.index(s_prev)", "empty.index(s_pp)").replace("kk - 1", "kk - 2")
                       .replace("            s_prev = s", "            s_pp = s_prev\n            s_prev = s")),
-              (_LAST, _LAST.replace("        mbarrier.arrive(empty.index(s_prev), count=1)",
-                                    "        mbarrier.arrive(empty.index(s_pp), count=1)\n"
-                                    "        mbarrier.arrive(w_empty.index(NK - 2), count=1, pred=last)\n"
-                                    "        mbarrier.arrive(empty.index(s_prev), count=1)")),
+              (_LAST, _LAST.replace("            mbarrier.arrive(empty.index(s_prev), count=1)",
+                                    "            mbarrier.arrive(empty.index(s_pp), count=1)\n"
+                                    "            mbarrier.arrive(w_empty.index(NK - 2), count=1, pred=last)\n"
+                                    "            mbarrier.arrive(empty.index(s_prev), count=1)")),
               (_LOOP, _LOOP.replace("        s_prev = 0", "        s_prev = 0\n        s_pp = 0"))],
-    "if_last": [("""                mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)""",
-                 """                if last:
-                    mbarrier.arrive(w_empty.index(kk - 1), count=1)"""),
-                ("""        mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)""",
-                 """        if last:
-            mbarrier.arrive(w_empty.index(NK - 1), count=1)""")],
+    "if_last": [("""                    mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)""",
+                 """                    if last:
+                        mbarrier.arrive(w_empty.index(kk - 1), count=1)"""),
+                ("""            mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)""",
+                 """            if last:
+                mbarrier.arrive(w_empty.index(NK - 1), count=1)""")],
 }
 
 

@@ -209,7 +209,8 @@ def ws_configs(cs):
 def pp_configs(cs):
     """Configs of the weight-resident ping-pong Gluon kernel (`ws` with `pingpong`): BD 32 and 16
     where they divide Dk (the accumulator and the cell's inputs in registers), BK 32 and 64, rings of
-    8, 16 and as many h stages as fit beside the weight tile (at most 32)."""
+    8, 16 and as many h stages as fit beside the weight tile (at most 32); each also with the loader
+    partition (`loader`, consumer_regs 208)."""
     Dk = cs["Dk"]
     out = []
     for bd, bk in itertools.product((32, 16), (32, 64)):
@@ -219,8 +220,9 @@ def pp_configs(cs):
                 if ws_shared_bytes(BD=bd, BK=bk, stages=st, prefetch=False, coop=False, pingpong=True,
                                    Dk=Dk) <= WS_SMEM_LIMIT]
         for st in sorted({fits[-1], 16, 8} & set(fits), reverse=True) if fits else ():
-            out.append({"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st,
-                        "ws": True, "consumer_regs": 240, "pingpong": True})
+            pp = {"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st, "ws": True,
+                  "consumer_regs": 240, "pingpong": True}
+            out += [pp, dict(pp, consumer_regs=208, loader=True)]      # and with the loader's warp
     return out
 
 
@@ -291,7 +293,8 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
-                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong")
+                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong",
+                                             "loader")
                     if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
@@ -324,7 +327,8 @@ def persistent_configs(cs, quick: bool):
 STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persistent", "warp_specialize", "prefetch",
              "wres", "tma_epi", "ws")
 # every launch option a tuning entry may hold (STEP_KEYS and the form-specific ones)
-ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong")
+ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong",
+                          "loader")
 
 
 def step_entry(row) -> dict:
@@ -341,6 +345,7 @@ def step_entry(row) -> dict:
         entry["coop"] = row.get("coop", False)
         entry["stage_out"] = row.get("stage_out", False)
         entry["pingpong"] = row.get("pingpong", False)
+        entry["loader"] = row.get("loader", False)
     return entry
 
 

@@ -359,6 +359,13 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
 # tile ahead and read into registers in the accumulator's layout when the tile starts; c and h go out
 # through shared memory in 16-byte stores. BD 32 keeps the accumulator at 64 registers a thread.
 # L2 traffic a row tile: its h rows only ([BM, Dk]); the weight tile is read once per unit.
+# LOADER: a fourth partition, one warp (`_pp_loader`), copies every tile's cell inputs instead (into
+# the buffers of the consumer that runs the tile, signalling `in_ready` by cp.async's own mbarrier
+# arrive), so a consumer issues no copies of its own. Its releases of ring stages, weight chunks and
+# the turn are then arrives by every thread (cp.async's arrive, on barriers that count 128), which need
+# no thread barrier: an arrive by one thread (mbarrier.arrive) is fenced by two thread barriers that
+# the compiler adds, three a k-step. Measured at large, 64 probes, on a board held at 1425-1460 MHz:
+# 679-684 against 687-693 ms a step (bench/results/logs/pp_loader_2026-11-29_session17.log).
 # No proxy fences in the mainloop: only TMA and wgmma (the async proxy) touch the ring and the weight
 # tile, and a fence there compiles to a MEMBAR that waits for the thread's copies and stores.
 
@@ -375,8 +382,8 @@ def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                  STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
                  WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
-     turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
-     num_q, a_rows_per_k) = args
+     turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
+     stride_cin_b, num_q, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     pid = gl.program_id(0)
@@ -406,7 +413,7 @@ def _pp_tokens(tok_ptr, q, num_q, B, tok_stride_b, t, BM: gl.constexpr, NUM_M: g
 
 
 @gluon.jit
-def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q, pid, B, V, stride_cin_h, stride_cin_b,
+def _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, q, num_q, pid, B, V, stride_cin_h, stride_cin_b,
                  Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr,
                  NUM_M: gl.constexpr, g_cp: gl.constexpr, c_cp: gl.constexpr, C_UNITS: gl.constexpr):
     """Copy (cp.async, 16 bytes a thread and copy) G[token]'s four gates and c of row tile q into this
@@ -438,6 +445,31 @@ def _pp_stage_in(g_sm, c_sm, WHICH: gl.constexpr, g_ptr, c_in_ptr, tok, q, num_q
 
 
 @gluon.jit
+def _pp_loader(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+               NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr, C_UNITS: gl.constexpr,
+               WHICH: gl.constexpr):
+    """LOADER: one warp copies every row tile's cell inputs (G[token]'s four gates, c) into the buffers of
+    the consumer that runs it (tile q: consumer q % 2), once that consumer has read its previous tile's
+    (`in_empty`), and signals `in_ready` when they land (cp.async's mbarrier arrive, one a lane); the
+    next tile's tokens load while it waits."""
+    (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
+     turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
+     stride_cin_b, num_q, a_rows_per_k) = args
+    g_cp: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (BD // 8), BD // 8], [1, 1], [1, 0])
+    c_cp: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BD // 4), BD // 4], [1, 1], [1, 0])
+    pid = gl.program_id(0)
+    tok = _pp_tokens(tok_ptr, 0, num_q, B, tok_stride_b, t, BM, NUM_M, gl.SliceLayout(1, g_cp))
+    for q in range(num_q):
+        w = q % 2
+        tok_next = _pp_tokens(tok_ptr, q + 1, num_q, B, tok_stride_b, t, BM, NUM_M, gl.SliceLayout(1, g_cp))
+        mbarrier.wait(in_empty.index(w), ((q // 2) & 1) ^ 1)
+        _pp_stage_in(g_sm, c_sm, w, g_ptr, c_in_ptr, tok, q, num_q, pid, B, V, stride_cin_h, stride_cin_b, Dk, BM, BD,
+                     NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
+        async_copy.mbarrier_arrive(in_ready.index(w), increment_count=False)
+        tok = tok_next
+
+
+@gluon.jit
 def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, stride_out_k, stride_hb,
               Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, C_UNITS: gl.constexpr):
     """c_new (fp32) and h (bf16) of a tile's BM rows from row0, each in its own register layout: scalar
@@ -461,10 +493,10 @@ def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, strid
 @gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                  STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
-                 K_LAST: gl.constexpr, C_UNITS: gl.constexpr, WHICH: gl.constexpr):
+                 K_LAST: gl.constexpr, C_UNITS: gl.constexpr, LOADER: gl.constexpr, WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
-     turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
-     num_q, a_rows_per_k) = args
+     turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
+     stride_cin_b, num_q, a_rows_per_k) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -476,12 +508,11 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
     c_cp: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BD // 4), BD // 4], [4, 1], [1, 0])
     tok_layout: gl.constexpr = gl.SliceLayout(1, g_cp)
     pid = gl.program_id(0)
-    # the cell's inputs are copied a tile ahead (in flight during the previous tile's GEMM and cell and
-    # the other consumer's GEMM), their tokens loaded two tiles ahead
-    tok = _pp_tokens(tok_ptr, WHICH, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
-    _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, B, V, stride_cin_h, stride_cin_b,
-                 Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
-    tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
+    if not LOADER:
+        tok = _pp_tokens(tok_ptr, WHICH, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
+        _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok, WHICH, num_q, pid, B, V, stride_cin_h, stride_cin_b,
+                     Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
+        tok_next = _pp_tokens(tok_ptr, WHICH + 2, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
     j = 0
     for q in range(WHICH, num_q, 2):
         ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, NUM_M, NUM_D, NUM_PROGRAMS)
@@ -489,17 +520,23 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         n = pid_h - k * N
         last = pid_m == NUM_M - 1           # the unit's last row tile frees its weight chunks
         # this tile's cell inputs into registers, in the accumulator layout; then the next tile's copies
-        async_copy.wait_group(0)
-        _thread_barrier()                 # every thread's copies have landed
+        if LOADER:
+            mbarrier.wait(in_ready.index(WHICH), j & 1)
+        else:
+            async_copy.wait_group(0)
+            _thread_barrier()                 # every thread's copies have landed
         g_i = g_sm.index(4 * WHICH + 0).load(acc_layout)
         g_f = g_sm.index(4 * WHICH + 1).load(acc_layout)
         g_z = g_sm.index(4 * WHICH + 2).load(acc_layout)
         g_o = g_sm.index(4 * WHICH + 3).load(acc_layout)
         c = c_sm.index(WHICH).load(acc_layout)
-        _thread_barrier()                 # every thread has read them
-        _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, B, V, stride_cin_h,
-                     stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
-        tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
+        if LOADER:
+            mbarrier.arrive(in_empty.index(WHICH), count=1)
+        else:
+            _thread_barrier()                 # every thread has read them
+            _pp_stage_in(g_sm, c_sm, WHICH, g_ptr, c_in_ptr, tok_next, q + 2, num_q, pid, B, V, stride_cin_h,
+                         stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
+            tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
         # this tile's turn: the other consumer has issued its last k-step
         mbarrier.wait(turn.index(WHICH), (j & 1) ^ (1 - WHICH))
         acc = gl.zeros([BM, 4 * BD], gl.float32, acc4_layout)
@@ -525,13 +562,26 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                 # weight chunk). Only the async proxy (TMA, wgmma) touches these buffers, so no proxy
                 # fence (it compiles to a MEMBAR that waits for this thread's copies and stores)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                mbarrier.arrive(empty.index(s_prev), count=1)
-                mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
+                if LOADER:      # every thread arrives (see LOADER above the kernels)
+                    async_copy.mbarrier_arrive(empty.index(s_prev), increment_count=False)
+                    if last:
+                        async_copy.mbarrier_arrive(w_empty.index(kk - 1), increment_count=False)
+                else:
+                    mbarrier.arrive(empty.index(s_prev), count=1)
+                    mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
             s_prev = s
-        mbarrier.arrive(turn.index(1 - WHICH), count=1)
+        if LOADER:
+            async_copy.mbarrier_arrive(turn.index(1 - WHICH), increment_count=False)
+        else:
+            mbarrier.arrive(turn.index(1 - WHICH), count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index(s_prev), count=1)
-        mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)
+        if LOADER:
+            async_copy.mbarrier_arrive(empty.index(s_prev), increment_count=False)
+            if last:
+                async_copy.mbarrier_arrive(w_empty.index(NK - 1), increment_count=False)
+        else:
+            mbarrier.arrive(empty.index(s_prev), count=1)
+            mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)
         j += 1
         # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
         acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
@@ -558,7 +608,8 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
                         num_units, a_rows_per_k,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                         STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                        N: gl.constexpr, NUM_M: gl.constexpr, K_LAST: gl.constexpr, C_UNITS: gl.constexpr = 0):
+                        N: gl.constexpr, NUM_M: gl.constexpr, K_LAST: gl.constexpr, C_UNITS: gl.constexpr = 0,
+                        LOADER: gl.constexpr = False, LOADER_REGS: gl.constexpr = 56):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
     p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows. N (heads a model) and NUM_M
@@ -576,6 +627,8 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     w_ready = gl.allocate_shared_memory(gl.int64, [NK, 1], mbarrier.MBarrierLayout())
     w_empty = gl.allocate_shared_memory(gl.int64, [NK, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    in_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     # per consumer: the cell's inputs (four gates of G[token], c) and outputs (c, h), 16-byte chunks
     # swizzled so that the accumulator layout's 8 rows x 4 threads of a warp hit distinct banks
     G_PP: gl.constexpr = 1 if BD * 2 >= 128 else 128 // (BD * 2)
@@ -588,21 +641,32 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     c_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
     oc_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
     oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], g_layout)
+    ARR: gl.constexpr = 128 if LOADER else 1       # arrivals of a consumer's release: its threads, or one
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
+        mbarrier.init(empty.index(s), count=ARR)
     for s in gl.static_range(NK):
         mbarrier.init(w_ready.index(s), count=1)
-        mbarrier.init(w_empty.index(s), count=1)
+        mbarrier.init(w_empty.index(s), count=ARR)
     for s in gl.static_range(2):
-        mbarrier.init(turn.index(s), count=1)
+        mbarrier.init(turn.index(s), count=ARR)
+        if LOADER:
+            mbarrier.init(in_ready.index(s), count=32)
+            mbarrier.init(in_empty.index(s), count=1)
     pid = gl.program_id(0)
     num_q = ((num_units - pid + NUM_PROGRAMS - 1) // NUM_PROGRAMS) * NUM_M     # this program's row tiles
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
-            w_empty, turn, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
-            stride_cin_b, num_q, a_rows_per_k)
+            w_empty, turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb,
+            stride_cin_h, stride_cin_b, num_q, a_rows_per_k)
     C_U: gl.constexpr = C_UNITS if C_UNITS > 0 and C_UNITS < Dk else Dk
-    gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, 0)),
-                        (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, 1)),
-                        (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
-                       [4, 1], [CONSUMER_REGS, 24])
+    if LOADER:
+        gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True, 0)),
+                            (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True, 1)),
+                            (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0)),
+                            (_pp_loader, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, C_U, 0))],
+                           [4, 1, 1], [CONSUMER_REGS, 24, LOADER_REGS])
+    else:
+        gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False, 0)),
+                            (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False, 1)),
+                            (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
+                           [4, 1], [CONSUMER_REGS, 24])

@@ -142,6 +142,9 @@ def test_sweep_grids():
                                pingpong=True, Dk=320) <= WS_SMEM_LIMIT
         assert c in full
     assert sweep.step_entry(dict(pp[1], s=1e-3))["pingpong"] is True          # the entry reproduces the form
+    ld = [c for c in pp[1:] if c.get("loader")]                               # each also with the loader's warp
+    assert len(ld) == len(pp[1:]) // 2 and all(c["consumer_regs"] <= 224 for c in ld)
+    assert sweep.step_entry(dict(ld[0], s=1e-3))["loader"] is True and not sweep.step_entry(pp[1])["loader"]
     tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32, "BK": 32}
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):

@@ -907,16 +907,19 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     assert est - 512 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
-@pytest.mark.parametrize("Dk, BD, BK, stages, D", [(320, 32, 64, 8, 300),     # the large preset's tuning entry
-                                                   (320, 32, 64, 8, 320), (160, 32, 32, 16, 150),
-                                                   (320, 16, 32, 12, 300)])
-def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D):
+@pytest.mark.parametrize("Dk, BD, BK, stages, D, loader", [(320, 32, 64, 8, 300, True),  # the large preset's entry
+                                                           (320, 32, 64, 8, 300, False), (320, 32, 64, 8, 320, False),
+                                                           (160, 32, 32, 16, 150, False), (320, 16, 32, 12, 300, False),
+                                                           (160, 32, 32, 16, 150, True)])
+def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D, loader):
     """The weight-resident ping-pong Gluon step kernel compiled for sm_90 (no GPU needed): three
-    partitions, no register spills, per consumer (Dk/BK - 1) x BK/16 wgmma plus those of the last
-    k-step's columns up to D rounded to 16 (`pp_k_last`: 3 of 4 at the large preset), the cell's inputs as 16-byte
-    cp.async (both consumers, the first tile's copies and the loop's) and c and h stored in 16-byte
-    pieces (also where c's padding units are masked off, C_UNITS), no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and stores), no
-    runtime integer division, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
+    partitions (four with the loader), no register spills, per consumer (Dk/BK - 1) x BK/16 wgmma plus
+    those of the last k-step's columns up to D rounded to 16 (`pp_k_last`: 3 of 4 at the large
+    preset), the cell's inputs as 16-byte cp.async (both consumers, the first tile's copies and the
+    loop's; with the loader, its warp's only, and the consumers' releases as every thread's arrive,
+    with fewer thread barriers) and c and h stored in 16-byte pieces (also where c's padding units are
+    masked off, C_UNITS), no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and
+    stores), no runtime integer division, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
     try:
         import triton.backends.compiler  # noqa: F401
         import triton.experimental.gluon._runtime  # noqa: F401
@@ -934,8 +937,8 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D):
                                  "stride_cin_b", "num_units", "a_rows_per_k")}}
     k_last = pp_k_last(D, Dk, BK)
     # where the head is padded, c as the trainer passes it (updated in place): its padding not read or written
-    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=240, N=220, NUM_M=16,
-              K_LAST=k_last, C_UNITS=-(-D // 4) * 4 if D < Dk else 0)
+    cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=208 if loader else 240,
+              N=220, NUM_M=16, K_LAST=k_last, C_UNITS=-(-D // 4) * 4 if D < Dk else 0, LOADER=loader, LOADER_REGS=88)
     names = list(sig)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
@@ -946,7 +949,15 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D):
     assert k_last == (48 if (Dk, BK, D) == (320, 64, 300) else 16 if (Dk, BK, D) == (320, 32, 300) else BK)
     assert ptx.count("wgmma.mma_async") == 2 * ((Dk // BK - 1) * (BK // 16) + k_last // 16)
     per_thread = lambda nbytes: max(1, nbytes // 16 // 128)                 # noqa: E731  16-byte pieces
-    assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2) + per_thread(BM * BD * 4))
+    if loader:      # one warp's copies, in one loop; a consumer's releases: NK stages and the turn, and
+        # the NK weight chunks where it can run a unit's last tile (with 16 row tiles only consumer 1 does)
+        per_lane = lambda nbytes: max(1, nbytes // 16 // 32)                # noqa: E731
+        assert ptx.count("cp.async.cg.shared.global") == 4 * per_lane(BM * BD * 2) + per_lane(BM * BD * 4)
+        assert ptx.count("cp.async.mbarrier.arrive.noinc") == 2 * (Dk // BK + 1) + Dk // BK + 1
+        assert len(re.findall(r"\bbar\.sync\b", ptx)) < 50, len(re.findall(r"\bbar\.sync\b", ptx))
+    else:
+        assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2)
+                                                                  + per_thread(BM * BD * 4))
     assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
     assert "fence.proxy.async" not in ptx
     # N and the row-tile count are compile-time constants: no runtime integer division or remainder
@@ -969,8 +980,10 @@ def _tiny_step_tensors():
 def test_pingpong_form_refuses_what_it_cannot_run():
     """`pingpong` in a step config: without `ws`, with the cooperative form's options, without one_dot,
     with a BD whose accumulator and cell inputs would not fit registers, with a ring over the shared
-    memory, or with a batch past its 32-bit in-tile offsets, a clear error that names the fix; a caller asking for the cooperative form's options drops
-    a tuning entry's pingpong (merge_step_config)."""
+    memory, or with a batch past its 32-bit in-tile offsets, a clear error that names the fix; so does
+    `loader` without pingpong or with consumer registers that leave its warp too few. A caller asking
+    for the cooperative form's options drops a tuning entry's pingpong and loader (merge_step_config),
+    and one asking for no pingpong or no loader also the consumer registers sized for the loader."""
     import torch
     from models.lstm_fused import COOP_FORM_KEYS, lstm_step_, merge_step_config
     K, N, Dk, B, h, W, G, tok, c = _tiny_step_tensors()
@@ -980,6 +993,7 @@ def test_pingpong_form_refuses_what_it_cannot_run():
     for cfg, msg in (({"coop": True}, "drop coop"), ({"prefetch": True, "stage_out": True}, "drop prefetch, stage_out"),
                      ({"one_dot": False}, "set one_dot True"), ({"BD": 64}, "BD 16 or 32"),
                      ({"num_stages": 40}, "lower num_stages or BD"),
+                     ({"loader": True}, "consumer_regs <= 224"), ({"loader": True, "consumer_regs": 208}, "CUDA device"),
                      ({}, "needs a CUDA device")):
         with pytest.raises(ValueError, match=msg):
             lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, pingpong=True, **cfg))
@@ -990,12 +1004,23 @@ def test_pingpong_form_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="32-bit offsets.*drop pingpong"):
         lstm_step_(h_big, h_big, W.to("meta"), G.to("meta"), torch.empty(big, 2, dtype=torch.int64, device="meta"), 0,
                    c_big, c_big, **dict(base, ws=True, pingpong=True))
-    entry = {"ws": True, "pingpong": True, "BD": 32, "coop": False, "prefetch": False}
+    with pytest.raises(ValueError, match="`loader` is an option of the ping-pong form"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, loader=True, consumer_regs=208))
+    with pytest.raises(ValueError, match="`loader`.*belong to the warp-specialised kernel; add `ws`"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **base, loader=True)
+    entry = {"ws": True, "pingpong": True, "loader": True, "consumer_regs": 208, "BD": 32, "coop": False,
+             "prefetch": False}
     for k in COOP_FORM_KEYS:
-        assert "pingpong" not in merge_step_config(entry, {k: True, "BD": 64})
+        merged = merge_step_config(entry, {k: True, "BD": 64})
+        assert "pingpong" not in merged and "loader" not in merged and "consumer_regs" not in merged
     assert merge_step_config(entry, {"coop": True, "pingpong": True})["pingpong"] is True     # asked for: kept
     assert merge_step_config(entry, {"num_stages": 6})["pingpong"] is True
+    assert merge_step_config(entry, {"num_stages": 6})["consumer_regs"] == 208
     assert "pingpong" not in merge_step_config(entry, {"ws": False})
+    assert "loader" not in merge_step_config(entry, {"ws": False})
+    assert {"loader", "consumer_regs"}.isdisjoint(merge_step_config(entry, {"pingpong": False}))
+    no_loader = merge_step_config(entry, {"loader": False})
+    assert no_loader["loader"] is False and "consumer_regs" not in no_loader and no_loader["pingpong"] is True
 
 
 def test_warp_specialised_kernel_refuses_what_it_cannot_run():
