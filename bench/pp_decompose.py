@@ -21,7 +21,8 @@ each variant at the first of those configs:
   arithmetic.
 The variants are written to temporary modules (the shipped kernel is not changed); outputs of noload,
 nostore, nomufu, nomma and mma_only are meaningless. The variants edit the form without the loader's
-warp (`loader`, the large preset's tuning entry), which the --configs rows run. Results: bench/results/logs/pp_variants_2026-11-29_session12.log
+warp (`loader`, the large preset's tuning entry), which the --configs rows run.
+Results: bench/results/logs/pp_variants_2026-11-29_session12.log
 and bench/results/logs/pp_narrow_tail_2026-11-29_session15.log.
 """
 from __future__ import annotations

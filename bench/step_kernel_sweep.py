@@ -293,8 +293,8 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         first = []
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
-                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong",
-                                             "loader")
+                                             "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out",
+                                             "pingpong", "loader")
                     if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]

@@ -8,9 +8,9 @@ inputs: the largest |difference| of h and of c (0.0: bit for bit equal). Needs a
 
 K stacked models of N heads of D units (padded to the kernel's Dk; BD 64 where it divides Dk, else
 32; BK 32 unless given; BD 32 with PINGPONG), B batch rows, vocabulary V; the flags 0/1 are the
-step-config keys of the same names (LOADER with consumer_regs 208). The Gluon kernel gets the real D, as the model passes it (the
-ping-pong form then skips the last k-step's padding columns; h's padding here is random, not zero,
-and still adds nothing, since W's padding rows are zero). The Gluon kernel's outputs start as NaN,
+step-config keys of the same names (LOADER with consumer_regs 208). The Gluon kernel gets the real
+D, as the model passes it (the ping-pong form then skips the last k-step's padding columns; h's
+padding here is random, not zero, and still adds nothing, since W's padding rows are zero). The Gluon kernel's outputs start as NaN,
 so a unit it does not write shows. c's and G's padding units are zero, as in every state and table
 the model makes, and the kernel also runs with c updated in place (c_in is c_out, as in the trainer's
 steps after a chunk's first): the ping-pong form then neither reads nor writes c's padding, which

@@ -660,13 +660,17 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
             stride_cin_h, stride_cin_b, num_q, a_rows_per_k)
     C_U: gl.constexpr = C_UNITS if C_UNITS > 0 and C_UNITS < Dk else Dk
     if LOADER:
-        gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True, 0)),
-                            (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True, 1)),
+        gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True,
+                                            0)),
+                            (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True,
+                                            1)),
                             (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0)),
                             (_pp_loader, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, C_U, 0))],
                            [4, 1, 1], [CONSUMER_REGS, 24, LOADER_REGS])
     else:
-        gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False, 0)),
-                            (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False, 1)),
+        gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False,
+                                            0)),
+                            (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False,
+                                            1)),
                             (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
                            [4, 1], [CONSUMER_REGS, 24])

@@ -993,7 +993,8 @@ def test_pingpong_form_refuses_what_it_cannot_run():
     for cfg, msg in (({"coop": True}, "drop coop"), ({"prefetch": True, "stage_out": True}, "drop prefetch, stage_out"),
                      ({"one_dot": False}, "set one_dot True"), ({"BD": 64}, "BD 16 or 32"),
                      ({"num_stages": 40}, "lower num_stages or BD"),
-                     ({"loader": True}, "consumer_regs <= 224"), ({"loader": True, "consumer_regs": 208}, "CUDA device"),
+                     ({"loader": True}, "consumer_regs <= 224"),
+                     ({"loader": True, "consumer_regs": 208}, "CUDA device"),
                      ({}, "needs a CUDA device")):
         with pytest.raises(ValueError, match=msg):
             lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, pingpong=True, **cfg))
