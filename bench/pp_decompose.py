@@ -75,18 +75,6 @@ _CREG = ("_pp_c_regs(c_in_ptr, {q}, num_q, pid, B, stride_cin_h, stride_cin_b, D
 _WAIT = ("""            if kk > 0:
                 # the previous""", """            if kk > 1:
                 # the previous""")
-_RELEASE = """                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                if LOADER:      # every thread arrives (see LOADER above the kernels)
-                    async_copy.mbarrier_arrive(empty.index(s_prev), increment_count=False)
-                    if last:
-                        async_copy.mbarrier_arrive(w_empty.index(kk - 1), increment_count=False)
-                else:
-                    mbarrier.arrive(empty.index(s_prev), count=1)
-                    mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
-            s_prev = s"""
-_LAST = """        else:
-            mbarrier.arrive(empty.index(s_prev), count=1)
-            mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)"""
 
 
 def _span(first: str, last: str) -> str:
@@ -102,6 +90,9 @@ def _span(first: str, last: str) -> str:
 # the consumer's MMAs of a k-step (the last k-step's slices and the full one)
 _MMA = _span("            if kk == NK - 1 and K_LAST < BK:",
              "acc = warpgroup_mma(a_bufs.index(s), w_bufs.index(kk), acc, is_async=True)\n")
+_RELEASE = _span("                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))\n                _pp_release(",
+                 "            s_prev = s")
+_LAST = _span("        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))\n        _pp_release(", "last, LOADER)")
 _LOOP = """        s_prev = 0
         for kk in gl.static_range(NK):
             count = q * NK + kk"""
@@ -127,19 +118,15 @@ VARIANTS = {
                "        c = c_reg\n        if LOADER:"),
               (_TOKN, _TOKN + "\n        c_reg = " + _CREG.format(q="q + 2"))],
     "wait2": [_WAIT, (_RELEASE, _RELEASE.replace("num_outstanding=1", "num_outstanding=2")
-                      .replace("empty.index(s_prev)", "empty.index(s_pp)").replace("kk - 1", "kk - 2")
+                      .replace("empty.index(s_prev), w_empty.index(kk - 1)", "empty.index(s_pp), w_empty.index(kk - 2)")
                       .replace("            s_prev = s", "            s_pp = s_prev\n            s_prev = s")),
-              (_LAST, _LAST.replace("            mbarrier.arrive(empty.index(s_prev), count=1)",
-                                    "            mbarrier.arrive(empty.index(s_pp), count=1)\n"
-                                    "            mbarrier.arrive(w_empty.index(NK - 2), count=1, pred=last)\n"
-                                    "            mbarrier.arrive(empty.index(s_prev), count=1)")),
+              (_LAST, _LAST.replace("        _pp_release(",
+                                    "        _pp_release(empty.index(s_pp), w_empty.index(NK - 2), last, LOADER)\n"
+                                    "        _pp_release(")),
               (_LOOP, _LOOP.replace("        s_prev = 0", "        s_prev = 0\n        s_pp = 0"))],
-    "if_last": [("""                    mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)""",
-                 """                    if last:
-                        mbarrier.arrive(w_empty.index(kk - 1), count=1)"""),
-                ("""            mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)""",
-                 """            if last:
-                mbarrier.arrive(w_empty.index(NK - 1), count=1)""")],
+    "if_last": [("""        mbarrier.arrive(chunk_empty, count=1, pred=last)""",
+                 """        if last:
+            mbarrier.arrive(chunk_empty, count=1)""")],
 }
 
 

@@ -491,6 +491,19 @@ def _pp_store(c_out_ptr, h_out_ptr, c_new, h, row0, pid_d, pid_h, k, n, B, strid
 
 
 @gluon.jit
+def _pp_release(stage_empty, chunk_empty, last, LOADER: gl.constexpr):
+    """A consumer frees a ring stage (and, on a unit's last tile, the weight chunk of the same k-step):
+    every thread's arrive with LOADER (see LOADER above the kernels), else one thread's."""
+    if LOADER:
+        async_copy.mbarrier_arrive(stage_empty, increment_count=False)
+        if last:
+            async_copy.mbarrier_arrive(chunk_empty, increment_count=False)
+    else:
+        mbarrier.arrive(stage_empty, count=1)
+        mbarrier.arrive(chunk_empty, count=1, pred=last)
+
+
+@gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                  STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
                  K_LAST: gl.constexpr, C_UNITS: gl.constexpr, LOADER: gl.constexpr, WHICH: gl.constexpr):
@@ -562,26 +575,14 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                 # weight chunk). Only the async proxy (TMA, wgmma) touches these buffers, so no proxy
                 # fence (it compiles to a MEMBAR that waits for this thread's copies and stores)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                if LOADER:      # every thread arrives (see LOADER above the kernels)
-                    async_copy.mbarrier_arrive(empty.index(s_prev), increment_count=False)
-                    if last:
-                        async_copy.mbarrier_arrive(w_empty.index(kk - 1), increment_count=False)
-                else:
-                    mbarrier.arrive(empty.index(s_prev), count=1)
-                    mbarrier.arrive(w_empty.index(kk - 1), count=1, pred=last)
+                _pp_release(empty.index(s_prev), w_empty.index(kk - 1), last, LOADER)
             s_prev = s
         if LOADER:
             async_copy.mbarrier_arrive(turn.index(1 - WHICH), increment_count=False)
         else:
             mbarrier.arrive(turn.index(1 - WHICH), count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        if LOADER:
-            async_copy.mbarrier_arrive(empty.index(s_prev), increment_count=False)
-            if last:
-                async_copy.mbarrier_arrive(w_empty.index(NK - 1), increment_count=False)
-        else:
-            mbarrier.arrive(empty.index(s_prev), count=1)
-            mbarrier.arrive(w_empty.index(NK - 1), count=1, pred=last)
+        _pp_release(empty.index(s_prev), w_empty.index(NK - 1), last, LOADER)
         j += 1
         # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
         acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
