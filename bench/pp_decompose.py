@@ -5,8 +5,9 @@ timed against variants of itself, built from its source with one part removed or
 
 The preset's shapes (bench/step_kernel_sweep.py's case: B = 1024, V = 100, K stacked models), ms per
 launch with CUDA events (median of --reps), in --rounds interleaved rounds (the machine drifts by a
-few percent), for: this GPU's tuning entry; the ping-pong form at --configs (BK:stages, BD 32); and
-each variant at the first of those configs:
+few percent), for: this GPU's tuning entry; the ping-pong form at --configs (BK:stages, BD 32),
+without and with the loader's warp (`loader`, consumer_regs 208); and each variant at the first of
+those configs (without the loader):
 - noload: the cell's inputs (G[token], c) not copied into shared memory (read as whatever it holds);
 - nostore: c and h staged in shared memory but not stored to global memory;
 - noload_nostore: both;
@@ -182,6 +183,8 @@ def main(argv=None) -> int:
            "consumer_regs": 240, "pingpong": True} for bk, st in configs]
     rows = ([(f"tuning entry {key}", None, entry)] if entry else [])
     rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages", None, c) for c in pp]
+    rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages, the loader's warp", None,
+              dict(c, loader=True, consumer_regs=208)) for c in pp]
     rows += [(f"ping-pong BK {pp[0]['BK']}, {pp[0]['num_stages']} stages, {v}", v, pp[0]) for v in names]
     print(f"{a.size}: K={cs['K']} N={cs['N']} Dk={cs['Dk']}, {2.0 * cs['K'] * cs['N'] * cs['B'] * cs['Dk'] * 4 * cs['Dk'] / 1e9:.0f} "
           f"GFLOP a launch", flush=True)

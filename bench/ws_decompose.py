@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 # the cooperative form large ran before the ping-pong form (session 11's tuning entry), decomposed where
 # the tuning entry now asks for the ping-pong form
-PINGPONG_STANDIN = {"pingpong": False, "BD": 64, "BK": 32, "coop": True, "prefetch": True, "stage_out": False,
-                    "num_stages": 5}
+PINGPONG_STANDIN = {"pingpong": False, "loader": False, "BD": 64, "BK": 32, "coop": True, "prefetch": True,
+                    "stage_out": False, "num_stages": 5, "consumer_regs": 240}
 
 # (old, new) source edits that thread a VARIANT constexpr through the kernel
 EDITS = [
