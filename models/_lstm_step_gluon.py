@@ -619,7 +619,9 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     last k-step the MMA multiplies; less than BK where the head's padding (h's columns and W's rows
     D..Dk, all zero) fills the rest, which adds nothing to the sums and is skipped. C_UNITS (0: Dk): where
     less than Dk, the units of c past it (the head's padding) are neither read nor written: c_in is
-    c_out, whose padding is zero and stays so, and the padding's c and h come out zero as before."""
+    c_out, whose padding is zero and stays so, and the padding's c and h come out zero as before.
+    LOADER: a fourth partition of one warp copies the cell's inputs (see LOADER above the kernels), with
+    LOADER_REGS registers a thread for its warpgroup (the launch's 168 x 3 less 2 x CONSUMER_REGS)."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
