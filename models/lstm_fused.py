@@ -727,7 +727,8 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     # c updated in place (every step after a chunk's first): its padding units (zero, and they stay zero)
     # are neither read nor written; D rounded up to 4 keeps the 16-byte copies and stores whole
     in_place = c_in.data_ptr() == c_out.data_ptr() and c_in.stride() == c_out.stride()
-    c_units = -(-D // 4) * 4 if in_place and 0 < D and -(-D // 4) * 4 < Dk else 0
+    d4 = -(-D // 4) * 4
+    c_units = d4 if in_place and 0 < d4 < Dk else 0
     num_units = K * N * (Dk // BD)
     programs = min(num_units, num_sms(c_out.device))
     return kern.lstm_step_pp_kernel[(programs,)](
