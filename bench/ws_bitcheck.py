@@ -1,14 +1,15 @@
 """One step of the warp-specialised Gluon kernel against the Triton per-step kernel on the same
 inputs: the largest |difference| of h and of c (0.0: bit for bit equal). Needs a Hopper GPU.
 
-    python bench/ws_bitcheck.py STAGES K N D B V [PREFETCH COOP ONE_DOT STAGE_OUT [PINGPONG [BK [LOADER]]]]
+    python bench/ws_bitcheck.py STAGES K N D B V [PREFETCH COOP ONE_DOT STAGE_OUT [PINGPONG [BK [LOADER [TMA_OUT]]]]]
     python bench/ws_bitcheck.py 5 2 220 300 1024 100 1 1 1 0      # the large preset's shapes and entry
     python bench/ws_bitcheck.py 12 4 220 300 1024 100 0 0 1 0 1   # the weight-resident ping-pong form (BK 32)
-    python bench/ws_bitcheck.py 8 4 220 300 1024 100 0 0 1 0 1 64 1 # ... the large preset's entry (BK 64, loader)
+    python bench/ws_bitcheck.py 8 4 220 300 1024 100 0 0 1 0 1 64 1 1 # ... the large preset's entry (BK 64, loader,
+                                                                    # c and h stored by TMA)
 
 K stacked models of N heads of D units (padded to the kernel's Dk; BD 64 where it divides Dk, else
 32; BK 32 unless given; BD 32 with PINGPONG), B batch rows, vocabulary V; the flags 0/1 are the
-step-config keys of the same names (LOADER with consumer_regs 208). The Gluon kernel gets the real
+step-config keys of the same names (LOADER with consumer_regs 208; TMA_OUT: `tma_out`). The Gluon kernel gets the real
 D, as the model passes it (the ping-pong form then skips the last k-step's padding columns; h's
 padding here is random, not zero, and still adds nothing, since W's padding rows are zero). The Gluon kernel's outputs start as NaN,
 so a unit it does not write shows. c's and G's padding units are zero, as in every state and table
@@ -36,6 +37,8 @@ def main(argv: list[str]) -> int:
     pre, coop, one, so, pp = (bool(int(argv[i])) if len(argv) > i else False for i in range(6, 11))
     BK = int(argv[11]) if len(argv) > 11 else 32
     ld = {"loader": True, "consumer_regs": 208} if len(argv) > 12 and int(argv[12]) else {}
+    if len(argv) > 13 and int(argv[13]):
+        ld["tma_out"] = True
     if not torch.cuda.is_available():
         print("ws_bitcheck needs a CUDA device (Hopper)", file=sys.stderr)
         return 2

@@ -370,6 +370,27 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
 # tile, and a fence there compiles to a MEMBAR that waits for the thread's copies and stores.
 
 @gluon.jit
+def _pp_bars(n: gl.constexpr):
+    """n mbarriers, each its own allocation (a tuple, indexed by compile-time constants): the compiler's
+    shared-memory analysis tells allocations apart but not the elements of one, and fences every wait
+    or arrive on an allocation that a previous one touched with a thread barrier."""
+    out = ()
+    for i in gl.static_range(n):
+        out = out + (gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout()),)
+    return out
+
+
+@gluon.jit
+def _pp_bar(bars, kk: gl.constexpr, s, STATIC: gl.constexpr):
+    """The ring's barrier of k-step kk, in stage s: with STATIC (STAGES == NK: stage kk, its own
+    allocation) bars[kk], else bars.index(s) of one [STAGES, 1] allocation."""
+    if STATIC:
+        return bars[kk]
+    else:
+        return bars.index(s)
+
+
+@gluon.jit
 def _pp_unit(q, pid, NUM_M: gl.constexpr, NUM_D: gl.constexpr, NUM_PROGRAMS: gl.constexpr):
     """(unit index in this program, row tile, unit tile, head) of this program's q-th row tile."""
     ui = q // NUM_M
@@ -383,7 +404,7 @@ def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                  WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
      turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
-     stride_cin_b, num_q, a_rows_per_k) = args
+     stride_cin_b, num_q, a_rows_per_k, h_desc, c_desc) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     pid = gl.program_id(0)
@@ -394,15 +415,16 @@ def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         a_row = k * a_rows_per_k + pid_m * BM
         for kk in gl.static_range(NK):
             if pid_m == 0:      # the unit's weight chunk kk, once the previous unit's last tile is done with it
-                mbarrier.wait(w_empty.index(kk), (ui & 1) ^ 1)
-                mbarrier.expect(w_ready.index(kk), w_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD)], w_ready.index(kk),
+                mbarrier.wait(w_empty[kk], (ui & 1) ^ 1)
+                mbarrier.expect(w_ready[kk], w_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(w_desc, [pid_h * Dk + kk * BK, pid_d * (4 * BD)], w_ready[kk],
                                                 w_bufs.index(kk))
             count = q * NK + kk
             s = count % STAGES
-            mbarrier.wait(empty.index(s), ((count // STAGES) & 1) ^ 1)
-            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], ready.index(s), a_bufs.index(s))
+            stage_ready = _pp_bar(ready, kk, s, STAGES == NK)
+            mbarrier.wait(_pp_bar(empty, kk, s, STAGES == NK), ((count // STAGES) & 1) ^ 1)
+            mbarrier.expect(stage_ready, a_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], stage_ready, a_bufs.index(s))
 
 
 @gluon.jit
@@ -454,7 +476,7 @@ def _pp_loader(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: g
     next tile's tokens load while it waits."""
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
      turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
-     stride_cin_b, num_q, a_rows_per_k) = args
+     stride_cin_b, num_q, a_rows_per_k, h_desc, c_desc) = args
     g_cp: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (BD // 8), BD // 8], [1, 1], [1, 0])
     c_cp: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BD // 4), BD // 4], [1, 1], [1, 0])
     pid = gl.program_id(0)
@@ -506,10 +528,11 @@ def _pp_release(stage_empty, chunk_empty, last, LOADER: gl.constexpr):
 @gluon.jit
 def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                  STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, N: gl.constexpr, NUM_M: gl.constexpr,
-                 K_LAST: gl.constexpr, C_UNITS: gl.constexpr, LOADER: gl.constexpr, WHICH: gl.constexpr):
+                 K_LAST: gl.constexpr, C_UNITS: gl.constexpr, LOADER: gl.constexpr, TMA_OUT: gl.constexpr,
+                 WHICH: gl.constexpr):
     (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready, w_empty,
      turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h,
-     stride_cin_b, num_q, a_rows_per_k) = args
+     stride_cin_b, num_q, a_rows_per_k, h_desc, c_desc) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -551,14 +574,14 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                          stride_cin_b, Dk, BM, BD, NUM_PROGRAMS, N, NUM_M, g_cp, c_cp, C_UNITS)
             tok_next = _pp_tokens(tok_ptr, q + 4, num_q, B, tok_stride_b, t, BM, NUM_M, tok_layout)
         # this tile's turn: the other consumer has issued its last k-step
-        mbarrier.wait(turn.index(WHICH), (j & 1) ^ (1 - WHICH))
+        mbarrier.wait(turn[WHICH], (j & 1) ^ (1 - WHICH))
         acc = gl.zeros([BM, 4 * BD], gl.float32, acc4_layout)
         s_prev = 0
         for kk in gl.static_range(NK):
             count = q * NK + kk
             s = count % STAGES
-            mbarrier.wait(w_ready.index(kk), ui & 1)
-            mbarrier.wait(ready.index(s), (count // STAGES) & 1)
+            mbarrier.wait(w_ready[kk], ui & 1)
+            mbarrier.wait(_pp_bar(ready, kk, s, STAGES == NK), (count // STAGES) & 1)
             if kk == NK - 1 and K_LAST < BK:
                 # the last k-step's columns K_LAST..BK are head padding (zero in h and in W): skipped.
                 # Slices must be powers of two: K_LAST as a sum of them (48 = 32 + 16)
@@ -575,14 +598,14 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                 # weight chunk). Only the async proxy (TMA, wgmma) touches these buffers, so no proxy
                 # fence (it compiles to a MEMBAR that waits for this thread's copies and stores)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                _pp_release(empty.index(s_prev), w_empty.index(kk - 1), last, LOADER)
+                _pp_release(_pp_bar(empty, kk - 1, s_prev, STAGES == NK), w_empty[kk - 1], last, LOADER)
             s_prev = s
         if LOADER:
-            async_copy.mbarrier_arrive(turn.index(1 - WHICH), increment_count=False)
+            async_copy.mbarrier_arrive(turn[1 - WHICH], increment_count=False)
         else:
-            mbarrier.arrive(turn.index(1 - WHICH), count=1)
+            mbarrier.arrive(turn[1 - WHICH], count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        _pp_release(empty.index(s_prev), w_empty.index(NK - 1), last, LOADER)
+        _pp_release(_pp_bar(empty, NK - 1, s_prev, STAGES == NK), w_empty[NK - 1], last, LOADER)
         j += 1
         # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
         acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
@@ -595,22 +618,39 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
         o_g = gl.convert_layout(acc_o, acc_layout) + g_o.to(gl.float32)
         c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
         h = _sig_fast(o_g) * _tanh_fast(c_new)
-        # c and h out through shared memory, then stored in 16-byte pieces
-        oc_sm.index(WHICH).store(c_new)
-        oh_sm.index(WHICH).store(h.to(gl.bfloat16))
-        _thread_barrier()
-        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)
+        if TMA_OUT:
+            # c and h out through shared memory by TMA (one thread's bulk stores; the descriptors clip rows
+            # past B and, where c is updated in place, its padding units), once this consumer's previous
+            # stores have read the buffers
+            tma.store_wait(0)
+            _thread_barrier()
+            oc_sm.index(WHICH).store(c_new)
+            oh_sm.index(WHICH).store(h.to(gl.bfloat16))
+            fence_async_shared()
+            _thread_barrier()
+            tma.async_copy_shared_to_global(c_desc, [pid_h, pid_m * BM, pid_d * BD],
+                                            oc_sm.index(WHICH).reshape([1, BM, BD]))
+            tma.async_copy_shared_to_global(h_desc, [k, pid_m * BM, n * Dk + pid_d * BD],
+                                            oh_sm.index(WHICH).reshape([1, BM, BD]))
+        else:
+            # c and h out through shared memory, then stored in 16-byte pieces
+            oc_sm.index(WHICH).store(c_new)
+            oh_sm.index(WHICH).store(h.to(gl.bfloat16))
+            _thread_barrier()
+            _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                      pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)
+    if TMA_OUT:
+        tma.store_wait(0)       # the staging buffers stay valid until the last stores have read them
 
 
 @gluon.jit
 def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr,
                         B, V, tok_stride_b, t, stride_out_k, stride_hb, stride_cin_h, stride_cin_b,
-                        num_units, a_rows_per_k,
+                        num_units, a_rows_per_k, h_desc, c_desc,
                         Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK: gl.constexpr,
                         STAGES: gl.constexpr, NUM_PROGRAMS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                         N: gl.constexpr, NUM_M: gl.constexpr, K_LAST: gl.constexpr, C_UNITS: gl.constexpr = 0,
-                        LOADER: gl.constexpr = False, LOADER_REGS: gl.constexpr = 56):
+                        LOADER: gl.constexpr = False, LOADER_REGS: gl.constexpr = 56, TMA_OUT: gl.constexpr = False):
     """Grid (NUM_PROGRAMS,), num_warps 4. Descriptors as in `lstm_step_ws_kernel` with ONE_DOT
     (a_desc block [BM, BK], w_desc block [BK, 4*BD]); units = K*N*(Dk/BD), program p takes units
     p, p + NUM_PROGRAMS, ..., each for all NUM_M row tiles of BM rows. N (heads a model) and NUM_M
@@ -625,11 +665,15 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    w_ready = gl.allocate_shared_memory(gl.int64, [NK, 1], mbarrier.MBarrierLayout())
-    w_empty = gl.allocate_shared_memory(gl.int64, [NK, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    if STAGES == NK:        # stage kk holds k-step kk: each stage's barriers their own allocations
+        ready = _pp_bars(STAGES)
+        empty = _pp_bars(STAGES)
+    else:
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    w_ready = _pp_bars(NK)
+    w_empty = _pp_bars(NK)
+    turn = _pp_bars(2)
     in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     in_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     # per consumer: the cell's inputs (four gates of G[token], c) and outputs (c, h), 16-byte chunks
@@ -642,17 +686,23 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     c_layout: gl.constexpr = gl.SwizzledSharedLayout(4, C_PP, C_MP, order=[1, 0])
     g_sm = gl.allocate_shared_memory(gl.bfloat16, [8, BM, BD], g_layout)
     c_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
-    oc_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
-    oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], g_layout)
+    if TMA_OUT:     # the outputs' staging in the descriptors' layouts
+        oc_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], gl.NVMMASharedLayout.get_default_for([BM, BD],
+                                                                                                       gl.float32))
+        oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], gl.NVMMASharedLayout.get_default_for([BM, BD],
+                                                                                                        gl.bfloat16))
+    else:
+        oc_sm = gl.allocate_shared_memory(gl.float32, [2, BM, BD], c_layout)
+        oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], g_layout)
     ARR: gl.constexpr = 128 if LOADER else 1       # arrivals of a consumer's release: its threads, or one
     for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=ARR)
+        mbarrier.init(_pp_bar(ready, s, s, STAGES == NK), count=1)
+        mbarrier.init(_pp_bar(empty, s, s, STAGES == NK), count=ARR)
     for s in gl.static_range(NK):
-        mbarrier.init(w_ready.index(s), count=1)
-        mbarrier.init(w_empty.index(s), count=ARR)
+        mbarrier.init(w_ready[s], count=1)
+        mbarrier.init(w_empty[s], count=ARR)
     for s in gl.static_range(2):
-        mbarrier.init(turn.index(s), count=ARR)
+        mbarrier.init(turn[s], count=ARR)
         if LOADER:
             mbarrier.init(in_ready.index(s), count=32)
             mbarrier.init(in_empty.index(s), count=1)
@@ -660,20 +710,20 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     num_q = ((num_units - pid + NUM_PROGRAMS - 1) // NUM_PROGRAMS) * NUM_M     # this program's row tiles
     args = (a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_out_ptr, a_bufs, w_bufs, ready, empty, w_ready,
             w_empty, turn, in_ready, in_empty, g_sm, c_sm, oc_sm, oh_sm, B, V, tok_stride_b, t, stride_out_k, stride_hb,
-            stride_cin_h, stride_cin_b, num_q, a_rows_per_k)
+            stride_cin_h, stride_cin_b, num_q, a_rows_per_k, h_desc, c_desc)
     C_U: gl.constexpr = C_UNITS if C_UNITS > 0 and C_UNITS < Dk else Dk
     if LOADER:
         gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True,
-                                            0)),
+                                            TMA_OUT, 0)),
                             (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, True,
-                                            1)),
+                                            TMA_OUT, 1)),
                             (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0)),
                             (_pp_loader, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, C_U, 0))],
                            [4, 1, 1], [CONSUMER_REGS, 24, LOADER_REGS])
     else:
         gl.warp_specialize([(_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False,
-                                            0)),
+                                            TMA_OUT, 0)),
                             (_pp_consumer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, K_LAST, C_U, False,
-                                            1)),
+                                            TMA_OUT, 1)),
                             (_pp_producer, (args, Dk, BM, BD, BK, STAGES, NUM_PROGRAMS, N, NUM_M, 0))],
                            [4, 1], [CONSUMER_REGS, 24])

@@ -238,7 +238,7 @@ def default_step_config(B: int, BD: int, *, Dk: int = 0, heads: int = 0, device=
     in one launch with the state in L2 (`lstm_persist_kernel`); keys "persistent", "warp_specialize",
     "occupancy": the per-step kernel as a persistent kernel; "wres", "row_tiles": the weight-resident
     per-step kernel; "tma_epi": the TMA kernel's descriptor epilogue; "ws" (with "coop", "stage_out",
-    "consumer_regs", "a_reg", "pingpong", "loader"): the warp-specialised Gluon kernel (`lstm_step_`;
+    "consumer_regs", "a_reg", "pingpong", "loader", "tma_out"): the warp-specialised Gluon kernel (`lstm_step_`;
     absent means False);
     "first_gemv": a chunk that starts from a state broadcast over the batch runs its step 0 as one
     matrix-vector product per head (`lstm_first_step_`) instead of the step kernel; "step1_table"
@@ -275,7 +275,7 @@ def _warn_once(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out", "pingpong", "loader")  # the warp-specialised kernel's only
+WS_KEYS = ("consumer_regs", "a_reg", "coop", "stage_out", "pingpong", "loader", "tma_out")  # the warp-specialised kernel's only
 
 
 COOP_FORM_KEYS = ("coop", "prefetch", "stage_out", "a_reg")     # options of the warp-specialised kernel's
@@ -286,16 +286,17 @@ def merge_step_config(entry: dict, user: dict | None) -> dict:
     """A caller's step config on top of the tuning entry (it inherits the entry's other keys), except
     that `ws: False` in the caller's config also drops the entry's warp-specialised-only options,
     `step1_table: False` or `first_gemv: False` the entry's `step1_rows` (an option of the tables), and
-    any of COOP_FORM_KEYS set true (without `pingpong`) the entry's `pingpong` and `loader` (those
-    options belong to the other form of the warp-specialised kernel); `pingpong: False` also drops the
-    entry's `loader`, and `loader: False` its `consumer_regs` (sized for the loader's warp)."""
+    any of COOP_FORM_KEYS set true (without `pingpong`) the entry's `pingpong`, `loader` and `tma_out`
+    (those options belong to the other form of the warp-specialised kernel); `pingpong: False` also drops
+    the entry's `loader` and `tma_out`, and `loader: False` its `consumer_regs` (sized for the loader's
+    warp)."""
     user = user or {}
     no_tables = user.get("step1_table") is False or user.get("first_gemv") is False
     other_form = "pingpong" not in user and any(user.get(k) for k in COOP_FORM_KEYS)
     no_pp = other_form or user.get("pingpong") is False
     base = {k: v for k, v in entry.items()
             if not (user.get("ws") is False and k in WS_KEYS) and not (no_tables and k == "step1_rows")
-            and not (no_pp and k in ("pingpong", "loader"))
+            and not (no_pp and k in ("pingpong", "loader", "tma_out"))
             and not ((no_pp or user.get("loader") is False) and entry.get("loader") and k == "consumer_regs")}
     return {**base, **user}
 
@@ -360,7 +361,8 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                tma: bool = False, persistent: bool = False, warp_specialize: bool = False,
                occupancy: int = 1, prefetch: bool = False, wres: bool = False, row_tiles: int = 0,
                tma_epi: bool = False, ws: bool = False, consumer_regs: int = 240, a_reg: bool = False,
-               coop: bool = False, stage_out: bool = False, pingpong: bool = False, loader: bool = False):
+               coop: bool = False, stage_out: bool = False, pingpong: bool = False, loader: bool = False,
+               tma_out: bool = False):
     """One step for K*N heads: h_out <- cell(h_in @ W + G[token]), c_out <- new c (see the kernels).
     Returns the launched kernel (its n_regs / n_spills tell the sweep what a config compiled to).
 
@@ -384,7 +386,8 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
     one_dot, BD 16 or 32): `lstm_step_pp_kernel`, a program holds a unit tile's weights in shared memory
     for every row tile and its two consumers take alternate row tiles, one's GEMM beside the other's
     cell; num_stages is then the depth of its one ring of h tiles; loader: a fourth partition, one
-    warp, copies the cell's inputs for both consumers, consumer_regs <= 224). D: the heads' real size (0: Dk);
+    warp, copies the cell's inputs for both consumers, consumer_regs <= 224; tma_out: c and h stored by
+    TMA from the consumers' staging buffers). D: the heads' real size (0: Dk);
     the ping-pong kernel then skips the last k-step's columns past D rounded up to 16, which are
     padding (zero in h and in W), so the result is the same bit for bit; where c is updated in place
     (c_in is c_out), the ping-pong kernel neither reads nor writes its padding units (zero, as the
@@ -407,10 +410,11 @@ def lstm_step_(h_in, h_out, w, g, tok, t: int, c_in, c_out, *, K: int, N: int, D
                              "warp-specialised kernel is its own form; drop one of them")
         return _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM, D=D,
                              stages=num_stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch,
-                             coop=coop, one_dot=one_dot, stage_out=stage_out, pingpong=pingpong, loader=loader)
-    if coop or stage_out or a_reg or pingpong or loader or consumer_regs != 240:
-        raise ValueError("step config `coop`, `stage_out`, `a_reg`, `pingpong`, `loader` and `consumer_regs` belong to "
-                         "the warp-specialised kernel; add `ws` or drop them")
+                             coop=coop, one_dot=one_dot, stage_out=stage_out, pingpong=pingpong, loader=loader,
+                             tma_out=tma_out)
+    if coop or stage_out or a_reg or pingpong or loader or tma_out or consumer_regs != 240:
+        raise ValueError("step config `coop`, `stage_out`, `a_reg`, `pingpong`, `loader`, `tma_out` and "
+                         "`consumer_regs` belong to the warp-specialised kernel; add `ws` or drop them")
     if wres:
         if persistent or tma:
             raise ValueError("step config asks for `wres` together with `persistent` or `tma`: the weight-resident "
@@ -614,7 +618,7 @@ def ws_shared_bytes(*, BD: int, BK: int, BM: int = 64, stages: int, prefetch: bo
     if pingpong:
         nk = Dk // BK
         cell = 2 * BM * BD * (4 * 2 + 4 + 4 + 2)
-        return nk * BK * 4 * BD * 2 + stages * BM * BK * 2 + cell + (2 * stages + 2 * nk + 6) * 8 + 512
+        return nk * BK * 4 * BD * 2 + stages * BM * BK * 2 + cell + (2 * stages + 2 * nk + 6) * 16 + 512
     rings = 1 if coop else 2
     ring = stages * (2 * BM * BK * 2 + rings * BK * 4 * BD * 2)
     cell = 2 * (4 * BM * BD * 2 + BM * BD * 4) if prefetch else 0
@@ -637,7 +641,7 @@ def _ws_runnable(h_in, h_out, w, g, *, N: int, Dk: int) -> None:
 
 def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, D=0,
                   a_reg=False, prefetch=False, coop=False, one_dot=False, stage_out=False, pingpong=False,
-                  loader=False):
+                  loader=False, tma_out=False):
     """`lstm_step_` with the warp-specialised Gluon kernel (models/_lstm_step_gluon.py)."""
     if not isinstance(consumer_regs, int) or consumer_regs % 8 or not 24 <= consumer_regs <= 240:
         raise ValueError(f"step config `consumer_regs` must be a multiple of 8 in 24..240 (two consumer warpgroups "
@@ -645,9 +649,10 @@ def _lstm_step_ws(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     if pingpong:
         return _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, K=K, N=N, Dk=Dk, BD=BD, BK=BK, BM=BM, D=D,
                              stages=stages, consumer_regs=consumer_regs, a_reg=a_reg, prefetch=prefetch, coop=coop,
-                             one_dot=one_dot, stage_out=stage_out, loader=loader)
-    if loader:
-        raise ValueError("step config `loader` is an option of the ping-pong form: add pingpong or drop loader")
+                             one_dot=one_dot, stage_out=stage_out, loader=loader, tma_out=tma_out)
+    if loader or tma_out:
+        raise ValueError(f"step config `{'loader' if loader else 'tma_out'}` is an option of the ping-pong form: add "
+                         f"pingpong or drop it")
     if stage_out and not prefetch:
         raise ValueError("step config `stage_out` stores c and h through the buffers `prefetch` stages the cell's "
                          "inputs in; add prefetch or drop stage_out")
@@ -690,7 +695,7 @@ PP_LOADER_MIN_REGS = 56
 
 
 def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, BM, stages, consumer_regs, a_reg,
-                  prefetch, coop, one_dot, stage_out, D=0, loader=False):
+                  prefetch, coop, one_dot, stage_out, D=0, loader=False, tma_out=False):
     """`lstm_step_` with the weight-resident ping-pong Gluon kernel (`lstm_step_pp_kernel`; consumer_regs
     checked by `_lstm_step_ws`)."""
     given = [k for k, v in (("a_reg", a_reg), ("prefetch", prefetch), ("coop", coop), ("stage_out", stage_out)) if v]
@@ -731,12 +736,26 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     c_units = d4 if in_place and 0 < d4 < Dk else 0
     num_units = K * N * (Dk // BD)
     programs = min(num_units, num_sms(c_out.device))
+    h_desc = c_desc = None
+    if tma_out and (h_out.data_ptr() % 16 or c_out.data_ptr() % 16 or h_out.stride(0) % 8):
+        raise ValueError("step config `tma_out` stores h and c through tensor descriptors, which need 16-byte aligned "
+                         "bases and model strides of h; drop tma_out for these tensors")
+    if tma_out:     # c and h stored by TMA: descriptors over [K, B, N*Dk] (h) and [K*N, B, units] (c)
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        def desc(x, shape, strides):
+            return TensorDescriptor(torch.as_strided(x, shape, strides), list(shape), list(strides), [1, BM, BD],
+                                    gl.NVMMASharedLayout.get_default_for([1, BM, BD], {
+                                        torch.bfloat16: gl.bfloat16, torch.float32: gl.float32}[x.dtype]))
+        h_desc = desc(h_out, (K, B, N * Dk), (h_out.stride(0), N * Dk, 1))
+        c_desc = desc(c_out, (K * N, B, c_units or Dk), (B * Dk, Dk, 1))
     return kern.lstm_step_pp_kernel[(programs,)](
         a_desc, w_desc, h_out, g, tok, c_in, c_out, B, V, tok.stride(0), t, h_out.stride(0), N * Dk,
-        c_in.stride(0), c_in.stride(1), num_units, rows_per_k, Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages,
-        NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, N=N, NUM_M=num_m, K_LAST=pp_k_last(D, Dk, BK),
-        C_UNITS=c_units, LOADER=bool(loader), LOADER_REGS=min(loader_regs, 256), num_warps=4,
-        maxnreg=PP_LAUNCH_REGS)
+        c_in.stride(0), c_in.stride(1), num_units, rows_per_k, h_desc, c_desc, Dk=Dk, BM=BM, BD=BD, BK=BK,
+        STAGES=stages, NUM_PROGRAMS=programs, CONSUMER_REGS=consumer_regs, N=N, NUM_M=num_m,
+        K_LAST=pp_k_last(D, Dk, BK), C_UNITS=c_units, LOADER=bool(loader), LOADER_REGS=min(loader_regs, 256),
+        TMA_OUT=bool(tma_out), num_warps=4, maxnreg=PP_LAUNCH_REGS)
 
 
 def ws_launch_geometry(h_in, w, *, K: int, N: int, Dk: int, B: int, BM: int, BK: int, BD: int, one_dot: bool,

@@ -907,19 +907,24 @@ def test_warp_specialised_kernel_compiles_for_sm90(Dk, BD, BK, stages, one_dot, 
     assert est - 512 <= compiled.metadata.shared <= est <= WS_SMEM_LIMIT
 
 
-@pytest.mark.parametrize("Dk, BD, BK, stages, D, loader", [(320, 32, 64, 8, 300, True),  # the large preset's entry
-                                                           (320, 32, 64, 8, 300, False), (320, 32, 64, 8, 320, False),
-                                                           (160, 32, 32, 16, 150, False), (320, 16, 32, 12, 300, False),
-                                                           (160, 32, 32, 16, 150, True)])
-def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D, loader):
+@pytest.mark.parametrize("Dk, BD, BK, stages, D, loader, tma_out", [
+    (320, 32, 64, 8, 300, True, True),                  # the large preset's entry
+    (320, 32, 64, 8, 300, True, False), (320, 32, 64, 8, 300, False, False), (320, 32, 64, 8, 320, False, False),
+    (160, 32, 32, 16, 150, False, False), (320, 16, 32, 12, 300, False, False), (160, 32, 32, 16, 150, True, False),
+    (320, 32, 64, 5, 300, True, True)])                 # one ring stage a k-step: no thread barrier in the mainloop
+def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D, loader, tma_out):
     """The weight-resident ping-pong Gluon step kernel compiled for sm_90 (no GPU needed): three
     partitions (four with the loader), no register spills, per consumer (Dk/BK - 1) x BK/16 wgmma plus
     those of the last k-step's columns up to D rounded to 16 (`pp_k_last`: 3 of 4 at the large
     preset), the cell's inputs as 16-byte cp.async (both consumers, the first tile's copies and the
     loop's; with the loader, its warp's only, and the consumers' releases as every thread's arrive,
     with fewer thread barriers) and c and h stored in 16-byte pieces (also where c's padding units are
-    masked off, C_UNITS), no proxy fence (it compiles to a MEMBAR that waits for the thread's copies and
-    stores), no runtime integer division, the shared memory `ws_shared_bytes` estimates (within 227 KB)."""
+    masked off, C_UNITS), or with TMA_OUT by two bulk tensor stores a consumer and tile, issued by one
+    thread after the one proxy fence a tile; no proxy fence in the mainloop (it compiles to a MEMBAR that
+    waits for the thread's copies and stores), no runtime integer division, the shared memory
+    `ws_shared_bytes` estimates (within 227 KB). The mainloop's waits are on barriers of their own
+    allocations where the compiler's analysis would otherwise fence consecutive ones with a thread
+    barrier: the weight chunks' always, and the ring's where it has one stage a k-step."""
     try:
         import triton.backends.compiler  # noqa: F401
         import triton.experimental.gluon._runtime  # noqa: F401
@@ -935,10 +940,17 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D, loader):
            "h_out_ptr": "*bf16", "g_ptr": "*bf16", "tok_ptr": "*i64", "c_in_ptr": "*fp32", "c_out_ptr": "*fp32",
            **{k: "i32" for k in ("B", "V", "tok_stride_b", "t", "stride_out_k", "stride_hb", "stride_cin_h",
                                  "stride_cin_b", "num_units", "a_rows_per_k")}}
+    out_descs = {}
+    if tma_out:
+        for name, ty, dt in (("h_desc", "bf16", gl.bfloat16), ("c_desc", "fp32", gl.float32)):
+            sig[name] = f"tensordesc<{ty}[1,{BM},{BD}],{gl.NVMMASharedLayout.get_default_for([1, BM, BD], dt)!r}>"
+    else:
+        out_descs = {"h_desc": None, "c_desc": None}
     k_last = pp_k_last(D, Dk, BK)
     # where the head is padded, c as the trainer passes it (updated in place): its padding not read or written
     cx = dict(Dk=Dk, BM=BM, BD=BD, BK=BK, STAGES=stages, NUM_PROGRAMS=132, CONSUMER_REGS=208 if loader else 240,
-              N=220, NUM_M=16, K_LAST=k_last, C_UNITS=-(-D // 4) * 4 if D < Dk else 0, LOADER=loader, LOADER_REGS=88)
+              N=220, NUM_M=16, K_LAST=k_last, C_UNITS=-(-D // 4) * 4 if D < Dk else 0, LOADER=loader, LOADER_REGS=88,
+              TMA_OUT=tma_out, **out_descs)
     names = list(sig)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in
              ("h_out_ptr", "g_ptr", "tok_ptr", "c_in_ptr", "c_out_ptr", "stride_out_k", "stride_hb", "stride_cin_h",
@@ -958,8 +970,18 @@ def test_pingpong_kernel_compiles_for_sm90(Dk, BD, BK, stages, D, loader):
     else:
         assert ptx.count("cp.async.cg.shared.global") == 2 * 2 * (4 * per_thread(BM * BD * 2)
                                                                   + per_thread(BM * BD * 4))
-    assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
-    assert "fence.proxy.async" not in ptx
+    if tma_out:     # per consumer: c and h, one thread's bulk stores after the tile's one proxy fence
+        assert ptx.count("st.global") == 0
+        assert ptx.count("cp.async.bulk.tensor.3d.global.shared::cta") == 2 * 2
+        assert ptx.count("fence.proxy.async") == 2
+    else:
+        assert ptx.count("st.global.v4.b32") == 2 * (per_thread(BM * BD * 4) + per_thread(BM * BD * 2))
+        assert "fence.proxy.async" not in ptx
+    if loader:      # with every thread's releases, one thread barrier before each k-step's ring wait after
+        # the first (the ring's stages share an allocation), none where each stage has its own (stages == Dk / BK)
+        mainloop = ptx[ptx.index("wgmma.mma_async"):]
+        mainloop = mainloop[:mainloop.index("wgmma.wait_group.sync.aligned 0")]
+        assert len(re.findall(r"\bbar\.sync\b", mainloop)) == (0 if stages == Dk // BK else Dk // BK - 1)
     # N and the row-tile count are compile-time constants: no runtime integer division or remainder
     # (the tile -> unit mapping had 17 of them when they were arguments)
     assert not re.search(r"\b(div|rem)\.[su](32|64)\b", ptx), re.findall(r"\b(?:div|rem)\.[su]\d+", ptx)
@@ -981,9 +1003,10 @@ def test_pingpong_form_refuses_what_it_cannot_run():
     """`pingpong` in a step config: without `ws`, with the cooperative form's options, without one_dot,
     with a BD whose accumulator and cell inputs would not fit registers, with a ring over the shared
     memory, or with a batch past its 32-bit in-tile offsets, a clear error that names the fix; so does
-    `loader` without pingpong or with consumer registers that leave its warp too few. A caller asking
-    for the cooperative form's options drops a tuning entry's pingpong and loader (merge_step_config),
-    and one asking for no pingpong or no loader also the consumer registers sized for the loader."""
+    `loader` or `tma_out` without pingpong, or `loader` with consumer registers that leave its warp too
+    few. A caller asking for the cooperative form's options drops a tuning entry's pingpong, loader and
+    tma_out (merge_step_config), and one asking for no pingpong or no loader also the consumer registers
+    sized for the loader."""
     import torch
     from models.lstm_fused import COOP_FORM_KEYS, lstm_step_, merge_step_config
     K, N, Dk, B, h, W, G, tok, c = _tiny_step_tensors()
@@ -1009,11 +1032,18 @@ def test_pingpong_form_refuses_what_it_cannot_run():
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, loader=True, consumer_regs=208))
     with pytest.raises(ValueError, match="`loader`.*belong to the warp-specialised kernel; add `ws`"):
         lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **base, loader=True)
+    with pytest.raises(ValueError, match="`tma_out` is an option of the ping-pong form"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **dict(base, ws=True, tma_out=True))
+    with pytest.raises(ValueError, match="`tma_out`.*belong to the warp-specialised kernel; add `ws`"):
+        lstm_step_(h, h.clone(), W, G, tok, 0, c, c.clone(), **base, tma_out=True)
     entry = {"ws": True, "pingpong": True, "loader": True, "consumer_regs": 208, "BD": 32, "coop": False,
-             "prefetch": False}
+             "prefetch": False, "tma_out": True}
     for k in COOP_FORM_KEYS:
         merged = merge_step_config(entry, {k: True, "BD": 64})
-        assert "pingpong" not in merged and "loader" not in merged and "consumer_regs" not in merged
+        assert {"pingpong", "loader", "consumer_regs", "tma_out"}.isdisjoint(merged)
+    assert "tma_out" not in merge_step_config(entry, {"pingpong": False})
+    assert "tma_out" not in merge_step_config(entry, {"ws": False})
+    assert merge_step_config(entry, {"loader": False})["tma_out"] is True
     assert merge_step_config(entry, {"coop": True, "pingpong": True})["pingpong"] is True     # asked for: kept
     assert merge_step_config(entry, {"num_stages": 6})["pingpong"] is True
     assert merge_step_config(entry, {"num_stages": 6})["consumer_regs"] == 208
