@@ -165,13 +165,20 @@ def step_form_checks(dev):
                                                        num_stages=6),
         "warp-specialised ping-pong, weight-resident, BD 32": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                    stage_out=False, pingpong=True, BD=32, BK=64,
-                                                                   num_stages=8, loader=False),
+                                                                   num_stages=8, loader=False, tma_out=False),
         "warp-specialised ping-pong, BD 32, the loader's warp": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                      stage_out=False, pingpong=True, BD=32, BK=64,
-                                                                     num_stages=8, loader=True, consumer_regs=208),
+                                                                     num_stages=8, loader=True, consumer_regs=208,
+                                                                     tma_out=False),
+        "warp-specialised ping-pong, BD 32, the loader's warp, c and h stored by TMA": dict(
+            ws, one_dot=True, coop=False, prefetch=False, stage_out=False, pingpong=True, BD=32, BK=64, num_stages=8,
+            loader=True, consumer_regs=208, tma_out=True),
+        "warp-specialised ping-pong, BD 32, a ring stage a k-step, TMA stores": dict(
+            ws, one_dot=True, coop=False, prefetch=False, stage_out=False, pingpong=True, BD=32, BK=64, num_stages=5,
+            loader=True, consumer_regs=208, tma_out=True),
         "warp-specialised ping-pong, weight-resident, BD 16": dict(ws, one_dot=True, coop=False, prefetch=False,
                                                                    stage_out=False, pingpong=True, BD=16, BK=32,
-                                                                   num_stages=12, loader=False)}
+                                                                   num_stages=12, loader=False, tma_out=False)}
     # every key a form leaves out comes from the GPU's tuning entry; ws False drops the entry's ws-only keys
     forms = {**{n: dict(c, ws=False) for n, c in triton_forms.items()}, **ws_forms,
              "step 0 as one matrix-vector product per head, then the tuning entry's kernel": {"first_gemv": True,

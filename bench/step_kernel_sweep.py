@@ -210,7 +210,7 @@ def pp_configs(cs):
     """Configs of the weight-resident ping-pong Gluon kernel (`ws` with `pingpong`): BD 32 and 16
     where they divide Dk (the accumulator and the cell's inputs in registers), BK 32 and 64, rings of
     8, 16 and as many h stages as fit beside the weight tile (at most 32); each also with the loader
-    partition (`loader`, consumer_regs 208)."""
+    partition (`loader`, consumer_regs 208), and that with c and h stored by TMA (`tma_out`)."""
     Dk = cs["Dk"]
     out = []
     for bd, bk in itertools.product((32, 16), (32, 64)):
@@ -222,7 +222,8 @@ def pp_configs(cs):
         for st in sorted({fits[-1], 16, 8} & set(fits), reverse=True) if fits else ():
             pp = {"BD": bd, "BM": 64, "BK": bk, "one_dot": True, "num_warps": 4, "num_stages": st, "ws": True,
                   "consumer_regs": 240, "pingpong": True}
-            out += [pp, dict(pp, consumer_regs=208, loader=True)]      # and with the loader's warp
+            ld = dict(pp, consumer_regs=208, loader=True)              # and with the loader's warp
+            out += [pp, ld, dict(ld, tma_out=True)]
     return out
 
 
@@ -294,7 +295,7 @@ def grid_configs(cs, grid: str, recorded: dict | None = None):
         if recorded and not recorded.get("persistent"):
             base = {k: recorded[k] for k in ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "wres",
                                              "row_tiles", "BK", "ws", "consumer_regs", "a_reg", "coop", "stage_out",
-                                             "pingpong", "loader")
+                                             "pingpong", "loader", "tma_out")
                     if k in recorded}
             first = [dict(base, prefetch=False), dict(base, prefetch=True)]
         rest = [c for c in focus if c["num_stages"] == 3 and c["BD"] == cs["BD"] and c not in first]
@@ -328,7 +329,7 @@ STEP_KEYS = ("BD", "BM", "one_dot", "num_warps", "num_stages", "tma", "persisten
              "wres", "tma_epi", "ws")
 # every launch option a tuning entry may hold (STEP_KEYS and the form-specific ones)
 ENTRY_KEYS = STEP_KEYS + ("BK", "row_tiles", "occupancy", "consumer_regs", "a_reg", "coop", "stage_out", "pingpong",
-                          "loader")
+                          "loader", "tma_out")
 
 
 def step_entry(row) -> dict:
@@ -346,6 +347,7 @@ def step_entry(row) -> dict:
         entry["stage_out"] = row.get("stage_out", False)
         entry["pingpong"] = row.get("pingpong", False)
         entry["loader"] = row.get("loader", False)
+        entry["tma_out"] = row.get("tma_out", False)
     return entry
 
 

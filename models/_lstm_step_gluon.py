@@ -368,6 +368,15 @@ def lstm_step_ws_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
 # 679-684 against 687-693 ms a step (bench/results/logs/pp_loader_2026-11-29_session17.log).
 # No proxy fences in the mainloop: only TMA and wgmma (the async proxy) touch the ring and the weight
 # tile, and a fence there compiles to a MEMBAR that waits for the thread's copies and stores.
+# TMA_OUT: c and h go out from the staging buffers by TMA (one thread's bulk tensor stores, after one
+# proxy fence and thread barrier a tile) instead of every thread's loads from them and 16-byte global
+# stores. Measured at large, 64 probes, at the power limit: 637-640 against 676-678 ms a step
+# (bench/results/logs/pp_tma_out_2026-11-29_session18.log).
+# The compiler's shared-memory analysis tells allocations apart but not the barriers within one, and
+# puts a thread barrier before a wait or arrive on an allocation that an earlier one touched: the
+# weight chunks' and the turn's barriers are allocations of their own (`_pp_bars`), and so are the
+# ring's where it has one stage a k-step (STAGES == Dk / BK); with a deeper ring (whose stage of a
+# k-step is known only at run time) one thread barrier a k-step remains.
 
 @gluon.jit
 def _pp_bars(n: gl.constexpr):
@@ -661,7 +670,10 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     less than Dk, the units of c past it (the head's padding) are neither read nor written: c_in is
     c_out, whose padding is zero and stays so, and the padding's c and h come out zero as before.
     LOADER: a fourth partition of one warp copies the cell's inputs (see LOADER above the kernels), with
-    LOADER_REGS registers a thread for its warpgroup (the launch's 168 x 3 less 2 x CONSUMER_REGS)."""
+    LOADER_REGS registers a thread for its warpgroup (the launch's 168 x 3 less 2 x CONSUMER_REGS).
+    TMA_OUT: c and h stored by TMA through h_desc (h_out as [K, B, N*Dk], block [1, BM, BD]) and c_desc
+    (c_out as [K*N, B, C_UNITS or Dk], block [1, BM, BD]), which clip the rows past B and c's padding
+    units; else (both None) by the consumers' threads."""
     NK: gl.constexpr = Dk // BK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)

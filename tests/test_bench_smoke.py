@@ -142,9 +142,12 @@ def test_sweep_grids():
                                pingpong=True, Dk=320) <= WS_SMEM_LIMIT
         assert c in full
     assert sweep.step_entry(dict(pp[1], s=1e-3))["pingpong"] is True          # the entry reproduces the form
-    ld = [c for c in pp[1:] if c.get("loader")]                               # each also with the loader's warp
-    assert len(ld) == len(pp[1:]) // 2 and all(c["consumer_regs"] <= 224 for c in ld)
+    ld = [c for c in pp[1:] if c.get("loader")]         # each also with the loader's warp, and that with TMA stores
+    assert len(ld) == 2 * len(pp[1:]) // 3 and all(c["consumer_regs"] <= 224 for c in ld)
     assert sweep.step_entry(dict(ld[0], s=1e-3))["loader"] is True and not sweep.step_entry(pp[1])["loader"]
+    tma_out = [c for c in ld if c.get("tma_out")]
+    assert len(tma_out) == len(ld) // 2 and all({k: v for k, v in c.items() if k != "tma_out"} in ld for c in tma_out)
+    assert sweep.step_entry(dict(tma_out[0], s=1e-3))["tma_out"] is True and not sweep.step_entry(ld[0])["tma_out"]
     tiny = {"K": 24, "N": 12, "B": 1024, "Dk": 32, "BD": 32, "BK": 32}
     assert sweep.grid_configs(tiny, "all") == sweep.grid_configs(tiny, "quick")
     with pytest.raises(ValueError, match="unknown grid"):
