@@ -6,8 +6,8 @@ timed against variants of itself, built from its source with one part removed or
 The preset's shapes (bench/step_kernel_sweep.py's case: B = 1024, V = 100, K stacked models), ms per
 launch with CUDA events (median of --reps), in --rounds interleaved rounds (the machine drifts by a
 few percent), for: this GPU's tuning entry; the ping-pong form at --configs (BK:stages, BD 32),
-without and with the loader's warp (`loader`, consumer_regs 208); and each variant at the first of
-those configs (without the loader):
+without and with the loader's warp (`loader`, consumer_regs 208), and that with c and h stored by
+TMA (`tma_out`); and each variant at the first of those configs (without the loader or TMA stores):
 - noload: the cell's inputs (G[token], c) not copied into shared memory (read as whatever it holds);
 - nostore: c and h staged in shared memory but not stored to global memory;
 - noload_nostore: both;
@@ -22,7 +22,7 @@ those configs (without the loader):
   arithmetic.
 The variants are written to temporary modules (the shipped kernel is not changed); outputs of noload,
 nostore, nomufu, nomma and mma_only are meaningless. The variants edit the form without the loader's
-warp (`loader`, the large preset's tuning entry), which the --configs rows run.
+warp and TMA stores (`loader`, `tma_out`: the large preset's tuning entry), which the --configs rows run.
 Results: bench/results/logs/pp_variants_2026-11-29_session12.log
 and bench/results/logs/pp_narrow_tail_2026-11-29_session15.log.
 """
@@ -47,14 +47,15 @@ _C_COPY = """    async_copy.async_copy_global_to_shared(c_sm.index(WHICH), c_bas
                                                                         + gl.expand_dims(c_cols, 0)), mask=cm)"""
 _CELL = """        c_new = _sig_fast(f_g) * c + _sig_fast(i_g) * _tanh_fast(z_g)
         h = _sig_fast(o_g) * _tanh_fast(c_new)
-        # c and h out"""
-_STAGED_OUT = """        oc_sm.index(WHICH).store(c_new)
-        oh_sm.index(WHICH).store(h.to(gl.bfloat16))
-        _thread_barrier()
-        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)"""
-_STORE = """        _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
-                  pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)"""
+        if TMA_OUT:"""
+# the stores of the form without TMA stores (`tma_out`), which the variants edit
+_STAGED_OUT = """            oc_sm.index(WHICH).store(c_new)
+            oh_sm.index(WHICH).store(h.to(gl.bfloat16))
+            _thread_barrier()
+            _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                      pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)"""
+_STORE = """            _pp_store(c_out_ptr, h_out_ptr, oc_sm.index(WHICH).load(c_cp), oh_sm.index(WHICH).load(g_cp), pid_m * BM,
+                      pid_d, pid_h, k, n, B, stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)"""
 _C_REGS = """@gluon.jit
 def _pp_c_regs(c_in_ptr, q, num_q, pid, B, stride_cin_h, stride_cin_b, Dk: gl.constexpr, BM: gl.constexpr,
                BD: gl.constexpr, NUM_PROGRAMS: gl.constexpr, NUM_M: gl.constexpr, layout: gl.constexpr):
@@ -104,25 +105,26 @@ _NOMUFU = (_CELL, _CELL.replace("_sig_fast(f_g)", "f_g").replace("_sig_fast(i_g)
 # name -> (old, new) source edits
 VARIANTS = {
     "noload": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)")],
-    "nostore": [(_STORE, "        _thread_barrier()")],
+    "nostore": [(_STORE, "            _thread_barrier()")],
     "noload_nostore": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"),
-                       (_STORE, "        _thread_barrier()")],
+                       (_STORE, "            _thread_barrier()")],
     "nomufu": [_NOMUFU],
     "nomma": [(_MMA, "            acc = acc\n")],
-    "mma_only": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"), (_STORE, "        _thread_barrier()"),
+    "mma_only": [(_G_COPY, "    g_sm.index(0)"), (_C_COPY, "    c_sm.index(0)"), (_STORE, "            _thread_barrier()"),
                  _NOMUFU],
-    "direct_out": [(_STAGED_OUT, """        _pp_store(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
-                  stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)""")],
+    "direct_out": [(_STAGED_OUT, """            _pp_store(c_out_ptr, h_out_ptr, c_new, h.to(gl.bfloat16), pid_m * BM, pid_d, pid_h, k, n, B,
+                      stride_out_k, stride_hb, Dk, BM, BD, C_UNITS)""")],
     "c_reg": [(_C_COPY, "    c_sm.index(0)"), ("@gluon.jit\ndef _pp_consumer(", _C_REGS),
               (_TOK0, _TOK0.replace("    j = 0", "    c_reg = " + _CREG.format(q="WHICH") + "\n    j = 0")),
               ("        c = c_sm.index(WHICH).load(acc_layout)\n        if LOADER:",
                "        c = c_reg\n        if LOADER:"),
               (_TOKN, _TOKN + "\n        c_reg = " + _CREG.format(q="q + 2"))],
     "wait2": [_WAIT, (_RELEASE, _RELEASE.replace("num_outstanding=1", "num_outstanding=2")
-                      .replace("empty.index(s_prev), w_empty.index(kk - 1)", "empty.index(s_pp), w_empty.index(kk - 2)")
+                      .replace("_pp_bar(empty, kk - 1, s_prev, STAGES == NK), w_empty[kk - 1]",
+                               "_pp_bar(empty, kk - 2, s_pp, STAGES == NK), w_empty[kk - 2]")
                       .replace("            s_prev = s", "            s_pp = s_prev\n            s_prev = s")),
               (_LAST, _LAST.replace("        _pp_release(",
-                                    "        _pp_release(empty.index(s_pp), w_empty.index(NK - 2), last, LOADER)\n"
+                                    "        _pp_release(_pp_bar(empty, NK - 2, s_pp, STAGES == NK), w_empty[NK - 2], last, LOADER)\n"
                                     "        _pp_release(")),
               (_LOOP, _LOOP.replace("        s_prev = 0", "        s_prev = 0\n        s_pp = 0"))],
     "if_last": [("""        mbarrier.arrive(chunk_empty, count=1, pred=last)""",
@@ -185,6 +187,8 @@ def main(argv=None) -> int:
     rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages", None, c) for c in pp]
     rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages, the loader's warp", None,
               dict(c, loader=True, consumer_regs=208)) for c in pp]
+    rows += [(f"ping-pong BK {c['BK']}, {c['num_stages']} stages, the loader's warp, TMA stores", None,
+              dict(c, loader=True, consumer_regs=208, tma_out=True)) for c in pp]
     rows += [(f"ping-pong BK {pp[0]['BK']}, {pp[0]['num_stages']} stages, {v}", v, pp[0]) for v in names]
     print(f"{a.size}: K={cs['K']} N={cs['N']} Dk={cs['Dk']}, {2.0 * cs['K'] * cs['N'] * cs['B'] * cs['Dk'] * 4 * cs['Dk'] / 1e9:.0f} "
           f"GFLOP a launch", flush=True)
