@@ -258,19 +258,19 @@ def _tile_gemm(a_bufs, w_bufs, ready, empty, local, NK: gl.constexpr, STAGES: gl
             acc_z = warpgroup_mma(a, w_bufs.index(s * 4 + 2), acc_z, is_async=True)
             acc_o = warpgroup_mma(a, w_bufs.index(s * 4 + 3), acc_o, is_async=True)
         if kk > 0:
-            # the previous k-step's MMAs are done (this step's stay in flight): free its stage
+            # the previous k-step's MMAs are done (this step's stay in flight): free its stage. Only TMA and
+            # wgmma (the async proxy) touch the ring, so no proxy fence (a MEMBAR that would wait for this
+            # thread's cp.async copies of the cell's inputs)
             if ONE_DOT:
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             else:
                 acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=4, deps=(acc_i, acc_f, acc_z, acc_o))
-            fence_async_shared()
             mbarrier.arrive(empty.index(s_prev), count=1)
         s_prev = s
     if ONE_DOT:
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     else:
         acc_i, acc_f, acc_z, acc_o = warpgroup_mma_wait(num_outstanding=0, deps=(acc_i, acc_f, acc_z, acc_o))
-    fence_async_shared()
     mbarrier.arrive(empty.index(s_prev), count=1)
     if ONE_DOT:
         # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
