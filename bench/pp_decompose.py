@@ -120,11 +120,11 @@ VARIANTS = {
                "        c = c_reg\n        if LOADER:"),
               (_TOKN, _TOKN + "\n        c_reg = " + _CREG.format(q="q + 2"))],
     "wait2": [_WAIT, (_RELEASE, _RELEASE.replace("num_outstanding=1", "num_outstanding=2")
-                      .replace("_pp_bar(empty, kk - 1, s_prev, STAGES == NK), w_empty[kk - 1]",
-                               "_pp_bar(empty, kk - 2, s_pp, STAGES == NK), w_empty[kk - 2]")
+                      .replace("_pp_bar(empty, kk - 1, s_prev, STATIC), w_empty[kk - 1]",
+                               "_pp_bar(empty, kk - 2, s_pp, STATIC), w_empty[kk - 2]")
                       .replace("            s_prev = s", "            s_pp = s_prev\n            s_prev = s")),
               (_LAST, _LAST.replace("        _pp_release(",
-                                    "        _pp_release(_pp_bar(empty, NK - 2, s_pp, STAGES == NK), w_empty[NK - 2], last, LOADER)\n"
+                                    "        _pp_release(_pp_bar(empty, NK - 2, s_pp, STATIC), w_empty[NK - 2], last, LOADER)\n"
                                     "        _pp_release(")),
               (_LOOP, _LOOP.replace("        s_prev = 0", "        s_prev = 0\n        s_pp = 0"))],
     "if_last": [("""        mbarrier.arrive(chunk_empty, count=1, pred=last)""",

@@ -416,6 +416,7 @@ def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
      stride_cin_b, num_q, a_rows_per_k, h_desc, c_desc) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
+    STATIC: gl.constexpr = STAGES == NK         # stage kk holds k-step kk (`_pp_bar`)
     pid = gl.program_id(0)
     for q in range(num_q):
         ui, pid_m, pid_d, pid_h = _pp_unit(q, pid, NUM_M, NUM_D, NUM_PROGRAMS)
@@ -430,8 +431,8 @@ def _pp_producer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                                                 w_bufs.index(kk))
             count = q * NK + kk
             s = count % STAGES
-            stage_ready = _pp_bar(ready, kk, s, STAGES == NK)
-            mbarrier.wait(_pp_bar(empty, kk, s, STAGES == NK), ((count // STAGES) & 1) ^ 1)
+            stage_ready = _pp_bar(ready, kk, s, STATIC)
+            mbarrier.wait(_pp_bar(empty, kk, s, STATIC), ((count // STAGES) & 1) ^ 1)
             mbarrier.expect(stage_ready, a_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(a_desc, [a_row, n * Dk + kk * BK], stage_ready, a_bufs.index(s))
 
@@ -544,6 +545,7 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
      stride_cin_b, num_q, a_rows_per_k, h_desc, c_desc) = args
     NK: gl.constexpr = Dk // BK
     NUM_D: gl.constexpr = Dk // BD
+    STATIC: gl.constexpr = STAGES == NK         # stage kk holds k-step kk (`_pp_bar`)
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BD, 16])
     acc4_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -590,7 +592,7 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
             count = q * NK + kk
             s = count % STAGES
             mbarrier.wait(w_ready[kk], ui & 1)
-            mbarrier.wait(_pp_bar(ready, kk, s, STAGES == NK), (count // STAGES) & 1)
+            mbarrier.wait(_pp_bar(ready, kk, s, STATIC), (count // STAGES) & 1)
             if kk == NK - 1 and K_LAST < BK:
                 # the last k-step's columns K_LAST..BK are head padding (zero in h and in W): skipped.
                 # Slices must be powers of two: K_LAST as a sum of them (48 = 32 + 16)
@@ -607,14 +609,14 @@ def _pp_consumer(args, Dk: gl.constexpr, BM: gl.constexpr, BD: gl.constexpr, BK:
                 # weight chunk). Only the async proxy (TMA, wgmma) touches these buffers, so no proxy
                 # fence (it compiles to a MEMBAR that waits for this thread's copies and stores)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                _pp_release(_pp_bar(empty, kk - 1, s_prev, STAGES == NK), w_empty[kk - 1], last, LOADER)
+                _pp_release(_pp_bar(empty, kk - 1, s_prev, STATIC), w_empty[kk - 1], last, LOADER)
             s_prev = s
         if LOADER:
             async_copy.mbarrier_arrive(turn[1 - WHICH], increment_count=False)
         else:
             mbarrier.arrive(turn[1 - WHICH], count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        _pp_release(_pp_bar(empty, NK - 1, s_prev, STAGES == NK), w_empty[NK - 1], last, LOADER)
+        _pp_release(_pp_bar(empty, NK - 1, s_prev, STATIC), w_empty[NK - 1], last, LOADER)
         j += 1
         # a thread holds the same units of all four gates (columns g*BD + u): splitting moves no data
         acc = gl.reshape(gl.permute(gl.reshape(acc, [BM, 4, BD]), [0, 2, 1]), [BM, BD, 2, 2])
@@ -675,9 +677,10 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
     (c_out as [K*N, B, C_UNITS or Dk], block [1, BM, BD]), which clip the rows past B and c's padding
     units; else (both None) by the consumers' threads."""
     NK: gl.constexpr = Dk // BK
+    STATIC: gl.constexpr = STAGES == NK
     a_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.bfloat16, [NK, BK, 4 * BD], w_desc.layout)
-    if STAGES == NK:        # stage kk holds k-step kk: each stage's barriers their own allocations
+    if STATIC:              # stage kk holds k-step kk: each stage's barriers their own allocations
         ready = _pp_bars(STAGES)
         empty = _pp_bars(STAGES)
     else:
@@ -708,8 +711,8 @@ def lstm_step_pp_kernel(a_desc, w_desc, h_out_ptr, g_ptr, tok_ptr, c_in_ptr, c_o
         oh_sm = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BD], g_layout)
     ARR: gl.constexpr = 128 if LOADER else 1       # arrivals of a consumer's release: its threads, or one
     for s in gl.static_range(STAGES):
-        mbarrier.init(_pp_bar(ready, s, s, STAGES == NK), count=1)
-        mbarrier.init(_pp_bar(empty, s, s, STAGES == NK), count=ARR)
+        mbarrier.init(_pp_bar(ready, s, s, STATIC), count=1)
+        mbarrier.init(_pp_bar(empty, s, s, STATIC), count=ARR)
     for s in gl.static_range(NK):
         mbarrier.init(w_ready[s], count=1)
         mbarrier.init(w_empty[s], count=ARR)

@@ -737,10 +737,10 @@ def _lstm_step_pp(h_in, h_out, w, g, tok, t, c_in, c_out, *, K, N, Dk, BD, BK, B
     num_units = K * N * (Dk // BD)
     programs = min(num_units, num_sms(c_out.device))
     h_desc = c_desc = None
-    if tma_out and (h_out.data_ptr() % 16 or c_out.data_ptr() % 16 or h_out.stride(0) % 8):
-        raise ValueError("step config `tma_out` stores h and c through tensor descriptors, which need 16-byte aligned "
-                         "bases and model strides of h; drop tma_out for these tensors")
     if tma_out:     # c and h stored by TMA: descriptors over [K, B, N*Dk] (h) and [K*N, B, units] (c)
+        if h_out.data_ptr() % 16 or c_out.data_ptr() % 16 or h_out.stride(0) % 8:
+            raise ValueError("step config `tma_out` stores h and c through tensor descriptors, which need 16-byte "
+                             "aligned bases and model strides of h; drop tma_out for these tensors")
         from triton.experimental.gluon import language as gl
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
