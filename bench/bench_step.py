@@ -46,7 +46,7 @@ from models import (SIZE_PRESETS, auto_models_per_pass, auto_time_chunk, build_m
 from tasks import IGNORE_INDEX, Batch, masked_cross_entropy  # noqa: E402
 from train.cli_args import add_cuda_graphs  # noqa: E402
 from train.evaluate import batch_loss, stack_layouts_fn, stacked_batch_loss  # noqa: E402
-from train.graphs import graphs_setting, use_cuda_graphs  # noqa: E402
+from train.graphs import build_graphs, graphs_setting, use_cuda_graphs  # noqa: E402
 from train.series import bptt_step  # noqa: E402
 from train.zo_step import zo_step  # noqa: E402
 from zo.comm import LocalComm  # noqa: E402
@@ -607,8 +607,10 @@ class ZOSetup:
             self.tc = auto_time_chunk(self.cfg, device=b.dev, batch_size=self.mb, models=self.M, T=T)
         self.probes = probes
         self.lr = a.lr
-        self.cuda_graphs = b.cuda and use_cuda_graphs(getattr(a, "cuda_graphs", "auto"), device=b.dev,
+        self.graphs_setting = getattr(a, "cuda_graphs", "auto")
+        self.cuda_graphs = b.cuda and use_cuda_graphs(self.graphs_setting, device=b.dev,
                                                       n_params=param_count(self.cfg), models_per_pass=self.M)
+        self.batch_device, self.graphed, self.step_graph = b.dev, None, None
         self.comm = LocalComm(b.dev)
         self.set_batch(make_batch(B, T, b.dev, seed=a.seed + 1))
 
@@ -622,9 +624,11 @@ class ZOSetup:
 
         graphed = None
         if self.cuda_graphs:
-            from train.graphs import GraphedStackedLoss
-            graphed = self.graphed = getattr(self, "graphed", None) or GraphedStackedLoss(
-                lambda P, bt: stacked_batch_loss(model, P, bt, time_chunk=tc, micro_batch_size=mb))
+            if getattr(self, "graphed", None) is None:
+                self.graphed, self.step_graph = build_graphs(
+                    self.graphs_setting, lambda P, bt: stacked_batch_loss(model, P, bt, time_chunk=tc, micro_batch_size=mb),
+                    device=self.batch_device, n_params=param_count(self.cfg), models_per_pass=self.M)
+            graphed = self.graphed
 
         def stacked(P):
             with torch.inference_mode():
@@ -637,7 +641,8 @@ class ZOSetup:
 
     def step(self, i: int):
         return zo_step(self.engine, step=i, lr=self.lr, loss_for_probe=lambda _i: self.loss_fn, comm=self.comm,
-                       stacked_loss=self.stacked, models_per_pass=self.M, stack_layouts=self.layouts)
+                       stacked_loss=self.stacked, models_per_pass=self.M, stack_layouts=self.layouts,
+                       step_graph=self.step_graph, batch=self.batch)
 
     @property
     def path(self) -> str:
@@ -789,7 +794,9 @@ def run_zo(b: Bench, size: str, probes: int, *, mpp: int | None = None, label: s
             res["notes"].append("no timed step fitted the budget: s/step is the last warm-up step")
         row["status"] = "ok" if row["steps_timed"] >= min(a.steps, 5) else "partial"
         if s.cuda_graphs:
-            res["notes"].insert(0, "CUDA graph")
+            whole = s.step_graph is not None and s.step_graph.replays > 0
+            row["graph"] = "step" if whole else "loss"
+            res["notes"].insert(0, "CUDA graph (whole step)" if whole else "CUDA graph (probe loss)")
         if res["notes"]:
             row["note"] = "; ".join(res["notes"])
         _derive(b, row)

@@ -349,6 +349,65 @@ def early_update_checks(dev):
           raised and unchanged)
 
 
+def step_graph_checks(dev):
+    """The whole step replayed as CUDA graphs (train.graphs.GraphedZOStep) against the eager step with
+    its early update: 6 steps with a new lr and a new batch each, one pass and three passes per step,
+    losses, mean loss, master and live bit for bit; a NaN on a replayed step raises with theta unchanged."""
+    from tasks import Batch
+    from train.evaluate import stack_layouts_fn
+    from train.graphs import GraphedZOStep
+    from train.zo_step import NonFiniteLossError, zo_step
+    from zo import kernels as zk
+    from zo.comm import LocalComm
+    cfg = ModelConfig(vocab_size=100, input_size=100, hidden_size=240, num_heads=12, dtype="bfloat16")
+    B = 64
+    old = zk.MULTI_MAX_NUMEL
+    zk.MULTI_MAX_NUMEL = 20_000  # grouped and single tensors, and the recurrent weights' gate-tile layout
+    try:
+        for mpp in (12, 4):
+            runs = []
+            for graphed in (True, False):
+                model = build_model(cfg, generator=torch.Generator().manual_seed(0), device=dev)
+                e = ZOEngine(model.named_parameters(), config=ZOConfig(num_perturbations=6, master_dtype=torch.float32),
+                             run_seed=3)
+
+                def fn(P, b, m=model):
+                    poison = torch.where(b.inputs[0, 0] == 0, float("nan"), 0.0)
+                    return stacked_batch_loss(m, P, b, time_chunk=4) + poison
+                sg = GraphedZOStep(fn) if graphed else None
+                g = torch.Generator().manual_seed(9)
+                out = []
+                for step in range(7):
+                    inp = torch.randint(1, 100, (B, 11), generator=g)
+                    if step == 6:
+                        inp[0, 0] = 0                      # the last step's losses are NaN
+                    tgt = torch.randint(0, 100, (B, 11), generator=g)
+                    tgt[:, :2] = -100
+                    bt = Batch(inputs=inp.to(dev), targets=tgt.to(dev))
+                    lr = 1e-2 * (1.0 + 0.1 * step)
+                    before = [(p.master.clone(), p.live.clone()) for p in e.params]
+                    try:
+                        r = zo_step(e, step=step, lr=lr, loss_for_probe=None, comm=LocalComm(dev),
+                                    stacked_loss=lambda P, bt=bt: fn(P, bt), models_per_pass=mpp,
+                                    stack_layouts=stack_layouts_fn(model, B, B), step_graph=sg, batch=bt)
+                        out.append((r.losses.clone(), r.train_loss))
+                    except NonFiniteLossError:
+                        out.append(("raised", all(torch.equal(p.master, m0) and torch.equal(p.live, l0)
+                                                  for p, (m0, l0) in zip(e.params, before))))
+                runs.append((e, out, sg))
+            (ea, oa, sg), (eb, ob, _) = runs
+            same_losses = all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(oa[:6], ob[:6]))
+            same_theta = all(torch.equal(p.master, q.master) and torch.equal(p.live, q.live)
+                             for p, q in zip(ea.params, eb.params))
+            check(f"whole step as CUDA graphs == eager step, {mpp} models per pass, 6 steps, new lr and batch "
+                  f"(losses, mean loss, master, live), bitwise",
+                  sg.replays >= 4 and same_losses and same_theta, f"{sg.replays} replays")
+            check(f"whole step as CUDA graphs, {mpp} models per pass: a NaN on a replayed step raises, master and "
+                  f"live bitwise unchanged", oa[6] == ("raised", True) and ob[6] == ("raised", True), str(oa[6]))
+    finally:
+        zk.MULTI_MAX_NUMEL = old
+
+
 def fused_loss_checks(dev):
     """The fused output projection + loss kernel (models/logits_ce.py) against the bf16 logits scored
     by masked_ce_sum_stacked, at the tiny and small presets' widths and the paper's B, T and V."""
@@ -382,22 +441,33 @@ def fused_loss_checks(dev):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/gpu_checks.md")
+    ap.add_argument("--only", default="", help="comma-separated check groups to run (function names, e.g. "
+                                                "step_graph_checks); default all")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_checks needs a CUDA device", file=sys.stderr)
         return 2
     dev = torch.device("cuda")
     t0 = time.time()
-    for fn in (noise_checks, restore_check, forward_check, backend_checks, step_form_checks, fused_loss_checks,
-               graph_checks,
-               kernel_checks, engine_kernel_checks, early_update_checks):
+    groups = (noise_checks, restore_check, forward_check, backend_checks, step_form_checks, fused_loss_checks,
+              graph_checks, kernel_checks, engine_kernel_checks, early_update_checks, step_graph_checks)
+    only = [x for x in args.only.split(",") if x]
+    unknown = sorted(set(only) - {f.__name__ for f in groups})
+    if unknown:
+        print(f"gpu_checks: unknown check group(s) {unknown}; choose from {[f.__name__ for f in groups]}",
+              file=sys.stderr)
+        return 2
+    for fn in groups:
+        if only and fn.__name__ not in only:
+            continue
         try:
             fn(dev)
         except Exception as e:  # report and continue: one broken check must not hide the others
             check(fn.__name__, False, f"{type(e).__name__}: {e}")
     lines = [f"# GPU correctness checks ({time.strftime('%Y-%m-%d')}, {torch.cuda.get_device_name(0)}, "
              f"torch {torch.__version__}, CUDA {torch.version.cuda})", "",
-             f"Command: `python bench/gpu_checks.py --out {args.out}`  ({time.time() - t0:.0f} s)", "",
+             f"Command: `python bench/gpu_checks.py --out {args.out}{' --only ' + args.only if only else ''}`  "
+             f"({time.time() - t0:.0f} s)", "",
              "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {n} | {'PASS' if ok else 'FAIL'} | {d} |" for n, ok, d in RESULTS]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -592,3 +592,77 @@ def test_update_queued_before_the_sync_equals_the_update_after_it_and_a_nan_leav
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines() == ["equal True True", "equal True True", "raised 0 True", "wd False True"], out.stdout
+
+
+STEP_ARGS_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from models import ModelConfig, build_model
+from tasks import Batch
+from train.graphs import GraphedZOStep
+from train.zo_step import NonFiniteLossError, zo_step
+from zo.comm import LocalComm
+from zo.estimator import ZOConfig, ZOEngine
+m = build_model(ModelConfig(vocab_size=11, input_size=6, hidden_size=12, num_heads=3), generator=torch.Generator().manual_seed(0))
+start = [t.detach().clone() for _, t in m.named_parameters()]
+names = [n for n, _ in m.named_parameters()]
+batch = Batch(inputs=torch.arange(8).reshape(2, 4), targets=torch.arange(8).reshape(2, 4))
+
+def fn(P, b, bad_at=None):
+    # a deterministic function of the probed tensors and the batch: one loss per model
+    loss = sum((t.float().reshape(t.shape[0], -1) * 0.1).sin().sum(1) for t in P.values()) + b.inputs.float().mean()
+    if bad_at is not None:
+        loss = loss.clone(); loss[bad_at] = float("nan")
+    return loss
+
+for kw in (dict(), dict(probe_normalization=True, distribution="normal")):
+    for mpp in (2, 6):
+        a, b = [ZOEngine(zip(names, [t.clone() for t in start]), config=ZOConfig(num_perturbations=3, **kw), run_seed=5)
+                for _ in (0, 1)]
+        for e in (a, b):
+            e.use_kernels = True                 # the CUDA path, run by the Triton interpreter on CPU
+        g = GraphedZOStep(fn, capture=False)
+        same_losses = True
+        for step, lr in ((0, 0.05), (1, 0.03), (2, 0.07)):   # lr changes: the device lr and coefficient scale
+            ra = zo_step(a, step=step, lr=lr, loss_for_probe=None, comm=LocalComm(), stacked_loss=lambda P: fn(P, batch),
+                         models_per_pass=mpp, step_graph=g, batch=batch)
+            rb = zo_step(b, step=step, lr=lr, loss_for_probe=None, comm=LocalComm(), stacked_loss=lambda P: fn(P, batch),
+                         models_per_pass=mpp)
+            same_losses &= torch.equal(ra.losses, rb.losses) and ra.train_loss == rb.train_loss
+            same_losses &= ra.info.get("cuda_graph") == "step"
+        same = all(torch.equal(p.master, q.master) and torch.equal(p.live, q.live) for p, q in zip(a.params, b.params))
+        moved = any(not torch.equal(p.master, d) for p, d in zip(a.params, start))
+        print("equal", mpp, same_losses, same, moved)
+# a NaN loss: the queued update is a no-op and the step raises
+a = ZOEngine(zip(names, [t.clone() for t in start]), config=ZOConfig(num_perturbations=3), run_seed=5)
+a.use_kernels = True
+before = [(p.master.clone(), p.live.clone()) for p in a.params]
+g = GraphedZOStep(lambda P, b: fn(P, b, bad_at=1), capture=False)
+try:
+    zo_step(a, step=0, lr=0.05, loss_for_probe=None, comm=LocalComm(), stacked_loss=lambda P: fn(P, batch, 1),
+            models_per_pass=2, step_graph=g, batch=batch)
+    print("no error")
+except NonFiniteLossError as err:
+    print("raised", err.step, all(torch.equal(p.master, m0) and torch.equal(p.live, l0)
+                                  for p, (m0, l0) in zip(a.params, before)))
+# where the whole step cannot be replayed, the step graph says why
+adam = ZOEngine(m.named_parameters(), config=ZOConfig(num_perturbations=3, adam=True), run_seed=5)
+adam.use_kernels = True
+print("why", g.why_not(adam, models_per_pass=2) is not None, g.why_not(a, models_per_pass=1) is not None,
+      g.why_not(a, models_per_pass=2) is None, GraphedZOStep(fn).why_not(a, models_per_pass=2))
+"""
+
+
+def test_step_args_path_equals_the_eager_step_bit_for_bit():
+    """GraphedZOStep's device-args path (every value from StepArgs buffers, here run uncaptured under
+    the interpreter) gives the eager step's losses, mean loss, master and live bit for bit, over steps
+    whose lr changes, with one and several passes, with probe normalisation; a NaN leaves theta."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", STEP_ARGS_SCRIPT.format(root=root)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines() == [
+        "equal 2 True True True", "equal 6 True True True", "equal 2 True True True", "equal 6 True True True",
+        "raised 0 True", "why True True True not on CUDA"], out.stdout

@@ -20,7 +20,7 @@ def str2bool(v) -> bool:
 
 
 def add_cuda_graphs(p) -> None:
-    """--cuda_graphs auto|true|false (a bare flag means true); see train.graphs.use_cuda_graphs."""
+    """--cuda_graphs auto|true|false|loss (a bare flag means true); see train.graphs.build_graphs."""
     from train.graphs import GRAPHS_AUTO_MAX_PARAMS, graphs_setting
 
     def parse(v):
@@ -28,8 +28,11 @@ def add_cuda_graphs(p) -> None:
             return graphs_setting(v)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    p.add_argument("--cuda_graphs", type=parse, nargs="?", const="true", default="auto", metavar="auto|true|false",
-                   help="ZO on CUDA: replay the stacked probe loss as a CUDA graph, one launch instead of dozens. "
+    p.add_argument("--cuda_graphs", type=parse, nargs="?", const="true", default="auto",
+                   metavar="auto|true|false|loss",
+                   help="ZO on CUDA: replay the whole step (probe writes, stacked forwards, update) as a CUDA graph "
+                        "where the optimiser allows it (CD-RGE without Adam, clipping, normalisation or weight "
+                        "decay), else the stacked probe loss alone; 'loss': the probe loss alone. "
                         f"auto (default): on for models of at most {GRAPHS_AUTO_MAX_PARAMS:,} parameters evaluated "
                         "several per pass, where launches dominate; it costs memory on large ones")
 

@@ -51,7 +51,7 @@ from models import (ModelConfig, apply_scale, auto_models_per_pass, auto_time_ch
 from tasks import LM_TASKS, build_lm_task, build_task, sample_predictions
 from train.checkpoint import CheckpointError, check_architecture, load_checkpoint, save_checkpoint
 from train.evaluate import batch_loss, evaluate_batch, stack_layouts_fn, stacked_batch_loss
-from train.graphs import GraphedStackedLoss, graphs_setting, use_cuda_graphs
+from train.graphs import build_graphs, graphs_setting
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.series import SYNTHETIC_TASKS, peak_memory_bytes
 from train.zo_step import NonFiniteLossError, zo_step
@@ -158,8 +158,8 @@ class DistConfig:
 
     def validate(self) -> None:
         self.cuda_graphs = graphs_setting(self.cuda_graphs)
-        if self.cuda_graphs == "true" and not str(self.device).startswith("cuda"):
-            raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
+        if self.cuda_graphs in ("true", "loss") and not str(self.device).startswith("cuda"):
+            raise ValueError(f"--cuda_graphs {self.cuda_graphs} needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.mode not in ("test", "train"):
             raise ValueError(f"--mode must be test or train, got {self.mode!r}")
         if self.task not in TASK_NAMES:
@@ -357,12 +357,12 @@ class DistributedTrainer:
             self._load_model_state(ckpt)
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
         self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
-        self._graphed = None
-        if use_cuda_graphs(cfg.cuda_graphs, device=self.device, n_params=self.n_params,
-                           models_per_pass=self.models_per_pass):
-            model, mb_ = self.model, cfg.micro_batch_size
-            self._graphed = GraphedStackedLoss(
-                lambda P, b: stacked_batch_loss(model, P, b, time_chunk=self.time_chunk, micro_batch_size=mb_))
+        model, mb_ = self.model, cfg.micro_batch_size
+        self._step_batch = None
+        self._graphed, self._step_graph = build_graphs(
+            cfg.cuda_graphs, lambda P, b: stacked_batch_loss(model, P, b, time_chunk=self.time_chunk,
+                                                             micro_batch_size=mb_),
+            device=self.device, n_params=self.n_params, models_per_pass=self.models_per_pass)
         if not cfg.time_chunk and self.device.type == "cuda":
             # the forward's working set per chunk, sized for the models evaluated per pass (flat in T)
             self.time_chunk = auto_time_chunk(self.mcfg, device=self.device, batch_size=min(mb, cfg.batch_size),
@@ -496,6 +496,7 @@ class DistributedTrainer:
         shared = None if batch is None else self.loss_fn(batch)
         stacked = self.stacked_fn(batch) if batch is not None and self.models_per_pass > 1 else None
         poisoned = step == cfg.debug_nan_at_step and self.comm.rank == cfg.debug_nan_rank
+        self._step_batch = None if poisoned else batch     # the step graph's batch (None: no step graph)
 
         def loss_for_probe(i):
             fn = shared if shared is not None else self.loss_fn(self.batch_for(step, i))
@@ -591,9 +592,10 @@ class DistributedTrainer:
                 try:
                     layouts = None if stacked is None else stack_layouts_fn(self.model, cfg.batch_size,
                                                                             cfg.micro_batch_size)
+                    sg = self._step_graph if self._step_batch is not None and stacked is not None else None
                     res = zo_step(self.engine, step=step, lr=lr, loss_for_probe=loss_for_probe, comm=comm,
                                   baseline_fn=shared, stacked_loss=stacked, models_per_pass=self.models_per_pass,
-                                  stack_layouts=layouts)
+                                  stack_layouts=layouts, step_graph=sg, batch=self._step_batch)
                 except NonFiniteLossError as e:
                     path, at = self.last_checkpoint
                     kept = (f" The last checkpoint ({path}, step {at}) is kept." if path

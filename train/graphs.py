@@ -9,8 +9,10 @@ shapes and dtypes of P's tensors and the batch's shapes; the batch is copied int
 input tensors before each replay. The first call with a new key runs eagerly (it compiles kernels
 and settles the backend), the second captures, later ones replay. Captured memory stays reserved
 for the graph, so this helps where launches dominate (models of a few million parameters) and
-costs memory on large ones. CUDA only; both trainers take --cuda_graphs auto|true|false, auto (the
+costs memory on large ones. CUDA only; both trainers take --cuda_graphs auto|true|false|loss, auto (the
 default) turning it on for models of at most GRAPHS_AUTO_MAX_PARAMS parameters (`use_cuda_graphs`).
+Where graphs are on, `GraphedZOStep` replays the whole step (probe writes, forwards, coefficients,
+update), except with 'loss', which keeps to this probe-loss graph.
 Measured on the H200 at 12 probes (2026-11-28, after the step's host work was trimmed): tiny 2.00 ->
 1.09 ms per step, small 3.81 -> 3.35 ms, medium 25.7 ms either way.
 """
@@ -21,7 +23,7 @@ import torch
 from tasks import Batch
 
 
-GRAPH_SETTINGS = ("auto", "true", "false")
+GRAPH_SETTINGS = ("auto", "true", "false", "loss")
 # auto turns graphs on up to this size: measured on the H200 at 12 probes (2026-11-28), tiny 2.00 ->
 # 1.09 ms and small 3.81 -> 3.35 ms per step; medium (10.6M) 25.7 ms either way
 GRAPHS_AUTO_MAX_PARAMS = 5_000_000
@@ -38,6 +40,8 @@ def graphs_setting(v) -> str:
         return "true"
     if s in ("false", "f", "0", "no", "n"):
         return "false"
+    if s == "loss":
+        return "loss"
     raise ValueError(f"--cuda_graphs must be one of {', '.join(GRAPH_SETTINGS)}, got {v!r}")
 
 
@@ -48,8 +52,18 @@ def use_cuda_graphs(setting, *, device, n_params: int, models_per_pass: int) -> 
     graph keeps its memory reserved)."""
     s = graphs_setting(setting)
     if s != "auto":
-        return s == "true"
+        return s in ("true", "loss")
     return torch.device(device).type == "cuda" and models_per_pass > 1 and n_params <= GRAPHS_AUTO_MAX_PARAMS
+
+
+def build_graphs(setting, fn, *, device, n_params: int, models_per_pass: int):
+    """The graphs a ZO trainer replays, as (GraphedStackedLoss or None, GraphedZOStep or None): both
+    where `use_cuda_graphs` turns graphs on, except that 'loss' keeps to the probe loss alone (the step
+    graph itself falls back to the loss graph, and says so once, where `GraphedZOStep.why_not` finds a
+    reason). fn(P, batch) -> [M] losses of the stacked pass."""
+    if not use_cuda_graphs(setting, device=device, n_params=n_params, models_per_pass=models_per_pass):
+        return None, None
+    return GraphedStackedLoss(fn), (None if graphs_setting(setting) == "loss" else GraphedZOStep(fn))
 
 
 class GraphedStackedLoss:
@@ -96,3 +110,116 @@ class GraphedStackedLoss:
         with torch.cuda.graph(graph):
             out = self.fn(P, static)
         return graph, inp, tgt, out
+
+
+class GraphedZOStep:
+    """A whole CD-RGE step as CUDA graph replays: the probe writes, the stacked forwards and losses, the
+    coefficients, the mean loss and the early update (`zo_step(step_graph=...)`).
+
+    For a tiny model the step's GPU work is well under a millisecond and its host work (dozens of
+    launches and small uploads) is the larger part; here the host fills one pinned buffer with the
+    step's keys, coefficients and lr (`ZOEngine.fill_step_args`), makes one copy, copies the batch
+    into the graph's input tensors and replays: one graph in a world of one process, two around the
+    loss all-gather otherwise. The values are the eager step's, bit for bit: every kernel reads the
+    same numbers, from device buffers instead of launch arguments.
+
+    As with GraphedStackedLoss, a new key (local seeds, models per pass, batch shape) first runs
+    eagerly (the same device-args calls, uncaptured: this compiles kernels and builds the engine's
+    launch plans), the second time captures, later replays. Only where `why_not` finds nothing:
+    CD-RGE on the Triton kernel path with an update that needs no host value, several models per pass.
+    """
+
+    def __init__(self, fn, *, max_graphs: int = 4, capture: bool = True):
+        self.fn = fn                    # fn(P, batch) -> [M] losses, as GraphedStackedLoss takes
+        self.max_graphs = max_graphs
+        self.capture = capture          # False: always the eager device-args path (any device; for tests)
+        self._seen: dict = {}
+        self._ents: dict = {}
+        self.replays = 0
+
+    def why_not(self, engine, *, models_per_pass: int) -> str | None:
+        """Why a step of this engine cannot be replayed whole (None: it can)."""
+        if not engine.use_kernels:
+            return "the Triton noise kernels do not run here"
+        if engine.cfg.needs_baseline:
+            return "FD-RGE needs the baseline forward"
+        if not engine.update_before_sync:
+            return "the update needs host values (Adam, gradient clipping or normalisation, weight decay)"
+        if models_per_pass < 2:
+            return "one model per forward pass (no stacked pass to capture)"
+        if self.capture and not engine.params[0].master.is_cuda:
+            return "not on CUDA"
+        return None
+
+    def run(self, engine, *, seeds, lo: int, hi: int, lr: float, batch: Batch, comm, models_per_pass: int,
+            layouts=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's device work for `seeds` (this rank evaluates seeds[lo:hi]): returns the gathered
+        [n, 2] loss table and the packed float64 [n + 1] (coefficients, then the mean loss), both
+        still on the device; the update is queued, guarded to a no-op where a value is not finite."""
+        local = list(seeds[lo:hi])
+        key = (len(local), models_per_pass, comm.world_size, tuple(batch.inputs.shape), tuple(batch.targets.shape),
+               batch.inputs.dtype, batch.targets.dtype, batch.inputs.device)
+        ent = self._ents.get(key)
+        if ent is None:
+            args = engine.step_args(len(local), models_per_pass=models_per_pass)
+            n = self._seen.get(key, 0)
+            self._seen[key] = n + 1
+            engine.fill_step_args(args, seeds, local, lr=lr, models_per_pass=models_per_pass)
+            if n == 0 or len(self._ents) >= self.max_graphs or not self.capture:   # eager: warm-up, or too many shapes
+                local_losses = engine.evaluate_stacked(local, self._loss(batch), lr=lr,
+                                                       models_per_pass=models_per_pass, layouts=layouts, args=args)
+                gathered = comm.all_gather_rows(local_losses)
+                return gathered, self._finish(engine, args, seeds, gathered)
+            ent = self._ents[key] = self._capture(engine, args, seeds, local, lr, batch, comm, models_per_pass,
+                                                  layouts)
+        else:
+            engine.fill_step_args(ent["args"], seeds, local, lr=lr, models_per_pass=models_per_pass)
+        ent["inp"].copy_(batch.inputs)
+        ent["tgt"].copy_(batch.targets)
+        ent["a"].replay()
+        if ent["b"] is not None:
+            ent["gin"].copy_(comm.all_gather_rows(ent["local"]))
+            ent["b"].replay()
+        self.replays += 1
+        return ent["gin"], ent["packed"]
+
+    def _loss(self, batch):
+        fn = self.fn
+
+        def loss(P):
+            with torch.inference_mode():
+                return fn(P, batch)
+        return loss
+
+    @staticmethod
+    def _finish(engine, args, seeds, gathered) -> torch.Tensor:
+        coefs = engine.coefficients(gathered, scale=args.coef_scale)
+        packed = torch.cat([coefs.double().reshape(-1), gathered.double().mean().reshape(1)])
+        engine.enqueue_update(seeds, coefs, torch.isfinite(packed).all(), args=args)
+        return packed
+
+    def _capture(self, engine, args, seeds, local, lr, batch, comm, models_per_pass, layouts) -> dict:
+        inp, tgt = batch.inputs.clone(), batch.targets.clone()
+        loss = self._loss(Batch(inputs=inp, targets=tgt))
+        ent = {"args": args, "inp": inp, "tgt": tgt, "b": None}
+
+        def stage_a():
+            return engine.evaluate_stacked(local, loss, lr=lr, models_per_pass=models_per_pass, layouts=layouts,
+                                           args=args)
+
+        torch.cuda.current_stream().synchronize()    # args' copy and the batch are in place before capture
+        a = torch.cuda.CUDAGraph()
+        if comm.world_size == 1:
+            with torch.cuda.graph(a):
+                ent["local"] = ent["gin"] = stage_a()
+                ent["packed"] = self._finish(engine, args, seeds, ent["gin"])
+        else:
+            with torch.cuda.graph(a):
+                ent["local"] = stage_a()
+            ent["gin"] = torch.empty((len(seeds), 2), dtype=ent["local"].dtype, device=ent["local"].device)
+            b = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(b, pool=a.pool()):
+                ent["packed"] = self._finish(engine, args, seeds, ent["gin"])
+            ent["b"] = b
+        ent["a"] = a
+        return ent

@@ -22,7 +22,7 @@ from models import ModelConfig, auto_models_per_pass, auto_time_chunk, build_mod
 from tasks import build_lm_task, build_task, sample_predictions
 from train.checkpoint import save_checkpoint
 from train.evaluate import batch_loss, chunked_accumulator, evaluate_batch, stack_layouts_fn, stacked_batch_loss
-from train.graphs import GraphedStackedLoss, graphs_setting, use_cuda_graphs
+from train.graphs import build_graphs, graphs_setting
 from train.metrics import JsonlWriter, Stopwatch, WandbLogger
 from train.zo_step import NonFiniteLossError, zo_step
 from zo.comm import LocalComm
@@ -113,8 +113,8 @@ class SeriesConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} was requested but CUDA is not available; use --device cpu")
         self.cuda_graphs = graphs_setting(self.cuda_graphs)
-        if self.cuda_graphs == "true" and not str(self.device).startswith("cuda"):
-            raise ValueError("--cuda_graphs true needs --device cuda (CUDA graphs do not exist on CPU)")
+        if self.cuda_graphs in ("true", "loss") and not str(self.device).startswith("cuda"):
+            raise ValueError(f"--cuda_graphs {self.cuda_graphs} needs --device cuda (CUDA graphs do not exist on CPU)")
         if self.task == "lm_char" and not self.text_path:
             raise ValueError("--task lm_char needs --text_path FILE (a local text file)")
         if self.text_path and not os.path.exists(self.text_path):
@@ -196,13 +196,15 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
         if cfg.verbose:
             print(f"ZO: {cfg.num_perturbations} probes, {mpp} perturbed model(s) per forward pass", file=out)
     comm = LocalComm()
-    graphed = None
-    if engine is not None and use_cuda_graphs(cfg.cuda_graphs, device=device, models_per_pass=mpp,
-                                              n_params=sum(p.numel() for p in model.parameters())):
-        if cfg.verbose:
-            print(f"ZO: stacked probe loss replayed as a CUDA graph (--cuda_graphs {cfg.cuda_graphs})", file=out)
-        graphed = GraphedStackedLoss(lambda P, b: stacked_batch_loss(model, P, b, time_chunk=time_chunk,
-                                                                     micro_batch_size=cfg.micro_batch_size))
+    graphed = step_graph = None
+    if engine is not None:
+        graphed, step_graph = build_graphs(
+            cfg.cuda_graphs, lambda P, b: stacked_batch_loss(model, P, b, time_chunk=time_chunk,
+                                                             micro_batch_size=cfg.micro_batch_size),
+            device=device, models_per_pass=mpp, n_params=sum(p.numel() for p in model.parameters()))
+        if cfg.verbose and graphed is not None:
+            what = "the whole step" if step_graph is not None else "the stacked probe loss"
+            print(f"ZO: {what} replayed as a CUDA graph (--cuda_graphs {cfg.cuda_graphs})", file=out)
 
     fixed = None
     if cfg.overfit_to_one_batch:
@@ -240,7 +242,8 @@ def run_series(cfg: SeriesConfig, *, out=sys.stdout) -> dict:
                                                   micro_batch_size=cfg.micro_batch_size)
                 res = zo_step(engine, step=step, lr=lr, loss_for_probe=lambda i: loss_fn, comm=comm,
                               baseline_fn=loss_fn, stacked_loss=stacked, models_per_pass=mpp,
-                              stack_layouts=stack_layouts_fn(model, batch.inputs.shape[0], cfg.micro_batch_size))
+                              stack_layouts=stack_layouts_fn(model, batch.inputs.shape[0], cfg.micro_batch_size),
+                              step_graph=step_graph, batch=batch)
                 train_loss = res.train_loss
             _sync(device)
             dt = time.perf_counter() - t0

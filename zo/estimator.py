@@ -147,6 +147,34 @@ class EngineState:
     adam_v: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class StepArgs:
+    """The values a step's device work reads that change from step to step, as device tensors at fixed
+    addresses, so that a CUDA graph captured over them replays with each step's values (`ZOEngine.
+    step_args`, filled by `fill_step_args`):
+
+        pass_keys[i]   int32 [P, M_i, w]  noise keys of the models of probe pass i
+        pass_alphas[i] fp32 [M_i]         their probe coefficients (sign * eps * probe scale)
+        update_keys    int32 [P, n, w]    the update's keys (all n seeds of the step)
+        update_scales  fp64 [n]           the seeds' probe scales
+        coef_scale     fp64 [1]           the coefficients' factor (`ZOEngine.coefficient_scale`)
+        lr             fp32 [1]           the update's learning rate
+
+    Every tensor is a view of one device byte buffer (`dev`), written from one pinned host buffer
+    (`host`) by one copy per step."""
+    shape: tuple                      # (n seeds, [M_i per pass], P, w): what the views were laid out for
+    host: torch.Tensor
+    dev: torch.Tensor
+    pass_keys: list
+    pass_alphas: list
+    update_keys: torch.Tensor
+    update_scales: torch.Tensor
+    coef_scale: torch.Tensor
+    lr: torch.Tensor
+    host_views: dict                  # name -> numpy view of `host` with the device view's layout
+    copied: object = None             # CUDA event of the last host -> device copy (None: none pending)
+
+
 class ZOEngine:
     """CD-RGE / FD-RGE over named tensors. See the module docstring for the protocol."""
 
@@ -196,6 +224,7 @@ class ZOEngine:
         # noise keys on the device by seed tuple (a pure function of it), so that `prefetch_keys` can
         # hash and upload a step's keys while the GPU runs the forwards instead of after the sync
         self._keys_cache: dict[tuple, torch.Tensor] = {}
+        self._host_keys_cache: dict[tuple, object] = {}   # the same keys as host numpy arrays (step_args)
         self._early_update = True           # see `update_before_sync`
 
     @property
@@ -338,6 +367,78 @@ class ZOEngine:
             self._keys_cache[t] = keys
         return keys
 
+    def host_keys(self, seeds):
+        """`_keys(seeds)` as a host numpy int32 array (no upload), cached by the seed tuple alike."""
+        t = tuple(int(s) for s in seeds)
+        keys = self._host_keys_cache.get(t)
+        if keys is None:
+            keys = zk.noise_keys_host(list(t), [p.pid for p in self.params], dropout=self.cfg.probe_dropout_rate > 0)
+            while len(self._host_keys_cache) >= self.KEYS_CACHED:
+                self._host_keys_cache.pop(next(iter(self._host_keys_cache)))
+            self._host_keys_cache[t] = keys
+        return keys
+
+    def step_args(self, n_local: int, *, models_per_pass: int) -> StepArgs:
+        """Device buffers for `fill_step_args` of a step whose rank evaluates `n_local` seeds on the
+        stacked path with `models_per_pass` models per pass (kernel path only)."""
+        if not self.use_kernels:
+            raise RuntimeError("step_args needs the Triton kernel path (CUDA, or the interpreter)")
+        import numpy as np
+        n, P = self.cfg.num_seeds, len(self.params)
+        w = 4 if self.cfg.probe_dropout_rate > 0 else 2
+        Ms = [len(ms) for _, ms in self._probe_groups(list(range(n_local)), models_per_pass)]
+        parts = [("update_scales", np.float64, (n,)), ("coef_scale", np.float64, (1,)), ("lr", np.float32, (1,))]
+        parts += [(f"alphas{i}", np.float32, (M,)) for i, M in enumerate(Ms)]
+        parts += [("update_keys", np.int32, (P, n, w))] + [(f"keys{i}", np.int32, (P, M, w)) for i, M in enumerate(Ms)]
+        offs, at = {}, 0
+        for name, dt, shp in parts:
+            offs[name] = at
+            at += -(-int(np.prod(shp)) * np.dtype(dt).itemsize // 16) * 16     # 16-byte aligned views
+        dev = self.params[0].master.device
+        host = torch.empty(max(at, 16), dtype=torch.uint8, pin_memory=dev.type == "cuda")
+        dbuf = torch.empty(max(at, 16), dtype=torch.uint8, device=dev)
+        tdt = {np.float64: torch.float64, np.float32: torch.float32, np.int32: torch.int32}
+        hv, dv = {}, {}
+        hnp = host.numpy()
+        for name, dt, shp in parts:
+            nb = int(np.prod(shp)) * np.dtype(dt).itemsize
+            hv[name] = hnp[offs[name]:offs[name] + nb].view(dt).reshape(shp)
+            dv[name] = dbuf[offs[name]:offs[name] + nb].view(tdt[dt]).view(shp)
+        return StepArgs(shape=(n_local, tuple(Ms), P, w), host=host, dev=dbuf,
+                        pass_keys=[dv[f"keys{i}"] for i in range(len(Ms))],
+                        pass_alphas=[dv[f"alphas{i}"] for i in range(len(Ms))],
+                        update_keys=dv["update_keys"], update_scales=dv["update_scales"],
+                        coef_scale=dv["coef_scale"], lr=dv["lr"], host_views=hv)
+
+    def fill_step_args(self, args: StepArgs, seeds, local_seeds, *, lr: float, models_per_pass: int) -> None:
+        """Write step values into `args` (one pinned host -> device copy, no host sync): the probe keys
+        and alphas of `local_seeds` (this rank's share of `seeds`), grouped into passes as
+        `evaluate_stacked` groups them, and the update's keys and scales of all `seeds`. The host
+        buffer is rewritten only once the previous copy from it has run."""
+        import numpy as np
+        groups = self._probe_groups(list(local_seeds), models_per_pass)
+        if (len(local_seeds), tuple(len(ms) for _, ms in groups)) != args.shape[:2] or len(seeds) != self.cfg.num_seeds:
+            raise ValueError(f"step args laid out for {args.shape[:2]} (seeds, models per pass), got "
+                             f"{len(local_seeds)} local seeds of {len(seeds)} in passes of "
+                             f"{[len(ms) for _, ms in groups]}")
+        if args.copied is not None:
+            args.copied.synchronize()
+        hv = args.host_views
+        eps = self.cfg.epsilon(lr)
+        signs = (1.0, -1.0) if (self.cfg.central_difference or self.cfg.antithetic) else (1.0,)
+        for i, (chunk, model_seeds) in enumerate(groups):
+            hv[f"keys{i}"][...] = self.host_keys(model_seeds)
+            hv[f"alphas{i}"][...] = np.array([sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs],
+                                             dtype=np.float64)      # rounded to fp32 as _coefs_arg rounds them
+        hv["update_keys"][...] = self.host_keys(seeds)
+        hv["update_scales"][...] = [self.probe_scale(s) for s in seeds]
+        hv["coef_scale"][...] = self.coefficient_scale(lr)
+        hv["lr"][...] = lr
+        args.dev.copy_(args.host, non_blocking=True)
+        if args.dev.is_cuda:
+            args.copied = torch.cuda.Event()
+            args.copied.record()
+
     def _probe_groups(self, seeds, models_per_pass: int) -> list[tuple[list[int], list[int]]]:
         """The passes of `evaluate_stacked`: (seeds of the pass, the seed of each of its models)."""
         per_seed = 2 if (self.cfg.central_difference or self.cfg.antithetic) else 1
@@ -361,6 +462,14 @@ class ZOEngine:
             self._keys(self._probe_groups(next_seeds, models_per_pass)[0][1])
         else:
             self._keys([next_seeds[0]])
+
+    def prefetch_host_keys(self, seeds, local_seeds, *, models_per_pass: int) -> None:
+        """`fill_step_args`'s key hashing for a coming step, ahead of time (host only, no upload)."""
+        if not self.use_kernels:
+            return
+        for _, model_seeds in self._probe_groups(list(local_seeds), models_per_pass):
+            self.host_keys(model_seeds)
+        self.host_keys(seeds)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -397,7 +506,7 @@ class ZOEngine:
 
     @torch.no_grad()
     def evaluate_stacked(self, seeds, stacked_loss_fn, *, lr: float, models_per_pass: int,
-                         layouts=None) -> torch.Tensor:
+                         layouts=None, args: StepArgs | None = None) -> torch.Tensor:
         """Like `evaluate`, but several perturbed models per forward pass.
 
         stacked_loss_fn(P) gets a dict name -> tensor [M, *shape] of M perturbed copies of every
@@ -405,19 +514,28 @@ class ZOEngine:
         theta - eps z_i) per seed, exactly the values `evaluate` would produce for the same seed.
         layouts: None, or a callable M -> {name: layout} (`zo.layouts`, declared by the model for a pass
         of M models): those parameters then arrive in that layout ([M, ...] of the layout's shape), the
-        same values without the [M, *shape] copy, where the kernels can write it (see `_layouts_of`)."""
+        same values without the [M, *shape] copy, where the kernels can write it (see `_layouts_of`).
+        args: `fill_step_args` output for these seeds; the probe writes then read their keys and alphas
+        from it (no host value enters the device work, so the call can be captured in a CUDA graph)."""
+        if args is not None and not self.use_kernels:
+            raise RuntimeError("step args need the Triton kernel path")
         eps = self.cfg.epsilon(lr)
         signs = (1.0, -1.0) if (self.cfg.central_difference or self.cfg.antithetic) else (1.0,)
         per_seed = len(signs)
         out = []
-        for chunk, model_seeds in self._probe_groups(seeds, models_per_pass):
+        for i, (chunk, model_seeds) in enumerate(self._probe_groups(seeds, models_per_pass)):
             M = len(model_seeds)
             laid = self._layouts_of(layouts, M)
             P = {p.name: (self._layout_buffer(p, laid[p.name], M) if p.name in laid else self._stack_buffer(p, M))
                  for p in self.params}
-            if self.use_kernels:
+            if args is not None:
+                keys, c = args.pass_keys[i], args.pass_alphas[i]
+                if keys.shape[1] != M:
+                    raise ValueError(f"step args hold {keys.shape[1]} models for pass {i}, the pass has {M}")
+            elif self.use_kernels:
                 alphas = [sg * (eps * self.probe_scale(s)) for s in chunk for sg in signs]
                 keys, c = self._kernel_args(model_seeds, alphas)
+            if self.use_kernels:
                 self._kernel_probes(keys, c, P, "stack", skip=laid)
                 for k, p in enumerate(self.params):
                     if p.name in laid:
@@ -495,25 +613,36 @@ class ZOEngine:
         return _as_loss(loss_fn())
 
     # ------------------------------------------------------------------ coefficients
-    def coefficients(self, losses: torch.Tensor, *, lr: float, baseline: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-seed coefficients c_i with g_hat = sum_i c_i * z_i. losses: [num_seeds, 2]."""
+    def coefficient_scale(self, lr: float) -> float:
+        """The factor of the loss differences in `coefficients`: 1 / (2 eps n) for CD-RGE, 1 / (eps n)
+        for FD-RGE (float64 on the host; multiplying by it is what torch does on CUDA for a division
+        by a Python scalar, and it lets a device copy of the factor give the same bits)."""
+        eps = self.cfg.epsilon(lr)
+        n = self.cfg.num_perturbations
+        return 1.0 / ((2.0 if self.cfg.central_difference else 1.0) * eps * n)
+
+    def coefficients(self, losses: torch.Tensor, *, lr: float | None = None, baseline: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-seed coefficients c_i with g_hat = sum_i c_i * z_i. losses: [num_seeds, 2].
+        scale: `coefficient_scale(lr)` as a float64 device tensor (StepArgs.coef_scale) instead of lr."""
         n_seeds = self.cfg.num_seeds
         if losses.shape != (n_seeds, 2):
             raise ValueError(f"expected losses of shape {(n_seeds, 2)}, got {tuple(losses.shape)}")
-        eps = self.cfg.epsilon(lr)
-        n = self.cfg.num_perturbations
+        if (lr is None) == (scale is None):
+            raise ValueError("coefficients needs exactly one of lr and scale")
+        f = self.coefficient_scale(lr) if scale is None else scale
         lp, lm = losses[:, 0].double(), losses[:, 1].double()
         if self.cfg.central_difference:
-            c = (lp - lm) / (2.0 * eps * n)
+            c = (lp - lm) * f
         elif self.cfg.antithetic:
             if baseline is None:
                 raise ValueError("FD-RGE needs the baseline loss L(theta)")
             # (L+ - L0)/eps * z + (L- - L0)/eps * (-z), averaged over n probes
-            c = ((lp - baseline.double()) - (lm - baseline.double())) / (eps * n)
+            c = ((lp - baseline.double()) - (lm - baseline.double())) * f
         else:
             if baseline is None:
                 raise ValueError("FD-RGE needs the baseline loss L(theta)")
-            c = (lp - baseline.double()) / (eps * n)
+            c = (lp - baseline.double()) * f
         if self.cfg.probe_dropout_rate > 0 and not self.cfg.probe_normalization:
             # E[(m*z)(m*z)^T] = (1 - rate) I; probe normalisation already rescales a dropped-out
             # probe to norm sqrt(d), so only the unnormalised case needs this correction.
@@ -570,14 +699,19 @@ class ZOEngine:
         return info
 
     @torch.no_grad()
-    def enqueue_update(self, seeds, coefs: torch.Tensor, ok: torch.Tensor, *, lr: float) -> None:
+    def enqueue_update(self, seeds, coefs: torch.Tensor, ok: torch.Tensor, *, lr: float | None = None,
+                       args: StepArgs | None = None) -> None:
         """`update(seeds, coefs, lr=lr)` queued without reading anything on the host.
 
         coefs: the device tensor from `coefficients`; ok: a device bool scalar. Where ok is False
         every coefficient is replaced by 0, which leaves the weights bitwise unchanged (live is
         rewritten with cast(master), the value it already holds). The caller checks ok after its
         one sync. Only where `update_before_sync` is True: the scaled coefficients are then formed in
-        float64 and rounded once to fp32, as `update` forms them on the host, so both end bit-equal."""
+        float64 and rounded once to fp32, as `update` forms them on the host, so both end bit-equal.
+        args: `fill_step_args` output for these seeds, read instead of lr and the seeds' keys and scales
+        (nothing from the host enters the device work; it can be captured in a CUDA graph)."""
+        if (lr is None) == (args is None):
+            raise ValueError("enqueue_update needs exactly one of lr and args")
         if not self.update_before_sync:
             raise RuntimeError("enqueue_update needs the kernel path with no full gradient and no weight "
                                "decay (engine.update_before_sync is False); call update after the sync")
@@ -586,17 +720,23 @@ class ZOEngine:
         c = coefs.to(device=dev).reshape(-1)
         if c.numel() != len(seeds):
             raise ValueError(f"{len(seeds)} seeds but {c.numel()} coefficients")
-        scales = [self.probe_scale(s) for s in seeds]
         c = c.double()
-        if any(x != 1.0 for x in scales):
-            c = c * zk._upload(scales, torch.float64, dev)
+        if args is not None:
+            c = c * args.update_scales           # exact where a scale is 1, as the host path skips it
+        else:
+            scales = [self.probe_scale(s) for s in seeds]
+            if any(x != 1.0 for x in scales):
+                c = c * zk._upload(scales, torch.float64, dev)
         c = torch.where(ok.to(device=dev), c, torch.zeros_like(c)).float()
-        self._kernel_update(self._keys(seeds), c, lr)
+        if args is not None:
+            self._kernel_update(args.update_keys, c, args.lr)
+        else:
+            self._kernel_update(self._keys(seeds), c, lr)
         self.clear_step_cache()
 
-    def _kernel_update(self, keys, c, lr: float) -> None:
+    def _kernel_update(self, keys, c, lr) -> None:
         """theta <- theta*keep - lr * sum_i c_i z_i and live <- cast(theta), one launch per group of
-        small tensors and one per large tensor."""
+        small tensors and one per large tensor. lr: a float, or a one-element fp32 device tensor."""
         cfg = self.cfg
         for gi, grp in enumerate(self._groups):
             ps = [self.params[k] for k in grp]

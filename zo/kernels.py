@@ -375,7 +375,9 @@ def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n
                    LIVE_KIND: tl.constexpr, HAS_LIVE: tl.constexpr, HAS_WD: tl.constexpr,
                    HAS_DROPOUT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_G: tl.constexpr,
                    UPDATE: tl.constexpr, FAST: tl.constexpr, MULHI: tl.constexpr, EMU: tl.constexpr,
-                   BLOCK: tl.constexpr, MULTI: tl.constexpr):
+                   BLOCK: tl.constexpr, MULTI: tl.constexpr, LR_PTR: tl.constexpr = False):
+    # LR_PTR: neg_lr is a pointer to fp32(lr) on the device (read here and negated: fp32(-lr) ==
+    # -fp32(lr)), so that a captured CUDA graph replays with the lr of the step it is replayed for.
     # MULTI: one launch over many tensors (see _apply_probes_kernel); a segment row is (master,
     # live, g, numel, key row, mask) with addresses as int64, keys rows [key row * n, + n).
     if MULTI:
@@ -442,7 +444,11 @@ def _update_kernel(master_ptr, live_ptr, g_ptr, keys_ptr, coefs_ptr, mask_ptr, n
                 pm = tl.load(mask_ptr + offs, mask=inb, other=0)
                 dec = tl.where(pm != 0, dec, upd)
             upd = dec
-        new = _round_to(_fma(g, neg_lr, upd, EMU), MASTER_KIND, EMU)  # == upd.add_(g, alpha=-lr); cast
+        if LR_PTR:
+            step_lr = -tl.load(neg_lr)
+        else:
+            step_lr = neg_lr
+        new = _round_to(_fma(g, step_lr, upd, EMU), MASTER_KIND, EMU)  # == upd.add_(g, alpha=-lr); cast
         tl.store(master_ptr + offs, new, mask=inb)
         if HAS_LIVE:
             tl.store(live_ptr + offs, _round_to(_widen(new, MASTER_KIND), LIVE_KIND, EMU), mask=inb)
@@ -658,16 +664,22 @@ def noise_keys_multi(seeds: Sequence[int], param_ids: Sequence[int], *, device, 
     """int32 [len(param_ids), n, 2 or 4]: `noise_keys(seeds, pid)` for every parameter, hashed in one
     vectorised pass (zo.noise.stream_keys) and uploaded in ONE transfer (a step's probe writes and
     update then cost one upload, not one per tensor)."""
+    seeds = list(seeds)
+    if not param_ids or not seeds:
+        return torch.empty((len(param_ids), len(seeds), 4 if dropout else 2), dtype=torch.int32, device=device)
+    return _upload_tensor(torch.from_numpy(noise_keys_host(seeds, param_ids, dropout=dropout)), device)
+
+
+def noise_keys_host(seeds: Sequence[int], param_ids: Sequence[int], *, dropout: bool = False):
+    """`noise_keys_multi`'s values as a host numpy int32 array [len(param_ids), n, 2 or 4] (no upload)."""
     import numpy as np
     seeds = list(seeds)
-    width = 4 if dropout else 2
     if not param_ids or not seeds:
-        return torch.empty((len(param_ids), len(seeds), width), dtype=torch.int32, device=device)
+        return np.zeros((len(param_ids), len(seeds), 4 if dropout else 2), dtype=np.int32)
     cols = list(zn.stream_keys(seeds, param_ids, 0))
     if dropout:
         cols += list(zn.stream_keys(seeds, param_ids, zn.DROPOUT_SALT))
-    host = torch.from_numpy(np.stack(cols, axis=-1).view(np.int32))
-    return _upload_tensor(host, device)
+    return np.ascontiguousarray(np.stack(cols, axis=-1).view(np.int32))
 
 
 def _keys_arg(seeds, param_id, device, dropout: bool) -> torch.Tensor:
@@ -689,6 +701,11 @@ def _coefs_arg(coefs, n: int, device) -> torch.Tensor:
     if c.numel() != n:
         raise ValueError(f"{n} seeds but {c.numel()} coefficients")
     return c
+
+
+def _lr_arg(lr):
+    """lr as a host float, or kept as a device tensor (one fp32 value, read by the kernel)."""
+    return lr if torch.is_tensor(lr) else float(lr)
 
 
 def _mask_arg(mask, like: torch.Tensor):
@@ -828,6 +845,16 @@ def _launch_update(ks, master, live, g, keys, c, pm, n, lr, weight_decay, dropou
     blk = _block(block, UPDATE_BLOCK)
     dist = _dist(distribution)
     has_wd = update and weight_decay > 0
+    lr_ptr = torch.is_tensor(lr)
+    if lr_ptr:
+        if lr.dtype != torch.float32 or lr.numel() != 1 or lr.device != keys.device:
+            raise ValueError(f"a device lr must be one fp32 value on {keys.device}, got {lr.dtype} "
+                             f"{tuple(lr.shape)} on {lr.device}")
+        if has_wd:
+            raise ValueError("weight decay needs lr as a host float (its factor 1 - lr*wd is formed on the host)")
+        neg_lr = lr
+    else:
+        neg_lr = _f32(-lr)
     keep = 1.0 - lr * weight_decay if has_wd else 1.0
     dummy = keys
     if tables is None:
@@ -844,12 +871,13 @@ def _launch_update(ks, master, live, g, keys, c, pm, n, lr, weight_decay, dropou
         args = (dummy, dummy, dummy, keys, c, dummy, n, 0)
         blk_t, seg_t = tables
     ks["_update_kernel"][grid](
-        *args, _f32(-lr), _f32(keep), _f32(dropout_rate), _M13, _M16, blk_t, seg_t, LOOP_N=_loop_n(n),
+        *args, neg_lr, _f32(keep), _f32(dropout_rate), _M13, _M16, blk_t, seg_t, LOOP_N=_loop_n(n),
         KEY_STRIDE=keys.shape[-1], DIST=dist, MASTER_KIND=master_kind if update else 0,
         LIVE_KIND=live_kind, HAS_LIVE=has_live, HAS_WD=has_wd, HAS_DROPOUT=dropout_rate > 0,
         HAS_MASK=has_mask, WRITE_G=has_g, UPDATE=update,
         FAST=dist == 0 and dropout_rate <= 0 and not has_mask,
-        MULHI=_mulhi(mulhi), EMU=interpreting(), BLOCK=blk, num_warps=UPDATE_WARPS, MULTI=tables is not None)
+        MULHI=_mulhi(mulhi), EMU=interpreting(), BLOCK=blk, num_warps=UPDATE_WARPS, MULTI=tables is not None,
+        LR_PTR=lr_ptr)
 
 
 @torch.no_grad()
@@ -866,6 +894,8 @@ def triton_update(master: torch.Tensor, seeds, param_id: int, coefs, lr: float, 
 
     seeds: n ints, or an int32 keys tensor from noise_keys. coefs: n floats or an fp32 tensor;
     pass the engine's scaled coefficients (c_i * probe_scale(s_i), rounded once to fp32).
+    lr: a float, or a one-element fp32 tensor on master's device that the kernel reads (so that a
+    CUDA graph replays with each step's lr; not with weight decay, whose factor is formed on the host).
     grad_out: optional fp32 tensor (numel of master) that also receives g.
     Reads master once and writes master (and live) once; no θ-sized temporaries."""
     ks = _kernels()
@@ -887,7 +917,7 @@ def triton_update(master: torch.Tensor, seeds, param_id: int, coefs, lr: float, 
             raise ValueError("grad_out must be a contiguous fp32 tensor with master's numel")
     if master.numel() == 0:
         return
-    _launch_update(ks, master, live, grad_out, keys, c, pm, n, float(lr), float(weight_decay),
+    _launch_update(ks, master, live, grad_out, keys, c, pm, n, _lr_arg(lr), float(weight_decay),
                    float(dropout_rate), distribution, True, block, mulhi)
 
 
@@ -1075,7 +1105,7 @@ def triton_update_multi(plan: MultiPlan, keys: torch.Tensor, coefs, lr: float = 
     c = _coefs_arg(coefs, n, dev)
     if plan.numel == 0:
         return
-    _launch_update(ks, None, None, None, keys, c, None, n, float(lr), float(weight_decay), float(dropout_rate),
+    _launch_update(ks, None, None, None, keys, c, None, n, _lr_arg(lr), float(weight_decay), float(dropout_rate),
                    distribution, update, plan.block, mulhi, grid=plan.grid, tables=(plan.blk, plan.seg),
                    kinds=(mk, lk, has_mask, has_live and update, has_g))
 
