@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
+    import torch
+
     from train.distributed import DistConfig
     if args.l1_norm and not args.gradient_normalization:
         raise ValueError("--l1_norm true selects the norm of --gradient_normalization; add --gradient_normalization true")
@@ -180,7 +182,7 @@ def config_from_args(args):
         tokenizer_path=args.tokenizer_path, max_num=args.max_num,
         model_type=args.model_type, model_scale=args.model_scale, input_size=args.input_size,
         hidden_size=args.hidden_size, num_heads=args.num_heads, head_size=args.head_size,
-        memory_size=args.memory_size, dtype=args.dtype, device=args.device or "cpu", seed=args.seed,
+        memory_size=args.memory_size, dtype=args.dtype, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), seed=args.seed,
         batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, val_batch_size=args.val_batch_size,
         time_chunk=args.time_chunk, models_per_pass=args.models_per_pass, min_seq_len=args.min_seq_len, max_seq_len=args.max_seq_len,
         step_seq_len=args.step_seq_len, step_seq_len_loss_thresh=args.step_seq_len_loss_thresh,

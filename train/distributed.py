@@ -528,6 +528,13 @@ class DistributedTrainer:
         if self.master:
             print(*a, file=self.out, flush=True, **kw)
 
+    def _graphs_desc(self) -> str:
+        if self._graphed is None:
+            return ""
+        if self._step_graph is None or self._step_graph.why_not(self.engine, models_per_pass=self.models_per_pass):
+            return "; CUDA graphs (probe loss)"
+        return "; CUDA graphs (whole step)"
+
     def _log_stderr(self, msg: str):
         if self.master:
             print(msg, file=sys.stderr, flush=True)
@@ -560,7 +567,7 @@ class DistributedTrainer:
                     f"run seed {self.run_seed}" + (f"; resuming at step {start}" if start else ""))
         self._print(f"[Init] {self.mcfg.model_type} hidden {self.mcfg.hidden_size}, heads {self.mcfg.num_heads}, "
                     f"dtype {self.mcfg.dtype}: {self.n_params:,} parameters; {self.models_per_pass} perturbed "
-                    f"model(s) per forward{'; CUDA graphs' if self._graphed is not None else ''}; theta broadcast once "
+                    f"model(s) per forward{self._graphs_desc()}; theta broadcast once "
                     f"({self.init_bytes:,} bytes), then only [n_total, 2] loss tables")
         if start >= cfg.max_iters:
             self._print(f"[Init] the checkpoint is at step {start} >= --max_iters {cfg.max_iters}: nothing to train "
