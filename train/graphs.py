@@ -125,7 +125,9 @@ class GraphedZOStep:
 
     As with GraphedStackedLoss, a new key (local seeds, models per pass, batch shape) first runs
     eagerly (the same device-args calls, uncaptured: this compiles kernels and builds the engine's
-    launch plans), the second time captures, later replays. Only where `why_not` finds nothing:
+    launch plans), the second time captures, later replays. At most `max_graphs` graphs are kept; a
+    new capture beyond them drops the oldest (a curriculum's lengths grow: the newest shapes are the
+    ones that recur). Only where `why_not` finds nothing:
     CD-RGE on the Triton kernel path with an update that needs no host value, several models per pass.
     """
 
@@ -133,8 +135,9 @@ class GraphedZOStep:
         self.fn = fn                    # fn(P, batch) -> [M] losses, as GraphedStackedLoss takes
         self.max_graphs = max_graphs
         self.capture = capture          # False: always the eager device-args path (any device; for tests)
-        self._seen: dict = {}
-        self._ents: dict = {}
+        self._warm: dict = {}           # key -> the pass buffers' addresses after its last eager run
+        self._args: dict = {}           # key -> StepArgs (kept for the key's graph, or its next capture)
+        self._ents: dict = {}           # key -> a captured graph and its static tensors, oldest first
         self.replays = 0
 
     def why_not(self, engine, *, models_per_pass: int) -> str | None:
@@ -159,19 +162,34 @@ class GraphedZOStep:
         local = list(seeds[lo:hi])
         key = (len(local), models_per_pass, comm.world_size, tuple(batch.inputs.shape), tuple(batch.targets.shape),
                batch.inputs.dtype, batch.targets.dtype, batch.inputs.device)
+        bufs = engine.stack_buffers()
+        token = tuple(t.data_ptr() for t in bufs)
         ent = self._ents.get(key)
+        if ent is not None and ent["token"] != token:
+            self._ents.pop(key)                 # the engine's pass buffers moved: the graph addresses the old ones
+            ent = None
         if ent is None:
-            args = engine.step_args(len(local), models_per_pass=models_per_pass)
-            n = self._seen.get(key, 0)
-            self._seen[key] = n + 1
+            args = self._args.get(key)
+            if args is None:
+                args = self._args[key] = engine.step_args(len(local), models_per_pass=models_per_pass)
             engine.fill_step_args(args, seeds, local, lr=lr, models_per_pass=models_per_pass)
-            if n == 0 or len(self._ents) >= self.max_graphs or not self.capture:   # eager: warm-up, or too many shapes
+            if not self.capture or self._warm.get(key) != token:
+                # eager: a new key's warm-up (kernels compiled, launch plans and pass buffers made), or
+                # the first step after the pass buffers moved
+                while len(self._args) > 2 * self.max_graphs:    # keys not seen for long are forgotten
+                    old = next(k for k in self._args if k != key)
+                    for d in (self._args, self._ents, self._warm):
+                        d.pop(old, None)
                 local_losses = engine.evaluate_stacked(local, self._loss(batch), lr=lr,
                                                        models_per_pass=models_per_pass, layouts=layouts, args=args)
                 gathered = comm.all_gather_rows(local_losses)
+                self._warm[key] = tuple(t.data_ptr() for t in engine.stack_buffers())
                 return gathered, self._finish(engine, args, seeds, gathered)
+            while len(self._ents) >= self.max_graphs:           # the least recently captured graph goes
+                self._ents.pop(next(iter(self._ents)))
             ent = self._ents[key] = self._capture(engine, args, seeds, local, lr, batch, comm, models_per_pass,
                                                   layouts)
+            ent["token"], ent["bufs"] = token, bufs     # (the buffers stay alive as long as the graph)
         else:
             engine.fill_step_args(ent["args"], seeds, local, lr=lr, models_per_pass=models_per_pass)
         ent["inp"].copy_(batch.inputs)

@@ -595,6 +595,11 @@ class ZOEngine:
             self._stack_bufs[key] = buf
         return buf
 
+    def stack_buffers(self) -> list[torch.Tensor]:
+        """The buffers `evaluate_stacked` writes its passes' probes into (a CUDA graph that captured a
+        pass addresses them: it must be captured again once they are reallocated)."""
+        return [self._stack_bufs[k] for k in sorted(self._stack_bufs, key=str)]
+
     def _stack_buffer(self, p: _Param, M: int) -> torch.Tensor:
         """[M, *shape] view of a per-parameter buffer that grows to the largest M seen (a smaller
         last group of seeds reuses it, so nothing is reallocated from step to step)."""
