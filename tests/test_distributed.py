@@ -608,7 +608,8 @@ def test_cuda_graphs_flag_parses_and_is_refused_on_cpu():
     from train.graphs import GRAPHS_AUTO_MAX_PARAMS, use_cuda_graphs
     p = cli.build_parser()
     for flag, want in (([], "auto"), (["--cuda_graphs", "true"], "true"), (["--cuda_graphs", "false"], "false"),
-                       (["--cuda_graphs"], "true"), (["--cuda_graphs", "AUTO"], "auto")):
+                       (["--cuda_graphs"], "true"), (["--cuda_graphs", "AUTO"], "auto"),
+                       (["--cuda_graphs", "loss"], "loss")):
         assert cli.config_from_args(p.parse_args(flag)).cuda_graphs == want, flag
     with pytest.raises(SystemExit):
         p.parse_args(["--cuda_graphs", "sometimes"])
@@ -619,6 +620,18 @@ def test_cuda_graphs_flag_parses_and_is_refused_on_cpu():
     assert not use_cuda_graphs("auto", device="cpu", n_params=small, models_per_pass=24)
     assert use_cuda_graphs(True, device="cuda", n_params=big, models_per_pass=1)
     assert not use_cuda_graphs("false", device="cuda", n_params=small, models_per_pass=24)
+    assert use_cuda_graphs("loss", device="cuda", n_params=big, models_per_pass=1)
+    # the graphs a trainer builds: the loss graph and the whole-step graph, or the loss graph alone with 'loss'
+    from train.graphs import GraphedStackedLoss, GraphedZOStep, build_graphs
+    fn = lambda P, b: None  # noqa: E731
+    loss, step = build_graphs("auto", fn, device="cuda", n_params=small, models_per_pass=24)
+    assert isinstance(loss, GraphedStackedLoss) and isinstance(step, GraphedZOStep)
+    loss, step = build_graphs("loss", fn, device="cuda", n_params=small, models_per_pass=24)
+    assert isinstance(loss, GraphedStackedLoss) and step is None
+    assert build_graphs("false", fn, device="cuda", n_params=small, models_per_pass=24) == (None, None)
+    assert build_graphs("auto", fn, device="cpu", n_params=small, models_per_pass=24) == (None, None)
+    with pytest.raises(ValueError, match="cuda_graphs loss"):
+        DistConfig(device="cpu", cuda_graphs="loss").validate()
     off = DistConfig(device="cpu", cuda_graphs=False)
     off.validate()
     assert off.cuda_graphs == "false"

@@ -690,3 +690,32 @@ def test_row_order_is_computed_once_per_batch():
     _row_order(m, frozen)
     _row_order(m, frozen)
     assert Sorts.calls == 6
+
+
+def test_step_args_hold_the_steps_values_in_one_buffer():
+    """fill_step_args writes a step's keys, probe coefficients, scales, coefficient factor and lr into
+    views of one buffer, equal to what the launch-argument path passes; a pass layout that does not
+    match the seeds is refused."""
+    import numpy as np
+    eng = ZOEngine([("w", torch.zeros(4, 8)), ("b", torch.zeros(8))], config=ZOConfig(num_perturbations=3),
+                   run_seed=2)
+    eng.use_kernels = True          # no kernel runs here: only the buffers' layout and values
+    args = eng.step_args(3, models_per_pass=4)        # passes of 2 seeds (4 models) and 1 seed (2 models)
+    assert [k.shape[1] for k in args.pass_keys] == [4, 2] and args.update_keys.shape == (2, 3, 2)
+    seeds = eng.seeds(5)
+    eng.fill_step_args(args, seeds, seeds, lr=0.05, models_per_pass=4)
+    for (chunk, model_seeds), keys, alphas in zip(eng._probe_groups(seeds, 4), args.pass_keys, args.pass_alphas):
+        assert np.array_equal(keys.numpy(), eng.host_keys(model_seeds))
+        want = torch.tensor([sg * 0.05 for _ in chunk for sg in (1.0, -1.0)], dtype=torch.float32)
+        assert torch.equal(alphas, want)
+    assert np.array_equal(args.update_keys.numpy(), eng.host_keys(seeds))
+    assert torch.equal(args.update_scales, torch.ones(3, dtype=torch.float64))
+    assert args.coef_scale.item() == eng.coefficient_scale(0.05) == 1.0 / (2.0 * 0.05 * 3)
+    assert args.lr.item() == torch.tensor(0.05, dtype=torch.float32).item()
+    # the factor gives the coefficients of the lr path, bit for bit
+    losses = torch.tensor([[1.0, 0.5], [0.25, 0.75], [2.0, 2.0]])
+    assert torch.equal(eng.coefficients(losses, scale=args.coef_scale), eng.coefficients(losses, lr=0.05))
+    with pytest.raises(ValueError, match="exactly one"):
+        eng.coefficients(losses, lr=0.05, scale=args.coef_scale)
+    with pytest.raises(ValueError, match="laid out"):
+        eng.fill_step_args(args, seeds, seeds[:2], lr=0.05, models_per_pass=4)

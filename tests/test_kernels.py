@@ -666,3 +666,17 @@ def test_step_args_path_equals_the_eager_step_bit_for_bit():
     assert out.stdout.strip().splitlines() == [
         "equal 2 True True True", "equal 6 True True True", "equal 2 True True True", "equal 6 True True True",
         "raised 0 True", "why True True True not on CUDA"], out.stdout
+
+
+def test_update_takes_lr_from_a_device_tensor(K):
+    """triton_update with lr as a one-element fp32 tensor (read by the kernel) == lr as a float, bit
+    for bit; another dtype, or weight decay with it, is refused with a clear message."""
+    a = torch.randn(3000, generator=gen(0))
+    b, start = a.clone(), a.clone()
+    K.triton_update(a, [11, 12], PID, [0.3, -0.2], 0.0123, block=BLK)
+    K.triton_update(b, [11, 12], PID, [0.3, -0.2], torch.tensor([0.0123], dtype=torch.float32), block=BLK)
+    assert torch.equal(bits(a), bits(b)) and not torch.equal(a, start)
+    with pytest.raises(ValueError, match="one fp32 value"):
+        K.triton_update(b, [11, 12], PID, [0.3, -0.2], torch.tensor([0.0123], dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight decay"):
+        K.triton_update(b, [11, 12], PID, [0.3, -0.2], torch.tensor([0.0123]), weight_decay=0.1)

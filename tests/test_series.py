@@ -141,6 +141,8 @@ def test_cuda_graphs_refused_on_cpu():
     from train.series import SeriesConfig
     with pytest.raises(ValueError, match="cuda_graphs"):
         SeriesConfig(device="cpu", cuda_graphs=True).validate()
+    with pytest.raises(ValueError, match="cuda_graphs loss"):
+        SeriesConfig(device="cpu", cuda_graphs="loss").validate()
     SeriesConfig(device="cpu").validate()                       # auto (the default) is off on CPU
     SeriesConfig(device="cpu", cuda_graphs="false").validate()
     b = Batch(inputs=torch.zeros(2, 3, dtype=torch.long), targets=torch.zeros(2, 3, dtype=torch.long))
