@@ -147,7 +147,8 @@ class GraphedZOStep:
         if engine.cfg.needs_baseline:
             return "FD-RGE needs the baseline forward"
         if not engine.update_before_sync:
-            return "the update needs host values (Adam, gradient clipping or normalisation, weight decay)"
+            return ("the update needs host values (Adam, gradient clipping or normalisation, weight decay), "
+                    "or engine.update_before_sync was set False")
         if models_per_pass < 2:
             return "one model per forward pass (no stacked pass to capture)"
         if self.capture and not engine.params[0].master.is_cuda:
