@@ -1057,8 +1057,9 @@ def timing_section(bench_path: Path, *, report: Path) -> str:
                  f"`bench_step_*.json` in `{label}` with every preset ({', '.join(TIMING_SIZES)}) and CUDA graphs "
                  f"not forced on ({len(bench_step_files(bench_path))} files there; newer ones of a few presets are "
                  "summarised in bench/results/README.md)."
-                 + (" Rows marked *graphed* replayed the stacked loss as a CUDA graph (`--cuda_graphs auto`, the "
-                    "default for small models); their peak GiB can miss the graph's memory pool."
+                 + (" Rows marked *graphed* replayed CUDA graphs (`--cuda_graphs auto`, the default for small "
+                    "models): the whole step, or the stacked loss alone where the bench's note says so; their peak "
+                    "GiB can miss the graph's memory pool."
                     if any(r.get("graphed") for r in data.get("zo_steps") or [] if isinstance(r, dict)) else ""))
     gpu = f"{meta.get('gpu', '?')}"
     if _f(meta.get("gpu_memory_gib")):
