@@ -624,7 +624,7 @@ class ZOSetup:
 
         graphed = None
         if self.cuda_graphs:
-            if getattr(self, "graphed", None) is None:
+            if self.graphed is None:
                 self.graphed, self.step_graph = build_graphs(
                     self.graphs_setting, lambda P, bt: stacked_batch_loss(model, P, bt, time_chunk=tc, micro_batch_size=mb),
                     device=self.batch_device, n_params=param_count(self.cfg), models_per_pass=self.M)

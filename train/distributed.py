@@ -358,7 +358,6 @@ class DistributedTrainer:
         self.engine = ZOEngine(self.model.named_parameters(), config=zcfg, run_seed=self.run_seed)
         self.models_per_pass = self._pick_models_per_pass(min(mb, cfg.batch_size))
         model, mb_ = self.model, cfg.micro_batch_size
-        self._step_batch = None
         self._graphed, self._step_graph = build_graphs(
             cfg.cuda_graphs, lambda P, b: stacked_batch_loss(model, P, b, time_chunk=self.time_chunk,
                                                              micro_batch_size=mb_),
@@ -490,13 +489,13 @@ class DistributedTrainer:
 
     def probe_closures(self, step: int):
         """zo_step's loss closures: loss_for_probe(i), the baseline (shared batch only) and the
-        stacked closure (None unless several perturbed models run per forward)."""
+        stacked closure (None unless several perturbed models run per forward), and the batch the
+        whole-step graph replays with (None where it must not: per-probe batches, a poisoned step)."""
         cfg = self.cfg
         batch = None if cfg.per_probe_batch else self.batch_for(step)
         shared = None if batch is None else self.loss_fn(batch)
         stacked = self.stacked_fn(batch) if batch is not None and self.models_per_pass > 1 else None
         poisoned = step == cfg.debug_nan_at_step and self.comm.rank == cfg.debug_nan_rank
-        self._step_batch = None if poisoned else batch     # the step graph's batch (None: no step graph)
 
         def loss_for_probe(i):
             fn = shared if shared is not None else self.loss_fn(self.batch_for(step, i))
@@ -504,7 +503,7 @@ class DistributedTrainer:
         if stacked is not None and poisoned:
             clean = stacked
             stacked = lambda P: clean(P) * float("nan")  # noqa: E731
-        return loss_for_probe, shared, stacked
+        return loss_for_probe, shared, stacked, (None if poisoned or stacked is None else batch)
 
     def validate_now(self) -> dict:
         n = self.cfg.val_batch_size or min(max(self.cfg.batch_size, 64), 256)
@@ -594,15 +593,15 @@ class DistributedTrainer:
                 sent0 = getattr(comm, "bytes_sent", 0)
                 _sync(self.device)
                 t0 = time.perf_counter()
-                loss_for_probe, shared, stacked = self.probe_closures(step)
+                loss_for_probe, shared, stacked, graph_batch = self.probe_closures(step)
                 t_batch = time.perf_counter() - t0
                 try:
                     layouts = None if stacked is None else stack_layouts_fn(self.model, cfg.batch_size,
                                                                             cfg.micro_batch_size)
-                    sg = self._step_graph if self._step_batch is not None and stacked is not None else None
                     res = zo_step(self.engine, step=step, lr=lr, loss_for_probe=loss_for_probe, comm=comm,
                                   baseline_fn=shared, stacked_loss=stacked, models_per_pass=self.models_per_pass,
-                                  stack_layouts=layouts, step_graph=sg, batch=self._step_batch)
+                                  stack_layouts=layouts, step_graph=self._step_graph if graph_batch is not None
+                                  else None, batch=graph_batch)
                 except NonFiniteLossError as e:
                     path, at = self.last_checkpoint
                     kept = (f" The last checkpoint ({path}, step {at}) is kept." if path

@@ -172,7 +172,7 @@ class StepArgs:
     coef_scale: torch.Tensor
     lr: torch.Tensor
     host_views: dict                  # name -> numpy view of `host` with the device view's layout
-    copied: object = None             # CUDA event of the last host -> device copy (None: none pending)
+    copied: object = None             # CUDA event recorded after each host -> device copy (None: none yet)
 
 
 class ZOEngine:
@@ -436,7 +436,7 @@ class ZOEngine:
         hv["lr"][...] = lr
         args.dev.copy_(args.host, non_blocking=True)
         if args.dev.is_cuda:
-            args.copied = torch.cuda.Event()
+            args.copied = args.copied or torch.cuda.Event()     # one event per StepArgs, recorded each step
             args.copied.record()
 
     def _probe_groups(self, seeds, models_per_pass: int) -> list[tuple[list[int], list[int]]]:
